@@ -1,0 +1,3 @@
+"""evoprune"""
+
+__version__ = "0.1"

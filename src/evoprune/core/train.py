@@ -1,0 +1,184 @@
+"""Training and evaluation loops over tensors held on the device (no DataLoader, no per-sample work)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from torch import nn
+from tqdm.auto import tqdm
+
+from evoprune.core.data import images_to_float
+
+
+class AugmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hflip: bool = False  # random horizontal flips
+    crop_padding: NonNegativeInt = 0  # random translation by up to this many pixels (zero padding)
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: PositiveInt = 15
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt = 2048
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    learning_rate: PositiveFloat = 0.05  # peak learning rate
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
+    nesterov: bool = True  # SGD only
+    weight_decay: NonNegativeFloat = 5e-4
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # share of steps spent warming up (onecycle)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``: a pure function."""
+    peak = cfg.learning_rate
+    if cfg.schedule == "constant":
+        return peak
+    progress = step / max(total_steps, 1)
+    if cfg.schedule == "cosine":
+        return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    warmup = cfg.warmup_fraction
+    if progress < warmup:  # onecycle: linear warm-up from peak/10, then linear decay to 0
+        return peak * (0.1 + 0.9 * progress / warmup)
+    return peak * max(0.0, 1.0 - (progress - warmup) / (1.0 - warmup))
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random flips and translations of a float batch (B, C, H, W), vectorised over the batch."""
+    b, _, h, w = x.shape
+    if cfg.hflip:
+        flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    p = cfg.crop_padding
+    if p > 0:
+        padded = F.pad(x, (p, p, p, p), value=-1.0)  # -1 is black after images_to_float
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=x.device)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, x.shape[1], h, w + 2 * p)
+        x = padded.gather(2, rows)  # (B, C, H, W+2p)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, x.shape[1], h, w)
+        x = x.gather(3, cols)  # (B, C, H, W)
+    return x
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.learning_rate,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA (no grad scaler needed); a no-op context on CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train(
+    model: nn.Module,
+    train_split: dict[str, torch.Tensor],
+    validation_split: dict[str, torch.Tensor] | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int,
+    description: str = "train",
+) -> dict[str, list[float] | float]:
+    """Train ``model`` in place.
+
+    Args:
+        model: the network, on any device (moved to ``device``).
+        train_split / validation_split: ``images`` (N, H, W) uint8 and ``labels`` (N,) int64.
+        cfg: hyper-parameters.
+        device: where data and model live during training.
+        seed: drives shuffling, augmentation and dropout.
+        description: label of the progress bar.
+
+    Returns:
+        History: ``train_loss`` and ``val_accuracy`` per epoch, ``train_seconds`` (wall time).
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/inf (names the epoch, step and learning rate).
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model.to(device).train()
+    images = train_split["images"].to(device)  # (N, H, W) uint8, stays uint8 until batched
+    labels = train_split["labels"].to(device)
+    n = images.shape[0]
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = _make_optimizer(model, cfg)
+    history: dict[str, list[float] | float] = {"train_loss": [], "val_accuracy": []}
+    start, step = time.perf_counter(), 0
+    bar = tqdm(range(cfg.epochs), desc=description, unit="epoch", leave=False)
+    for epoch in bar:
+        order = torch.randperm(n, generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        for first in range(0, n, cfg.batch_size):
+            idx = order[first : first + cfg.batch_size]
+            x = augment_batch(images_to_float(images[idx]), cfg.augment, generator)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, cfg)
+            with _autocast(device):
+                loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"{description}: loss is {loss.item()} at epoch {epoch + 1}, step {step} "
+                    f"(lr {lr_at(step, total_steps, cfg):.3g}). Lower `learning_rate` or check the data."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * idx.numel()
+            step += 1
+        history["train_loss"].append(loss_sum.item() / n)
+        if validation_split is not None:
+            history["val_accuracy"].append(evaluate(model, validation_split, device, cfg.eval_batch_size))
+        bar.set_postfix(
+            loss=f"{history['train_loss'][-1]:.4f}", val_acc=(history["val_accuracy"] or [float("nan")])[-1]
+        )
+    history["train_seconds"] = time.perf_counter() - start
+    return history
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 2048
+) -> torch.Tensor:
+    """Logits (N, num_classes) of uint8 images (N, H, W), in eval mode; restores the previous mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for first in range(0, images.shape[0], batch_size):
+        x = images_to_float(images[first : first + batch_size].to(device))
+        with _autocast(device):
+            outs.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, split: dict[str, torch.Tensor], device: torch.device, batch_size: int = 2048) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on a split."""
+    logits = predict_logits(model, split["images"], device, batch_size)
+    return (logits.argmax(1).cpu() == split["labels"].cpu()).float().mean().item()

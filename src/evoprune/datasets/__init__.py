@@ -1,0 +1,9 @@
+"""Custom Kedro datasets, only where kedro-datasets has none: torch models and tensor dicts stored
+without pickle (loaded with ``torch.load(..., weights_only=True)``), and a read-only MNIST-like
+dataset that reads raw IDX files through torchvision."""
+
+from evoprune.datasets.mnist_dataset import MNISTLikeDataset
+from evoprune.datasets.tensor_dataset import TensorDictDataset
+from evoprune.datasets.torch_model_dataset import TorchModelDataset
+
+__all__ = ["MNISTLikeDataset", "TensorDictDataset", "TorchModelDataset"]

@@ -1,0 +1,51 @@
+"""Shared plumbing of our file-backed, versioned datasets (fsspec paths, like kedro-datasets)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import torch
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+
+
+class TorchFileDataset(AbstractVersionedDataset[Any, Any]):
+    """Reads and writes one ``torch.save`` file holding only tensors and plain Python values."""
+
+    def __init__(self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
+        protocol, path = get_protocol_and_path(filepath, version)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **({"auto_mkdir": True} if protocol == "file" else {}))
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path), version=version, exists_function=self._fs.exists, glob_function=self._fs.glob
+        )
+
+    def _read(self) -> Any:
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        try:
+            with self._fs.open(path, "rb") as handle:
+                return torch.load(handle, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # unpickling refused, zip error, ...
+            raise DatasetError(
+                f"{path} is not a file this dataset wrote (torch.load with weights_only=True failed: {exc}). "
+                "Re-run the stage that produces it."
+            ) from exc
+
+    def _write(self, payload: Any) -> None:
+        path = get_filepath_str(self._get_save_path(), self._protocol)
+        with self._fs.open(path, "wb") as handle:
+            torch.save(payload, handle)
+
+    def _exists(self) -> bool:
+        try:
+            path = self._get_load_path()
+        except DatasetError:
+            return False
+        return self._fs.exists(get_filepath_str(path, self._protocol))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "protocol": self._protocol, "version": self._version}

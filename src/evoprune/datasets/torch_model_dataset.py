@@ -1,0 +1,47 @@
+"""A model checkpoint: architecture spec + state_dict, no pickled code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.io.core import DatasetError
+from torch import nn
+
+from evoprune.core.models import build_model
+from evoprune.datasets._file_dataset import TorchFileDataset
+
+CHECKPOINT_FORMAT = "evoprune.model/1"
+
+
+class TorchModelDataset(TorchFileDataset):
+    """Saves an evoprune model as ``{"format", "spec", "state_dict"}``; loading rebuilds it from the spec.
+
+    Loads with ``torch.load(..., weights_only=True)``: a checkpoint cannot run code.
+    """
+
+    def load(self) -> nn.Module:
+        ckpt: Any = self._read()
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise DatasetError(
+                f"{self._filepath} is not an evoprune model checkpoint (expected format '{CHECKPOINT_FORMAT}'). "
+                "Re-run the stage that trains this model."
+            )
+        try:
+            model = build_model(ckpt["spec"])
+            model.load_state_dict(ckpt["state_dict"], strict=True)
+        except Exception as exc:
+            raise DatasetError(
+                f"Checkpoint {self._filepath} does not match its architecture spec {ckpt.get('spec')}: {exc}. "
+                "It was written by an incompatible evoprune version; re-run the stage that trains it."
+            ) from exc
+        return model
+
+    def save(self, model: nn.Module) -> None:
+        spec = getattr(model, "spec", None)
+        if not isinstance(spec, dict):
+            raise DatasetError(
+                f"TorchModelDataset({self._filepath}) saves models built by evoprune.core.models.build_model "
+                f"(they carry a `spec`); got {type(model).__name__} without one."
+            )
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        self._write({"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state})

@@ -1,0 +1,48 @@
+"""Project hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+from pydantic import BaseModel
+
+
+def flatten_params(prefix: str, value: Any, sep: str = ".") -> dict[str, Any]:
+    """``("train_dense", {"training": {"epochs": 3}})`` -> ``{"train_dense.training.epochs": 3}``."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten_params(f"{prefix}{sep}{key}", sub, sep))
+        return out
+    return {prefix: value}
+
+
+class TypedParamsLoggingHook:
+    """Logs typed (pydantic) node parameters to MLflow as flat keys (``train_dense.training.epochs``).
+
+    Kedro hands nodes validated pydantic objects, which kedro-mlflow can only log as one long string;
+    this hook adds the flat, comparable keys to the active run.
+    """
+
+    def __init__(self) -> None:
+        self._logged: set[str] = set()
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._logged.clear()  # one hook object serves every session of a process
+
+    @hook_impl
+    def before_node_run(self, node: Any, inputs: dict[str, Any]) -> None:
+        if mlflow.active_run() is None:
+            return
+        flat: dict[str, Any] = {}
+        for name, value in inputs.items():
+            if name.startswith("params:") and isinstance(value, BaseModel) and name not in self._logged:
+                flat.update(flatten_params(name[len("params:") :], value))
+                self._logged.add(name)
+        if flat:
+            mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})

@@ -1,0 +1,29 @@
+"""Project pipelines: every stage alone, and `prune` = all stages in order.
+
+Stages are listed explicitly rather than found with ``find_pipelines``: since Kedro 1.7 that function
+only imports the folders named by ``--pipeline``, so a composite name such as ``prune`` finds nothing.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from evoprune.pipelines import data_preparation, train_dense
+
+# Stages of `prune`, in order; later issues append build_exits, mask_search, finetune, report.
+PRUNE_STAGES = {
+    "data_preparation": data_preparation.create_pipeline,
+    "train_dense": train_dense.create_pipeline,
+}
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Register the project's pipelines.
+
+    Returns:
+        Each stage by its folder name, ``prune`` (all stages) and ``__default__`` (= ``prune``).
+    """
+    pipelines = {name: create() for name, create in PRUNE_STAGES.items()}
+    pipelines["prune"] = sum(pipelines.values(), Pipeline([]))
+    pipelines["__default__"] = pipelines["prune"]
+    return pipelines

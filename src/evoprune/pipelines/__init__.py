@@ -1,0 +1,1 @@
+"""One folder per stage of `prune`: nodes.py (thin functions over evoprune.core) + pipeline.py."""

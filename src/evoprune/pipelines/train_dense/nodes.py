@@ -1,0 +1,76 @@
+"""Nodes of train_dense."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from matplotlib.figure import Figure
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from evoprune.core.cost import count_flops, count_params
+from evoprune.core.models import ModelSpec, build_model
+from evoprune.core.plots import training_curves
+from evoprune.core.runtime import resolve_device, seed_everything
+from evoprune.core.train import TrainConfig, evaluate, train
+from evoprune.tracking import to_mlflow_metrics
+
+Split = dict[str, torch.Tensor]
+
+
+class TrainDenseParams(BaseModel):
+    """conf/base/parameters_train_dense.yml"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec
+    training: TrainConfig
+
+
+def initialise_model(params: TrainDenseParams, seed: int) -> nn.Module:
+    """The untrained model: its weights are θ0, kept for rewinding (lottery tickets)."""
+    seed_everything(seed)
+    return build_model(params.model)
+
+
+def train_dense_model(
+    initial_model: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    params: TrainDenseParams,
+    seed: int,
+    device: str,
+) -> tuple[nn.Module, dict[str, object]]:
+    """Train a copy of the initial model.
+
+    Returns:
+        The trained model (on CPU) and its per-epoch history as MLflow metrics.
+    """
+    model = copy.deepcopy(initial_model)
+    history = train(model, train_split, validation_split, params.training, resolve_device(device), seed, "train_dense")
+    return model.cpu(), to_mlflow_metrics(history)
+
+
+def evaluate_dense_model(
+    model: nn.Module, validation_split: Split, test_split: Split, device: str
+) -> dict[str, object]:
+    """Validation and test accuracy, FLOPs and parameter count of the trained model."""
+    dev = resolve_device(device)
+    input_shape = (model.spec["in_channels"], model.spec["input_size"], model.spec["input_size"])
+    metrics = {
+        "val_accuracy_final": evaluate(model, validation_split, dev),
+        "test_accuracy": evaluate(model, test_split, dev),
+        "flops": count_flops(model, input_shape),
+        "params": count_params(model),
+    }
+    model.cpu()
+    return to_mlflow_metrics(metrics)
+
+
+def plot_training_history(history: dict[str, object], params: TrainDenseParams) -> Figure:
+    """Loss and validation accuracy per epoch."""
+    values = {k: [p["value"] for p in v] for k, v in history.items() if isinstance(v, list)}
+    return training_curves(
+        values.get("train_loss", []), values.get("val_accuracy", []), f"train_dense: {params.model.name}"
+    )

@@ -1,0 +1,103 @@
+"""Nodes called as plain functions, and stage slices run on an in-memory catalog."""
+
+import pytest
+import torch
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from matplotlib.figure import Figure
+from pydantic import ValidationError
+
+from evoprune.core.data import load_raw_dataset
+from evoprune.pipeline_registry import register_pipelines
+from evoprune.pipelines.data_preparation.nodes import DataPreparationParams, split_dataset, summarise_splits
+from evoprune.pipelines.train_dense.nodes import (
+    TrainDenseParams,
+    evaluate_dense_model,
+    initialise_model,
+    plot_training_history,
+    train_dense_model,
+)
+
+TINY_TRAIN = {
+    "model": {"name": "lenet5"},
+    "training": {"epochs": 2, "batch_size": 20, "optimizer": "adamw", "learning_rate": 3e-3},
+}
+
+
+@pytest.fixture
+def raw(fake_idx_dir, tmp_path):
+    return load_raw_dataset(tmp_path, "fashion_mnist", fake_idx_dir)
+
+
+def test_split_dataset_sizes(raw):
+    train, val, test = split_dataset(raw, DataPreparationParams(validation_size=100), seed=0)
+    assert (train["labels"].numel(), val["labels"].numel(), test["labels"].numel()) == (500, 100, 200)
+    metrics = summarise_splits(train, val, test)
+    assert metrics["validation_size"] == {"value": 100.0, "step": 0}
+
+
+def test_data_preparation_params_refuse_zero():
+    with pytest.raises(ValidationError, match="validation_size"):
+        DataPreparationParams(validation_size=0)
+
+
+def test_train_dense_nodes_learn_and_keep_theta0(raw):
+    params = TrainDenseParams.model_validate(TINY_TRAIN)
+    train, val, test = split_dataset(raw, DataPreparationParams(validation_size=100), seed=0)
+    init = initialise_model(params, seed=1)
+    theta0 = {k: v.clone() for k, v in init.state_dict().items()}
+    model, history = train_dense_model(init, train, val, params, seed=1, device="cpu")
+    assert all(torch.equal(theta0[k], init.state_dict()[k]) for k in theta0), "training must not touch θ0"
+    assert any(not torch.equal(theta0[k], model.state_dict()[k]) for k in theta0)
+    assert [p["step"] for p in history["train_loss"]] == [1, 2]
+    metrics = evaluate_dense_model(model, val, test, device="cpu")
+    assert metrics["test_accuracy"]["value"] > 0.5  # the fake classes are easy; chance is 0.1
+    assert metrics["flops"]["value"] > 0 and metrics["params"]["value"] == 61706
+    assert isinstance(plot_training_history(history, params), Figure)
+
+
+def test_initialise_model_is_seeded():
+    params = TrainDenseParams.model_validate(TINY_TRAIN)
+    a, b = initialise_model(params, 5).state_dict(), initialise_model(params, 5).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"model": {"name": "alexnet"}}, "model"),
+        ({"training": {"learning_rate": -0.01}}, "training.learning_rate"),
+        ({"training": {"batch_size": 0}}, "training.batch_size"),
+        ({"training": {"optimizer": "rmsprop"}}, "training.optimizer"),
+    ],
+)
+def test_train_dense_params_name_the_bad_key(override, key):
+    raw_params = {**TINY_TRAIN, **{k: {**TINY_TRAIN[k], **v} for k, v in override.items()}}
+    with pytest.raises(ValidationError, match=key.replace(".", r"\.")):
+        TrainDenseParams.model_validate(raw_params)
+
+
+def test_prune_slice_on_an_in_memory_catalog(raw):
+    prune = register_pipelines()["prune"]
+    catalog = DataCatalog(
+        {
+            "raw_images": MemoryDataset(raw),
+            "params:data_preparation": MemoryDataset(DataPreparationParams(validation_size=100)),
+            "params:train_dense": MemoryDataset(TrainDenseParams.model_validate(TINY_TRAIN)),
+            "params:seed": MemoryDataset(0),
+            "params:device": MemoryDataset("cpu"),
+        }
+    )
+    outputs = SequentialRunner().run(prune, catalog)
+    assert set(outputs) == {"data_preparation_metrics", "train_dense_metrics", "dense_training_curves"}
+    assert outputs["train_dense_metrics"].load()["test_accuracy"]["value"] > 0.5
+    assert isinstance(outputs["dense_training_curves"].load(), Figure)
+
+
+def test_registry_has_every_stage_and_prune_is_default():
+    pipelines = register_pipelines()
+    assert {"data_preparation", "train_dense", "prune", "__default__"} <= set(pipelines)
+    assert pipelines["__default__"] is pipelines["prune"]
+    assert {n.name for n in pipelines["prune"].nodes} == {
+        n.name for stage in ("data_preparation", "train_dense") for n in pipelines[stage].nodes
+    }

@@ -1,0 +1,69 @@
+"""A whole `prune` run through a real KedroSession on tiny generated data, tracked in a temporary
+MLflow SQLite store which the test reads back."""
+
+import mlflow
+import pytest
+import torch
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+pytestmark = pytest.mark.slow
+
+
+def _run(project, **kwargs):
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
+        return session.run(pipeline_names=["prune"])
+
+
+def test_prune_run_is_tracked_in_mlflow(tiny_project):
+    _run(tiny_project)
+    assert (tiny_project / "data/06_models/dense_model.pt").is_file()
+    assert (tiny_project / "data/06_models/dense_model_init.pt").is_file()
+    assert (tiny_project / "data/08_reporting/dense_training_curves.png").is_file()
+    assert (tiny_project / "data/01_raw/FashionMNIST/raw/train-images-idx3-ubyte").is_file()
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("evoprune").experiment_id])
+    metrics = run.data.metrics
+    for key in (
+        "train_dense.test_accuracy",
+        "train_dense.val_accuracy_final",
+        "train_dense.flops",
+        "train_dense.params",
+        "train_dense.train_seconds",
+        "data_preparation.train_size",
+    ):
+        assert key in metrics, key
+    assert metrics["train_dense.test_accuracy"] > 0.5
+    assert metrics["data_preparation.train_size"] == 500
+    losses = client.get_metric_history(run.info.run_id, "train_dense.train_loss")
+    assert sorted(m.step for m in losses) == [1, 2]
+    assert run.data.params["train_dense.training.epochs"] == "2"
+    assert run.data.params["train_dense.model.name"] == "lenet5"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "train_dense")}
+    assert {
+        "train_dense/dense_model.pt",
+        "train_dense/dense_model_init.pt",
+        "train_dense/dense_training_curves.png",
+    } <= artifacts
+
+
+def test_same_seed_same_model_through_the_session(tiny_project):
+    _run(tiny_project)
+    first = torch.load(tiny_project / "data/06_models/dense_model.pt", weights_only=True)["state_dict"]
+    _run(tiny_project)
+    second = torch.load(tiny_project / "data/06_models/dense_model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_bad_parameters_stop_the_run_before_any_node(tiny_project):
+    with pytest.raises(Exception, match=r"train_dense[\s\S]*learning_rate"):
+        _run(tiny_project, runtime_params={"train_dense": {"training": {"learning_rate": -1.0}}})
+    assert not (tiny_project / "data/05_model_input/fashion_mnist_train_split.pt").exists()
+
+
+def test_missing_data_fails_at_once_naming_the_file(tiny_project):
+    (tiny_project / "conf/tiny/globals.yml").write_text(f"dataset:\n  source_dir: {tiny_project / 'nowhere'}\n")
+    with pytest.raises(Exception, match=r"train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist"):
+        _run(tiny_project)
