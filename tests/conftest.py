@@ -66,6 +66,7 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
     (tiny / "parameters.yml").write_text(
         "data_preparation:\n  validation_size: 100\ntrain_dense:\n  training:\n    epochs: 2\n    batch_size: 20\n"
         "    optimizer: adamw\n    learning_rate: 3.0e-3\n"
+        "build_exits:\n  training:\n    epochs: 1\n    batch_size: 20\n  latency:\n    batch_size: 50\n    repeats: 2\n"
     )
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")

@@ -63,6 +63,17 @@ def test_bad_parameters_stop_the_run_before_any_node(tiny_project):
     assert not (tiny_project / "data/05_model_input/fashion_mnist_train_split.pt").exists()
 
 
+def test_exit_after_a_missing_stage_stops_the_run_before_training(tiny_project):
+    with pytest.raises(ValueError, match=r"build_exits.exit_after.*no stage \[2\]"):
+        _run(tiny_project, runtime_params={"build_exits": {"exit_after": [1, 2]}})
+    assert not (tiny_project / "data/06_models/dense_model.pt").exists()
+
+
+def test_thresholds_outside_the_unit_interval_are_refused(tiny_project):
+    with pytest.raises(Exception, match=r"build_exits[\s\S]*thresholds must lie in \(0, 1\]"):
+        _run(tiny_project, runtime_params={"build_exits": {"thresholds": [0.5, 1.5]}})
+
+
 def test_missing_data_fails_at_once_naming_the_file(tiny_project):
     (tiny_project / "conf/tiny/globals.yml").write_text(f"dataset:\n  source_dir: {tiny_project / 'nowhere'}\n")
     with pytest.raises(Exception, match=r"train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist"):

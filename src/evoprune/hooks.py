@@ -21,6 +21,26 @@ def flatten_params(prefix: str, value: Any, sep: str = ".") -> dict[str, Any]:
     return {prefix: value}
 
 
+class ConfigConsistencyHook:
+    """Checks parameters that span stages before any node runs (e.g. exits after stages that exist)."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        inputs = pipeline.inputs()
+        if {"params:train_dense", "params:build_exits"} <= inputs:
+            from evoprune.core.exits import check_exit_positions
+            from evoprune.pipelines.build_exits.nodes import BuildExitsParams
+            from evoprune.pipelines.train_dense.nodes import TrainDenseParams
+
+            dense = TrainDenseParams.model_validate(_as_dict(catalog.load("params:train_dense")))
+            exits = BuildExitsParams.model_validate(_as_dict(catalog.load("params:build_exits")))
+            check_exit_positions(exits.exit_after, dense.model.num_stages)
+
+
+def _as_dict(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
 class TypedParamsLoggingHook:
     """Logs typed (pydantic) node parameters to MLflow as flat keys (``train_dense.training.epochs``).
 

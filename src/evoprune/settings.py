@@ -11,6 +11,6 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {"globals": ["globals*", "globals*/**"]},
 }
 
-from evoprune.hooks import TypedParamsLoggingHook  # noqa: E402
+from evoprune.hooks import ConfigConsistencyHook, TypedParamsLoggingHook  # noqa: E402
 
-HOOKS = (TypedParamsLoggingHook(),)
+HOOKS = (ConfigConsistencyHook(), TypedParamsLoggingHook())

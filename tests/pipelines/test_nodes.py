@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from evoprune.core.data import load_raw_dataset
 from evoprune.pipeline_registry import register_pipelines
+from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams, split_dataset, summarise_splits
 from evoprune.pipelines.train_dense.nodes import (
     TrainDenseParams,
@@ -84,20 +85,32 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
             "raw_images": MemoryDataset(raw),
             "params:data_preparation": MemoryDataset(DataPreparationParams(validation_size=100)),
             "params:train_dense": MemoryDataset(TrainDenseParams.model_validate(TINY_TRAIN)),
+            "params:build_exits": MemoryDataset(
+                BuildExitsParams(training={"epochs": 1, "batch_size": 50}, latency={"batch_size": 50, "repeats": 1})
+            ),
             "params:seed": MemoryDataset(0),
             "params:device": MemoryDataset("cpu"),
         }
     )
     outputs = SequentialRunner().run(prune, catalog)
-    assert set(outputs) == {"data_preparation_metrics", "train_dense_metrics", "dense_training_curves"}
+    assert set(outputs) == {
+        "data_preparation_metrics",
+        "train_dense_metrics",
+        "dense_training_curves",
+        "build_exits_history",
+        "build_exits_metrics",
+        "build_exits_latency",
+        "exit_accuracy_plot",
+        "early_exit_tradeoff_plot",
+    }
     assert outputs["train_dense_metrics"].load()["test_accuracy"]["value"] > 0.5
     assert isinstance(outputs["dense_training_curves"].load(), Figure)
 
 
 def test_registry_has_every_stage_and_prune_is_default():
     pipelines = register_pipelines()
-    assert {"data_preparation", "train_dense", "prune", "__default__"} <= set(pipelines)
+    assert {"data_preparation", "train_dense", "build_exits", "prune", "__default__"} <= set(pipelines)
     assert pipelines["__default__"] is pipelines["prune"]
     assert {n.name for n in pipelines["prune"].nodes} == {
-        n.name for stage in ("data_preparation", "train_dense") for n in pipelines[stage].nodes
+        n.name for stage in ("data_preparation", "train_dense", "build_exits") for n in pipelines[stage].nodes
     }

@@ -1,6 +1,10 @@
-"""Cost of a model: FLOPs (torch.utils.flop_counter) and parameter counts."""
+"""Cost of a model: FLOPs (torch.utils.flop_counter), parameter counts, wall time."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,5 +26,21 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters (frozen ones included)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -41,6 +41,22 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+def as_exit_list(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """A model's output as a list of logits, one per exit (a plain CNN has one exit)."""
+    return list(output) if isinstance(output, (list, tuple)) else [output]
+
+
+def exits_loss(
+    output: torch.Tensor | list[torch.Tensor], labels: torch.Tensor, weights: list[float] | None, smoothing: float
+) -> torch.Tensor:
+    """Weighted sum of the cross-entropy of every exit (weights default to 1 each)."""
+    logits = as_exit_list(output)
+    weights = weights or [1.0] * len(logits)
+    if len(weights) != len(logits):
+        raise ValueError(f"`loss_weights` has {len(weights)} entries but the model has {len(logits)} exits.")
+    return sum(w * F.cross_entropy(z, labels, label_smoothing=smoothing) for w, z in zip(weights, logits, strict=True))
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -103,6 +119,7 @@ def train(
     device: torch.device,
     seed: int,
     description: str = "train",
+    loss_weights: list[float] | None = None,
 ) -> dict[str, list[float] | float]:
     """Train ``model`` in place.
 
@@ -113,6 +130,7 @@ def train(
         device: where data and model live during training.
         seed: drives shuffling, augmentation and dropout.
         description: label of the progress bar.
+        loss_weights: per-exit loss weights for multi-exit models (default: 1 each).
 
     Returns:
         History: ``train_loss`` and ``val_accuracy`` per epoch, ``train_seconds`` (wall time).
@@ -141,7 +159,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
             with _autocast(device):
-                loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+                loss = exits_loss(model(x), labels[idx], loss_weights, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"{description}: loss is {loss.item()} at epoch {epoch + 1}, step {step} "
@@ -163,22 +181,38 @@ def train(
 
 
 @torch.no_grad()
-def predict_logits(
+def predict_exit_logits(
     model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 2048
 ) -> torch.Tensor:
-    """Logits (N, num_classes) of uint8 images (N, H, W), in eval mode; restores the previous mode."""
+    """Logits of every exit, (E, N, num_classes), of uint8 images (N, H, W) in eval mode
+    (E = 1 for a plain CNN); restores the previous mode."""
     was_training = model.training
     model.eval()
     outs = []
     for first in range(0, images.shape[0], batch_size):
         x = images_to_float(images[first : first + batch_size].to(device))
         with _autocast(device):
-            outs.append(model(x).float())
+            outs.append(torch.stack([z.float() for z in as_exit_list(model(x))]))
     model.train(was_training)
-    return torch.cat(outs)
+    return torch.cat(outs, dim=1)
+
+
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 2048
+) -> torch.Tensor:
+    """Logits (N, num_classes) of the model's last exit."""
+    return predict_exit_logits(model, images, device, batch_size)[-1]
+
+
+def accuracy_per_exit(
+    model: nn.Module, split: dict[str, torch.Tensor], device: torch.device, batch_size: int = 2048
+) -> list[float]:
+    """Top-1 accuracy in [0, 1] of every exit on a split."""
+    logits = predict_exit_logits(model, split["images"], device, batch_size)
+    hits = logits.argmax(-1).cpu() == split["labels"].cpu()  # (E, N)
+    return hits.float().mean(1).tolist()
 
 
 def evaluate(model: nn.Module, split: dict[str, torch.Tensor], device: torch.device, batch_size: int = 2048) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` on a split."""
-    logits = predict_logits(model, split["images"], device, batch_size)
-    return (logits.argmax(1).cpu() == split["labels"].cpu()).float().mean().item()
+    """Top-1 accuracy in [0, 1] of the model's last exit on a split."""
+    return accuracy_per_exit(model, split, device, batch_size)[-1]

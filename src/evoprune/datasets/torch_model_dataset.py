@@ -7,7 +7,7 @@ from typing import Any
 from kedro.io.core import DatasetError
 from torch import nn
 
-from evoprune.core.models import build_model
+from evoprune.core.exits import build_network
 from evoprune.datasets._file_dataset import TorchFileDataset
 
 CHECKPOINT_FORMAT = "evoprune.model/1"
@@ -27,7 +27,7 @@ class TorchModelDataset(TorchFileDataset):
                 "Re-run the stage that trains this model."
             )
         try:
-            model = build_model(ckpt["spec"])
+            model = build_network(ckpt["spec"])
             model.load_state_dict(ckpt["state_dict"], strict=True)
         except Exception as exc:
             raise DatasetError(
@@ -41,7 +41,7 @@ class TorchModelDataset(TorchFileDataset):
         if not isinstance(spec, dict):
             raise DatasetError(
                 f"TorchModelDataset({self._filepath}) saves models built by evoprune.core.models.build_model "
-                f"(they carry a `spec`); got {type(model).__name__} without one."
+                f"or evoprune.core.exits (they carry a `spec`); got {type(model).__name__} without one."
             )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         self._write({"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state})

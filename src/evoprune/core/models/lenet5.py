@@ -15,6 +15,10 @@ class LeNet5Spec(BaseSpec):
     conv_channels: tuple[PositiveInt, PositiveInt] = (6, 16)
     fc_features: list[PositiveInt] = Field(default_factory=lambda: [120, 84])
 
+    @property
+    def num_stages(self) -> int:
+        return 2
+
 
 class LeNet5(StagedNet):
     def __init__(self, spec: LeNet5Spec) -> None:

@@ -20,6 +20,10 @@ class VGGSpec(BaseSpec):
     fc_features: list[PositiveInt] = Field(default_factory=lambda: [256])
     dropout: confloat(ge=0.0, lt=1.0) = 0.3
 
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
     @field_validator("stages")
     @classmethod
     def _non_empty(cls, stages: list[list[int]]) -> list[list[int]]:
