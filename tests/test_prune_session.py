@@ -78,3 +78,16 @@ def test_missing_data_fails_at_once_naming_the_file(tiny_project):
     (tiny_project / "conf/tiny/globals.yml").write_text(f"dataset:\n  source_dir: {tiny_project / 'nowhere'}\n")
     with pytest.raises(Exception, match=r"train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist"):
         _run(tiny_project)
+
+
+def test_kedro_viz_build_succeeds(tiny_project):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    kedro = Path(sys.executable).with_name("kedro")
+    result = subprocess.run([str(kedro), "viz", "build"], cwd=tiny_project, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    pipelines = json.loads((tiny_project / "build/api/main").read_text())["pipelines"]
+    assert {"prune", "data_preparation", "train_dense", "build_exits"} <= {p["id"] for p in pipelines}

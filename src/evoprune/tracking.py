@@ -18,3 +18,14 @@ def to_mlflow_metrics(values: Mapping[str, float | int | Sequence[float]]) -> di
         else:
             out[key] = {"value": float(value), "step": 0}
     return out
+
+
+def metric_series(metrics: Mapping[str, object], name: str) -> list[float]:
+    """Values of metric ``name`` ordered by step, from either shape kedro-mlflow hands around: what a
+    node returned (``{"loss": [...]}``) or what MlflowMetricsHistoryDataset loads back
+    (``{"train_dense.loss": [...]}``, a single-step metric as one dict)."""
+    for key, value in metrics.items():
+        if key == name or key.endswith(f".{name}"):
+            points = value if isinstance(value, list) else [value]
+            return [float(p["value"]) for p in sorted(points, key=lambda p: p["step"])]
+    return []

@@ -54,7 +54,20 @@ def test_train_dense_nodes_learn_and_keep_theta0(raw):
     metrics = evaluate_dense_model(model, val, test, device="cpu")
     assert metrics["test_accuracy"]["value"] > 0.5  # the fake classes are easy; chance is 0.1
     assert metrics["flops"]["value"] > 0 and metrics["params"]["value"] == 61706
-    assert isinstance(plot_training_history(history, params), Figure)
+    fig = plot_training_history(history, params)
+    assert list(fig.axes[0].lines[0].get_ydata()) == [p["value"] for p in history["train_loss"]]
+
+
+def test_training_plot_reads_history_as_mlflow_loads_it_back():
+    params = TrainDenseParams.model_validate(TINY_TRAIN)
+    loaded = {  # MlflowMetricsHistoryDataset.load(): prefixed keys, steps in any order, one step as a dict
+        "train_dense.train_loss": [{"step": 2, "value": 0.5}, {"step": 1, "value": 0.9}],
+        "train_dense.val_accuracy": [{"step": 1, "value": 0.7}, {"step": 2, "value": 0.8}],
+        "train_dense.train_seconds": {"step": 0, "value": 12.0},
+    }
+    fig = plot_training_history(loaded, params)
+    assert list(fig.axes[0].lines[0].get_ydata()) == [0.9, 0.5]
+    assert list(fig.axes[1].lines[0].get_ydata()) == [70.0, 80.0]
 
 
 def test_initialise_model_is_seeded():

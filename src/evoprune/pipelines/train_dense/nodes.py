@@ -14,7 +14,7 @@ from evoprune.core.models import ModelSpec, build_model
 from evoprune.core.plots import training_curves
 from evoprune.core.runtime import resolve_device, seed_everything
 from evoprune.core.train import TrainConfig, evaluate, train
-from evoprune.tracking import to_mlflow_metrics
+from evoprune.tracking import metric_series, to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
 
@@ -70,7 +70,8 @@ def evaluate_dense_model(
 
 def plot_training_history(history: dict[str, object], params: TrainDenseParams) -> Figure:
     """Loss and validation accuracy per epoch."""
-    values = {k: [p["value"] for p in v] for k, v in history.items() if isinstance(v, list)}
     return training_curves(
-        values.get("train_loss", []), values.get("val_accuracy", []), f"train_dense: {params.model.name}"
+        metric_series(history, "train_loss"),
+        metric_series(history, "val_accuracy"),
+        f"train_dense: {params.model.name}",
     )

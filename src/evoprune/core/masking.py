@@ -1,0 +1,107 @@
+"""Masks on a network: many candidate masks scored in one forward, and one mask made physical.
+
+Masking a unit multiplies its activation (after its BatchNorm, if any) by zero, which equals removing
+the unit: every consumer sees a zero input there. A population of K masks is scored by tiling a batch
+K times, ``(K*B, ...)``, and multiplying each tile's activations by its own mask inside forward hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from evoprune.core.data import images_to_float
+from evoprune.core.train import as_exit_list
+from evoprune.core.units import ChromosomeLayout, _forward_sum
+
+
+@contextmanager
+def population_masks(model: nn.Module, layout: ChromosomeLayout, masks: torch.Tensor) -> Iterator[None]:
+    """While active, a forward on ``(K*B, ...)`` inputs (tile k = rows k*B..(k+1)*B-1) applies mask k
+    of ``masks`` (K, num_bits) to tile k."""
+    modules = dict(model.named_modules())
+    k = masks.shape[0]
+    handles = []
+    for name, block in layout.split(masks).items():
+        group = next(g for g in layout.groups if g.name == name)
+        block = block.to(dtype=torch.float32)
+
+        def hook(_module, _inputs, output, block=block):
+            shape = (k, output.shape[0] // k, output.shape[1]) + (1,) * (output.dim() - 2)
+            scale = block.to(output.device, output.dtype).view(k, 1, block.shape[1], *([1] * (output.dim() - 2)))
+            return (output.view(shape[0], shape[1], *output.shape[1:]) * scale).view(output.shape)
+
+        handles.append(modules[group.mask_module].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def population_accuracy(
+    model: nn.Module,
+    layout: ChromosomeLayout,
+    masks: np.ndarray | torch.Tensor,
+    split: dict[str, torch.Tensor],
+    device: torch.device,
+    candidates_per_pass: int = 16,
+    batch_size: int = 1000,
+) -> np.ndarray:
+    """Accuracy of every exit under every mask: (K, num_exits), K candidates scored
+    ``candidates_per_pass`` at a time on tiled batches."""
+    was_training = model.training
+    model.eval().to(device)
+    masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=device)
+    labels = split["labels"].to(device)
+    images = split["images"].to(device)
+    hits = None
+    for first in range(0, masks.shape[0], candidates_per_pass):
+        chunk = masks[first : first + candidates_per_pass]
+        k = chunk.shape[0]
+        correct = None
+        with population_masks(model, layout, chunk):
+            for b in range(0, images.shape[0], batch_size):
+                x = images_to_float(images[b : b + batch_size])
+                y = labels[b : b + batch_size]
+                logits = torch.stack(as_exit_list(model(x.repeat(k, 1, 1, 1))))  # (E, k*B, C)
+                pred = logits.argmax(-1).view(logits.shape[0], k, -1)  # (E, k, B)
+                c = (pred == y).sum(-1).T  # (k, E)
+                correct = c if correct is None else correct + c
+        hits = correct if hits is None else torch.cat([hits, correct])
+    model.train(was_training)
+    return (hits.double() / labels.numel()).cpu().numpy()
+
+
+def prune_physically(
+    model: nn.Module, layout: ChromosomeLayout, mask: np.ndarray, input_shape: tuple[int, ...]
+) -> nn.Module:
+    """A genuinely smaller copy of ``model`` without the units that ``mask`` (num_bits,) drops.
+
+    Uses torch-pruning's dependency graph, so coupled layers (BatchNorm, consumers' inputs, flatten)
+    shrink together. The input model is not modified.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (layout.num_bits,):
+        raise ValueError(f"mask has shape {mask.shape}, the layout expects ({layout.num_bits},)")
+    if any(not mask[g.offset : g.offset + g.size].any() for g in layout.groups):
+        raise ValueError("mask removes every unit of a layer; repair it first (ChromosomeLayout.repair)")
+    pruned = copy.deepcopy(model).eval()
+    example = torch.zeros(1, *input_shape, device=next(pruned.parameters()).device)
+    graph = tp.DependencyGraph().build_dependency(
+        pruned, example_inputs=example, forward_fn=_forward_sum, verbose=False
+    )
+    modules = dict(pruned.named_modules())
+    for g in layout.groups:
+        drop = np.flatnonzero(~mask[g.offset : g.offset + g.size]).tolist()
+        if drop:
+            root = modules[g.name]
+            graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, drop).prune()
+    return pruned

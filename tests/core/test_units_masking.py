@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from evoprune.core.cost import count_flops, count_params
+from evoprune.core.exits import attach_exits
+from evoprune.core.masking import population_accuracy, population_masks, prune_physically
+from evoprune.core.models import build_model
+from evoprune.core.train import as_exit_list
+from evoprune.core.units import build_layout
+from tests.conftest import make_images
+
+SHAPE = (1, 28, 28)
+
+
+def _nets():
+    torch.manual_seed(0)
+    vgg = build_model({"name": "vgg", "stages": [[8], [16], [16]], "fc_features": [32]})
+    vgg(torch.randn(8, *SHAPE))  # non-trivial BatchNorm statistics
+    return {
+        "lenet5": build_model({"name": "lenet5"}).eval(),
+        "vgg_multi_exit": attach_exits(vgg, [1, 2], {"conv_channels": 4, "pool_size": 2, "hidden_features": 16}).eval(),
+    }
+
+
+NETS = _nets()
+
+
+@pytest.fixture(params=sorted(NETS))
+def net(request):
+    return NETS[request.param]
+
+
+def _random_masks(layout, k, seed, keep=0.5):
+    rng = np.random.default_rng(seed)
+    return layout.repair(rng.random((k, layout.num_bits)) < keep)
+
+
+def test_layout_round_trip_and_coverage(net):
+    layout = build_layout(net, SHAPE)
+    assert [layout.bit(*layout.unit(b)) for b in range(layout.num_bits)] == list(range(layout.num_bits))
+    assert layout.num_bits == sum(g.size for g in layout.groups)
+    split = layout.split(torch.arange(layout.num_bits)[None])
+    assert torch.equal(torch.cat(list(split.values()), 1)[0], torch.arange(layout.num_bits))
+    with pytest.raises(KeyError, match="no unit"):
+        layout.bit(layout.groups[0].name, layout.groups[0].size)
+
+
+def test_repair_keeps_one_unit_per_layer_preferring_the_most_important(net):
+    layout = build_layout(net, SHAPE)
+    importance = np.arange(layout.num_bits, dtype=float)
+    repaired = layout.repair(np.zeros((2, layout.num_bits), dtype=bool), importance)
+    for g in layout.groups:
+        block = repaired[:, g.offset : g.offset + g.size]
+        assert (block.sum(1) == 1).all() and block[:, -1].all()
+
+
+def test_analytic_cost_equals_the_counter_on_physically_pruned_networks(net):
+    layout = build_layout(net, SHAPE)
+    assert layout.dense_flops == count_flops(net, SHAPE) and layout.dense_params == count_params(net)
+    masks = _random_masks(layout, 4, seed=1, keep=0.4)
+    cost = layout.cost(masks)
+    for mask, flops, params in zip(masks, cost["flops"], cost["params"], strict=True):
+        pruned = prune_physically(net, layout, mask, SHAPE)
+        assert count_flops(pruned, SHAPE) == flops
+        assert count_params(pruned) == params
+
+
+def test_masking_a_unit_equals_removing_it(net):
+    layout = build_layout(net, SHAPE)
+    mask = _random_masks(layout, 1, seed=2)[0]
+    x = torch.randn(5, *SHAPE)
+    with torch.no_grad(), population_masks(net, layout, torch.as_tensor(mask[None])):
+        masked = as_exit_list(net(x))
+    pruned = prune_physically(net, layout, mask, SHAPE)
+    with torch.no_grad():
+        physical = as_exit_list(pruned(x))
+    for a, b in zip(masked, physical, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # hooks are gone afterwards: the dense network is unchanged
+        assert not torch.allclose(as_exit_list(net(x))[-1], masked[-1])
+
+
+def test_batched_evaluation_equals_one_mask_at_a_time(net):
+    layout = build_layout(net, SHAPE)
+    x, y = make_images(120, seed=3)
+    split = {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
+    masks = np.vstack([np.ones((1, layout.num_bits), dtype=bool), _random_masks(layout, 6, seed=4, keep=0.7)])
+    batched = population_accuracy(net, layout, masks, split, torch.device("cpu"), candidates_per_pass=4, batch_size=50)
+    alone = np.vstack([population_accuracy(net, layout, m[None], split, torch.device("cpu")) for m in masks])
+    assert batched.shape == (7, len(as_exit_list(net(torch.zeros(1, *SHAPE)))))
+    np.testing.assert_array_equal(batched, alone)
+
+
+def test_physical_pruning_refuses_empty_layers(net):
+    layout = build_layout(net, SHAPE)
+    mask = np.ones(layout.num_bits, dtype=bool)
+    g = layout.groups[0]
+    mask[g.offset : g.offset + g.size] = False
+    with pytest.raises(ValueError, match="repair it first"):
+        prune_physically(net, layout, mask, SHAPE)
