@@ -90,4 +90,4 @@ def test_kedro_viz_build_succeeds(tiny_project):
     result = subprocess.run([str(kedro), "viz", "build"], cwd=tiny_project, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     pipelines = json.loads((tiny_project / "build/api/main").read_text())["pipelines"]
-    assert {"prune", "data_preparation", "train_dense", "build_exits"} <= {p["id"] for p in pipelines}
+    assert {"prune", "data_preparation", "train_dense", "build_exits", "mask_search"} <= {p["id"] for p in pipelines}

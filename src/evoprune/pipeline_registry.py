@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from evoprune.pipelines import build_exits, data_preparation, train_dense
+from evoprune.pipelines import build_exits, data_preparation, mask_search, train_dense
 
-# Stages of `prune`, in order; later issues append mask_search, finetune, report.
+# Stages of `prune`, in order; later issues append finetune and report.
 PRUNE_STAGES = {
     "data_preparation": data_preparation.create_pipeline,
     "train_dense": train_dense.create_pipeline,
     "build_exits": build_exits.create_pipeline,
+    "mask_search": mask_search.create_pipeline,
 }
 
 

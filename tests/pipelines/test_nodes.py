@@ -11,6 +11,7 @@ from evoprune.core.data import load_raw_dataset
 from evoprune.pipeline_registry import register_pipelines
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams, split_dataset, summarise_splits
+from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.pipelines.train_dense.nodes import (
     TrainDenseParams,
     evaluate_dense_model,
@@ -101,6 +102,15 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
             "params:build_exits": MemoryDataset(
                 BuildExitsParams(training={"epochs": 1, "batch_size": 50}, latency={"batch_size": 50, "repeats": 1})
             ),
+            "params:mask_search": MemoryDataset(
+                MaskSearchParams(
+                    validation_subset=50,
+                    random_masks=2,
+                    checkpoint_dir=None,
+                    roulette_branch=None,
+                    search={"pop_size": 4, "generations": 1, "max_accuracy_drop": 0.9},
+                )
+            ),
             "params:seed": MemoryDataset(0),
             "params:device": MemoryDataset("cpu"),
         }
@@ -115,6 +125,10 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
         "build_exits_latency",
         "exit_accuracy_plot",
         "early_exit_tradeoff_plot",
+        "mask_search_generations",
+        "mask_search_metrics",
+        "pareto_members",
+        "pareto_front_plot",
     }
     assert outputs["train_dense_metrics"].load()["test_accuracy"]["value"] > 0.5
     assert isinstance(outputs["dense_training_curves"].load(), Figure)
@@ -122,8 +136,10 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
 
 def test_registry_has_every_stage_and_prune_is_default():
     pipelines = register_pipelines()
-    assert {"data_preparation", "train_dense", "build_exits", "prune", "__default__"} <= set(pipelines)
+    assert {"data_preparation", "train_dense", "build_exits", "mask_search", "prune", "__default__"} <= set(pipelines)
     assert pipelines["__default__"] is pipelines["prune"]
     assert {n.name for n in pipelines["prune"].nodes} == {
-        n.name for stage in ("data_preparation", "train_dense", "build_exits") for n in pipelines[stage].nodes
+        n.name
+        for stage in ("data_preparation", "train_dense", "build_exits", "mask_search")
+        for n in pipelines[stage].nodes
     }

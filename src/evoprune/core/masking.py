@@ -105,3 +105,101 @@ def prune_physically(
             root = modules[g.name]
             graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, drop).prune()
     return pruned
+
+
+class SlicedEvaluator:
+    """Scores masks by running each candidate on its own *sliced* weights (kept rows/columns only)
+    through the unchanged module code (``torch.func.functional_call``): exact, like physical pruning,
+    and each candidate costs in proportion to the FLOPs it keeps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: ChromosomeLayout,
+        device: torch.device,
+        calibration_images: torch.Tensor | None = None,
+        calibration_batch_size: int = 256,
+    ) -> None:
+        """Args:
+        calibration_images: uint8 training images; when given (and the model has BatchNorm), each
+            candidate's BatchNorm statistics are re-estimated on them before scoring (adaptive BN,
+            EagleEye), in batches of ``calibration_batch_size``.
+        """
+        self.model = model.eval().to(device)
+        self.device = device
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.calibration = None
+        if calibration_images is not None and self.norms:
+            self.calibration = [
+                images_to_float(calibration_images[b : b + calibration_batch_size].to(device))
+                for b in range(0, calibration_images.shape[0], calibration_batch_size)
+            ]
+        self.state = {k: v.detach() for k, v in model.state_dict().items()}
+        self.sliced: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []  # (prefix, out bits, in bits)
+        for layer in layout.layers:
+            self.sliced.append(
+                (
+                    layer.name,
+                    torch.as_tensor(layer.out_bits, device=device),
+                    torch.as_tensor(layer.in_bits, device=device),
+                )
+            )
+        for name, bits in layout.norm_bits:
+            self.sliced.append((name, torch.as_tensor(bits, device=device), None))
+
+    def params_for(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """State dict of the sub-network that ``mask`` (num_bits,) keeps."""
+        keep = torch.cat([mask.to(self.device, torch.bool), torch.ones(1, dtype=torch.bool, device=self.device)])
+        params = dict(self.state)
+        for prefix, out_bits, in_bits in self.sliced:
+            out_idx = keep[out_bits].nonzero().squeeze(1)
+            for suffix in ("weight", "bias", "running_mean", "running_var"):
+                key = f"{prefix}.{suffix}"
+                if key in params and params[key] is not None and params[key].dim() > 0:
+                    params[key] = params[key].index_select(0, out_idx)
+            if in_bits is not None:
+                in_idx = keep[in_bits].nonzero().squeeze(1)
+                params[f"{prefix}.weight"] = params[f"{prefix}.weight"].index_select(1, in_idx)
+        return params
+
+    @torch.no_grad()
+    def accuracy(
+        self, masks: np.ndarray | torch.Tensor, split: dict[str, torch.Tensor], batch_size: int = 5000
+    ) -> np.ndarray:
+        """Accuracy of every exit under every mask: (K, num_exits)."""
+        masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
+        images, labels = split["images"].to(self.device), split["labels"].to(self.device)
+        batches = [
+            (images_to_float(images[b : b + batch_size]), labels[b : b + batch_size])
+            for b in range(0, images.shape[0], batch_size)
+        ]
+        out = []
+        for mask in masks:
+            params = self.params_for(mask)
+            if self.calibration is not None:
+                self._recalibrate(params)
+            correct = 0
+            for x, y in batches:
+                logits = torch.stack(as_exit_list(torch.func.functional_call(self.model, params, (x,))))
+                correct = correct + (logits.argmax(-1) == y).sum(-1)
+            out.append(correct)
+        return (torch.stack(out).double() / labels.numel()).cpu().numpy()
+
+    def _recalibrate(self, params: dict[str, torch.Tensor]) -> None:
+        """Re-estimate the candidate's BatchNorm statistics (cumulative average over the calibration
+        batches) in its own sliced buffers; the model's own buffers are untouched."""
+        for key in [k for k in params if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]:
+            params[key] = (
+                torch.zeros_like(params[key]) if not key.endswith("running_var") else torch.ones_like(params[key])
+            )
+        saved = [(m, m.momentum) for m in self.norms]
+        for m in self.norms:
+            m.momentum = None  # cumulative moving average
+            m.train()
+        try:
+            for x in self.calibration:
+                torch.func.functional_call(self.model, params, (x,))
+        finally:
+            for m, momentum in saved:
+                m.momentum = momentum
+                m.eval()

@@ -68,3 +68,40 @@ def early_exit_tradeoff(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def pareto_front(
+    front: tuple[Sequence[float], Sequence[float]],
+    evaluated: tuple[Sequence[float], Sequence[float]],
+    random: tuple[Sequence[float], Sequence[float]],
+    chosen: tuple[Sequence[float], Sequence[float]],
+    dense_accuracy: float,
+    roulette: tuple[Sequence[float], Sequence[float]] | None,
+    title: str,
+) -> Figure:
+    """Validation accuracy vs FLOPs ratio: evaluated candidates, the Pareto front, random masks for
+    contrast, the roulette-branch path, the chosen members and the dense model."""
+    fig = Figure(figsize=(7, 4.8), layout="constrained")
+    ax = fig.subplots()
+    pct = lambda values: [100 * v for v in values]  # noqa: E731
+    ax.scatter(evaluated[0], pct(evaluated[1]), s=6, color="0.8", label="evaluated candidates")
+    ax.scatter(random[0], pct(random[1]), s=12, marker="x", color="tab:gray", label="random masks")
+    order = sorted(range(len(front[0])), key=lambda i: front[0][i])
+    ax.plot(
+        [front[0][i] for i in order],
+        pct([front[1][i] for i in order]),
+        marker="o",
+        ms=4,
+        color="tab:blue",
+        label="Pareto front",
+    )
+    if roulette is not None:
+        ax.plot(roulette[0], pct(roulette[1]), marker="s", ms=4, color="tab:orange", label="roulette branch path")
+    ax.scatter(
+        chosen[0], pct(chosen[1]), s=110, facecolors="none", edgecolors="tab:red", label="chosen for fine-tuning"
+    )
+    ax.scatter([1.0], [100 * dense_accuracy], marker="*", s=150, color="black", label="dense")
+    ax.set(xlabel="FLOPs kept (ratio of dense)", ylabel="validation accuracy before fine-tuning (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig

@@ -50,7 +50,7 @@ class ChromosomeLayout:
 
     groups: tuple[UnitGroup, ...]
     layers: tuple[LayerCost, ...]
-    norm_bits: tuple[np.ndarray, ...]  # per BatchNorm layer: bit of each channel (2 params each)
+    norm_bits: tuple[tuple[str, np.ndarray], ...]  # per BatchNorm layer: (name, bit of each channel)
     dense_flops: float
     dense_params: int
 
@@ -100,7 +100,7 @@ class ChromosomeLayout:
             kept_in = padded[:, torch.as_tensor(layer.in_bits)].sum(1)
             flops += layer.flops_per_pair * kept_out * kept_in
             params += layer.weight_per_pair * kept_out * kept_in + (kept_out if layer.has_bias else 0)
-        for bits in self.norm_bits:
+        for _, bits in self.norm_bits:
             params += 2 * padded[:, torch.as_tensor(bits)].sum(1)
         return {"flops": flops.numpy(), "params": params.numpy()}
 
@@ -172,7 +172,7 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m not in norms:
             norms[m] = np.full(m.num_features, -1)
     model.train(was_training)
-    layout = ChromosomeLayout(tuple(groups), layers, tuple(norms.values()), 0.0, 0)
+    layout = ChromosomeLayout(tuple(groups), layers, tuple((names[m], bits) for m, bits in norms.items()), 0.0, 0)
     full = layout.cost(np.ones((1, layout.num_bits), dtype=bool))
     return ChromosomeLayout(layout.groups, layers, layout.norm_bits, float(full["flops"][0]), int(full["params"][0]))
 

@@ -1,0 +1,1 @@
+"""Evolutionary search over filter masks with pymoo: operators, problem, algorithms, callback."""

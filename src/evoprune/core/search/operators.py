@@ -1,0 +1,87 @@
+"""Roulette-wheel operators (Chan et al. 2024): a unit is dropped with a probability that falls with its
+importance; small units are likely, never certainly, pruned and large ones likely, never certainly, kept.
+
+Importance is each unit's L1 norm ranked within its layer: ``rank`` 0 is the smallest unit, 1 the largest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pymoo.core.mutation import Mutation
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
+from torch import nn
+
+from evoprune.core.units import ChromosomeLayout
+
+
+def l1_importance(model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
+    """L1 norm of each unit's outgoing weights (its row of the root layer), per bit."""
+    modules = dict(model.named_modules())
+    out = np.zeros(layout.num_bits)
+    for g in layout.groups:
+        weight = modules[g.name].weight.detach().float().cpu()
+        out[g.offset : g.offset + g.size] = weight.abs().reshape(g.size, -1).sum(1).numpy()
+    return out
+
+
+def rank_within_layers(importance: np.ndarray, layout: ChromosomeLayout) -> np.ndarray:
+    """Importance -> rank in [0, 1] within each layer (0 = least important; a 1-unit layer gets 1)."""
+    ranks = np.ones(layout.num_bits)
+    for g in layout.groups:
+        block = importance[g.offset : g.offset + g.size]
+        if g.size > 1:
+            ranks[g.offset : g.offset + g.size] = np.argsort(np.argsort(block, kind="stable"), kind="stable") / (
+                g.size - 1
+            )
+    return ranks
+
+
+def drop_probability(rank: np.ndarray, intensity: float | np.ndarray, floor: float) -> np.ndarray:
+    """Roulette drop probability: ``intensity`` for the least important unit, ``intensity * floor``
+    for the most important one, linear in between."""
+    return np.asarray(intensity)[..., None] * (1.0 - (1.0 - floor) * rank)
+
+
+class RouletteSampling(Sampling):
+    """First population: the all-ones mask, then masks drawn by the roulette wheel at pruning
+    intensities spread evenly over (0, max_intensity]."""
+
+    def __init__(self, rank: np.ndarray, floor: float = 0.1, max_intensity: float = 0.95) -> None:
+        super().__init__()
+        self.rank, self.floor, self.max_intensity = rank, floor, max_intensity
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        intensity = self.max_intensity * (np.arange(1, n_samples) / max(n_samples - 1, 1))
+        drop = random_state.random((n_samples - 1, problem.n_var)) < drop_probability(self.rank, intensity, self.floor)
+        return np.vstack([np.ones((1, problem.n_var), dtype=bool), ~drop])
+
+
+class RouletteMutation(Mutation):
+    """Bit flips biased by importance: kept units are dropped with a probability falling with their
+    rank, dropped units come back with a probability rising with it; the mean rate is ``rate`` per bit
+    (default 1 / number of bits)."""
+
+    def __init__(self, rank: np.ndarray, floor: float = 0.1, rate: float | None = None, prob: float = 1.0) -> None:
+        super().__init__(prob=prob)
+        self.rank, self.floor, self.rate = rank, floor, rate
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        rate = self.rate or 1.0 / problem.n_var
+        scale = 2.0 / (1.0 + self.floor)  # mean of (1 - (1 - floor) * rank) over uniform ranks is (1 + floor) / 2
+        p_drop = rate * scale * (1.0 - (1.0 - self.floor) * self.rank)
+        p_restore = rate * scale * (self.floor + (1.0 - self.floor) * self.rank)
+        X = X.astype(bool)
+        flip = random_state.random(X.shape) < np.where(X, p_drop, p_restore)
+        return X ^ flip
+
+
+class KeepOnePerLayer(Repair):
+    """Every layer keeps at least one unit (its most important one, when it would lose all)."""
+
+    def __init__(self, layout: ChromosomeLayout, importance: np.ndarray) -> None:
+        super().__init__()
+        self.layout, self.importance = layout, importance
+
+    def _do(self, problem, X, **kwargs):
+        return self.layout.repair(X, self.importance)

@@ -1,0 +1,184 @@
+"""Running a mask search: algorithms, per-generation statistics, checkpoint and exact resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.algorithms.soo.nonconvex.ga import GA
+from pymoo.core.evaluator import Evaluator
+from pymoo.core.population import Population
+from pymoo.indicators.hv import HV
+from pymoo.operators.crossover.pntx import TwoPointCrossover
+from pymoo.util.optimum import filter_optimum
+from tqdm.auto import tqdm
+
+from evoprune.core.search.operators import KeepOnePerLayer, RouletteMutation, RouletteSampling
+from evoprune.core.search.problem import OBJECTIVES, MaskSearchProblem
+
+EXTRA_VALUES = ["accuracy", "flops", "params"]
+
+
+class SearchConfig(BaseModel):
+    """How to search (conf/base/parameters_mask_search.yml, key ``mask_search.search``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["nsga2", "ga"] = "nsga2"
+    objectives: list[Literal[OBJECTIVES]] = Field(default_factory=lambda: ["error", "flops_ratio"], min_length=1)  # type: ignore[valid-type]
+    pop_size: int = Field(40, ge=4)
+    generations: PositiveInt = 30
+    max_accuracy_drop: float = Field(0.1, gt=0.0, le=1.0)  # before fine-tuning; 0.1 = 10 points
+    crossover_prob: float = Field(0.9, ge=0.0, le=1.0)
+    mutation_rate: float | None = Field(None, gt=0.0, lt=1.0)  # per bit; None = 1 / number of bits
+    roulette_floor: float = Field(0.1, gt=0.0, lt=1.0)  # drop prob. of the most important unit relative to the least
+    max_intensity: float = Field(0.95, gt=0.0, lt=1.0)  # strongest pruning in the first population
+    checkpoint_every: int = Field(5, ge=0)  # generations; 0 = never
+    hv_reference: float = Field(1.1, gt=0.0)  # hypervolume reference point, the same in every objective
+    budgets: list[float] = Field(default_factory=lambda: [0.5, 0.25, 0.15])  # FLOPs ratios for "best accuracy within"
+
+
+@dataclass
+class SearchResult:
+    """What a search leaves: the final non-dominated feasible set, every evaluated candidate, and
+    per-generation statistics."""
+
+    front_X: np.ndarray
+    front_F: np.ndarray
+    front_accuracy: np.ndarray
+    evaluated_X: np.ndarray
+    evaluated_F: np.ndarray
+    evaluated_G: np.ndarray
+    evaluated_accuracy: np.ndarray
+    evaluated_generation: np.ndarray
+    generations: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_algorithm(cfg: SearchConfig, rank: np.ndarray, repair: KeepOnePerLayer):
+    """pymoo NSGA-II (multi-objective) or GA (first objective only) with roulette operators."""
+    common = dict(
+        pop_size=cfg.pop_size,
+        sampling=RouletteSampling(rank, cfg.roulette_floor, cfg.max_intensity),
+        crossover=TwoPointCrossover(prob=cfg.crossover_prob),
+        mutation=RouletteMutation(rank, cfg.roulette_floor, cfg.mutation_rate),
+        repair=repair,
+        eliminate_duplicates=True,
+        evaluator=Evaluator(evaluate_values_of=["F", "G", *EXTRA_VALUES]),
+    )
+    return NSGA2(**common) if cfg.algorithm == "nsga2" else GA(**common)
+
+
+def generation_stats(algorithm, cfg: SearchConfig, problem: MaskSearchProblem) -> dict[str, float]:
+    """Hypervolume (fixed reference point), front size and best accuracy within FLOPs budgets."""
+    pop = algorithm.pop
+    feasible = pop.get("CV")[:, 0] <= 0
+    stats: dict[str, float] = {"n_eval": float(algorithm.evaluator.n_eval), "feasible": float(feasible.mean())}
+    opt = algorithm.opt
+    F = opt.get("F") if opt is not None and len(opt) else np.empty((0, problem.n_obj))
+    F = F[opt.get("CV")[:, 0] <= 0] if len(F) else F
+    stats["front_size"] = float(len(F))
+    if problem.n_obj > 1:
+        stats["hypervolume"] = float(HV(ref_point=np.full(problem.n_obj, cfg.hv_reference))(F)) if len(F) else 0.0
+    accuracy = pop.get("accuracy")[:, -1]
+    flops_ratio = pop.get("flops") / problem.layout.dense_flops
+    for budget in cfg.budgets:
+        within = flops_ratio <= budget
+        stats[f"best_accuracy_at_{budget:g}_flops"] = float(accuracy[within].max()) if within.any() else 0.0
+    return stats
+
+
+def _save_checkpoint(path: Path, algorithm, generations: list[dict], log: dict[str, list]) -> None:
+    """Exact resume state without pickle: arrays in .npz, counters and the RNG state in JSON."""
+    path.mkdir(parents=True, exist_ok=True)
+    pop = algorithm.pop
+    arrays = {k: pop.get(k) for k in ("X", "F", "G", "CV", "rank", "crowding", *EXTRA_VALUES)}
+    arrays.update({f"log_{k}": np.concatenate(v) for k, v in log.items()})
+    np.savez(path / "state.npz", **{k: np.asarray(v) for k, v in arrays.items() if v is not None})
+    meta = {
+        "n_iter": algorithm.n_iter,
+        "n_eval": algorithm.evaluator.n_eval,
+        "rng": algorithm.random_state.bit_generator.state,
+        "generations": generations,
+    }
+    (path / "state.json").write_text(json.dumps(meta, default=int))
+
+
+def _restore_checkpoint(path: Path, algorithm) -> tuple[list[dict], dict[str, list]]:
+    arrays = np.load(path / "state.npz", allow_pickle=False)
+    meta = json.loads((path / "state.json").read_text())
+    pop = Population.new(X=arrays["X"])
+    for key in ("F", "G", "CV", "rank", "crowding", *EXTRA_VALUES):
+        if key in arrays:
+            pop.set(key, arrays[key])
+    pop.apply(lambda ind: ind.evaluated.update(["F", "G", "CV", *EXTRA_VALUES]))
+    algorithm.pop, algorithm.off = pop, None
+    algorithm.opt = filter_optimum(pop, least_infeasible=True)
+    algorithm.n_iter, algorithm.is_initialized = meta["n_iter"], True
+    algorithm.start_time = time.time()
+    algorithm.evaluator.n_eval = meta["n_eval"]
+    algorithm.random_state.bit_generator.state = meta["rng"]
+    log = {k[4:]: [arrays[k]] for k in arrays.files if k.startswith("log_")}
+    return meta["generations"], log
+
+
+def run_search(
+    problem: MaskSearchProblem,
+    cfg: SearchConfig,
+    rank: np.ndarray,
+    importance: np.ndarray,
+    seed: int,
+    checkpoint_dir: str | Path | None = None,
+    stop_after: int | None = None,
+) -> SearchResult:
+    """Run NSGA-II or GA generation by generation.
+
+    Args:
+        problem: the vectorised problem.
+        cfg: the search configuration.
+        rank, importance: per-bit importance rank (operators) and raw importance (repair).
+        seed: drives pymoo's random generator (sampling, selection, crossover, mutation).
+        checkpoint_dir: where state is saved every ``cfg.checkpoint_every`` generations; an existing
+            checkpoint there is resumed, ending with the same front as an uninterrupted run.
+        stop_after: stop after this many generations in total (simulates a killed run, for tests).
+    """
+    algorithm = make_algorithm(cfg, rank, KeepOnePerLayer(problem.layout, importance))
+    algorithm.setup(problem, termination=("n_gen", cfg.generations), seed=seed, verbose=False)
+    generations: list[dict[str, float]] = []
+    log: dict[str, list] = {k: [] for k in ("X", "F", "G", "accuracy", "generation")}
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt is not None and (ckpt / "state.json").is_file():
+        generations, log = _restore_checkpoint(ckpt, algorithm)
+    bar = tqdm(
+        total=cfg.generations, initial=len(generations), desc=f"mask_search ({cfg.algorithm})", unit="gen", leave=False
+    )
+    while algorithm.has_next() and (stop_after is None or len(generations) < stop_after):
+        algorithm.next()
+        off = algorithm.off if algorithm.off is not None else algorithm.pop
+        for key in ("X", "F", "G", "accuracy"):
+            log[key].append(np.asarray(off.get(key)))
+        log["generation"].append(np.full(len(off), algorithm.n_iter - 1))
+        generations.append(generation_stats(algorithm, cfg, problem))
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in generations[-1].items() if k in ("hypervolume", "front_size")})
+        if ckpt is not None and cfg.checkpoint_every and len(generations) % cfg.checkpoint_every == 0:
+            _save_checkpoint(ckpt, algorithm, generations, log)
+    bar.close()
+    opt = algorithm.opt
+    feasible = opt.get("CV")[:, 0] <= 0
+    return SearchResult(
+        front_X=opt.get("X")[feasible].astype(bool),
+        front_F=opt.get("F")[feasible],
+        front_accuracy=opt.get("accuracy")[feasible],
+        evaluated_X=np.concatenate(log["X"]).astype(bool),
+        evaluated_F=np.concatenate(log["F"]),
+        evaluated_G=np.concatenate(log["G"]),
+        evaluated_accuracy=np.concatenate(log["accuracy"]),
+        evaluated_generation=np.concatenate(log["generation"]),
+        generations=generations,
+    )

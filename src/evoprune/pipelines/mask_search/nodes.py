@@ -1,0 +1,134 @@
+"""Nodes of mask_search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from torch import nn
+
+from evoprune.core import plots
+from evoprune.core.runtime import resolve_device
+from evoprune.core.search.api import SearchOutcome, search_pruning_masks
+from evoprune.core.search.roulette_branch import RouletteBranchConfig
+from evoprune.core.search.run import SearchConfig
+from evoprune.tracking import to_mlflow_metrics
+
+Split = dict[str, torch.Tensor]
+
+
+class MaskSearchParams(BaseModel):
+    """conf/base/parameters_mask_search.yml"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validation_subset: PositiveInt = 2000  # validation images scoring each candidate
+    adaptive_bn_images: NonNegativeInt = 1024  # training images re-estimating BatchNorm per candidate; 0 = off
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    roulette_branch: RouletteBranchConfig | None = Field(default_factory=RouletteBranchConfig)  # null: skip
+    random_masks: NonNegativeInt = 60  # random masks evaluated for contrast in the plot
+    chosen_members: PositiveInt = 3  # members for fine-tuning, spread evenly along the FLOPs axis
+    checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"  # null: no checkpoints
+
+
+def search_masks(
+    multi_exit_model: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    params: MaskSearchParams,
+    seed: int,
+    device: str,
+) -> SearchOutcome:
+    """Run the configured search on the first ``validation_subset`` validation images."""
+    subset = {k: v[: params.validation_subset] for k, v in validation_split.items()}
+    calibration = train_split["images"][: params.adaptive_bn_images] if params.adaptive_bn_images else None
+    return search_pruning_masks(
+        multi_exit_model,
+        subset,
+        calibration,
+        params.search,
+        seed,
+        resolve_device(device),
+        params.random_masks,
+        params.roulette_branch,
+        params.checkpoint_dir,
+    )
+
+
+def _rows(outcome: SearchOutcome, X: np.ndarray, accuracy: np.ndarray) -> pd.DataFrame:
+    cost = outcome.layout.cost(X)
+    table = pd.DataFrame({f"exit{e + 1}_accuracy": accuracy[:, e] for e in range(accuracy.shape[1])})
+    table.insert(0, "flops_ratio", cost["flops"] / outcome.layout.dense_flops)
+    table["flops"], table["params"] = cost["flops"], cost["params"]
+    table["params_ratio"] = cost["params"] / outcome.layout.dense_params
+    for g in outcome.layout.groups:
+        table[f"kept.{g.name}"] = X[:, g.offset : g.offset + g.size].sum(1)
+    table["units_kept"] = X.sum(1)
+    table["mask"] = ["".join("1" if b else "0" for b in row) for row in X]
+    return table
+
+
+def tabulate_search(
+    outcome: SearchOutcome,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, object], dict[str, object]]:
+    """Pareto set, every evaluated candidate, random masks, per-generation metrics and a summary."""
+    res = outcome.result
+    pareto = _rows(outcome, res.front_X, res.front_accuracy).sort_values("flops_ratio", ignore_index=True)
+    pareto.insert(0, "member", range(len(pareto)))
+    history = _rows(outcome, res.evaluated_X, res.evaluated_accuracy)
+    history.insert(0, "generation", res.evaluated_generation)
+    history.insert(1, "feasible", res.evaluated_G[:, 0] <= 0)
+    random = _rows(outcome, outcome.random_X, outcome.random_accuracy)
+    per_generation = {k: [g[k] for g in res.generations] for k in res.generations[0]} if res.generations else {}
+    summary = {
+        "front_size": len(pareto),
+        "min_flops_ratio": float(pareto["flops_ratio"].min()) if len(pareto) else 1.0,
+        "search_seconds": outcome.seconds,
+        "evaluations": outcome.evaluations,
+        "evaluations_per_second": outcome.evaluations / max(outcome.seconds, 1e-9),
+        "num_units": outcome.layout.num_bits,
+        "reference_accuracy": float(outcome.reference_accuracy[-1]),
+    }
+    return pareto, history, random, to_mlflow_metrics(per_generation), to_mlflow_metrics(summary)
+
+
+def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
+    """K members spread evenly along the FLOPs axis of the front (nearest to evenly spaced targets)."""
+    flops = pareto_set["flops_ratio"].to_numpy()
+    targets = np.linspace(flops.min(), flops.max(), params.chosen_members)
+    picked = sorted({int(np.abs(flops - t).argmin()) for t in targets})
+    return pareto_set.iloc[picked].reset_index(drop=True)
+
+
+def export_members(multi_exit_model: nn.Module, chosen_members: pd.DataFrame) -> dict[str, object]:
+    """The chosen members as one portable file (spec + weights + masks)."""
+    masks = np.array([[c == "1" for c in m] for m in chosen_members["mask"]], dtype=bool)
+    return {"model": multi_exit_model, "masks": masks, "member_ids": chosen_members["member"].tolist()}
+
+
+def plot_pareto_front(
+    pareto_set: pd.DataFrame,
+    search_history: pd.DataFrame,
+    random_masks: pd.DataFrame,
+    chosen_members: pd.DataFrame,
+    outcome: SearchOutcome,
+    params: MaskSearchParams,
+) -> Figure:
+    """Front before fine-tuning, with evaluated, random and roulette-branch candidates for contrast."""
+    final = [c for c in pareto_set.columns if c.endswith("_accuracy")][-1]
+    xy = lambda t: (t["flops_ratio"].tolist(), t[final].tolist())  # noqa: E731
+    roulette = None
+    if outcome.roulette is not None:
+        cost = outcome.layout.cost(outcome.roulette["path_X"])
+        roulette = ((cost["flops"] / outcome.layout.dense_flops).tolist(), outcome.roulette["path_accuracy"].tolist())
+    return plots.pareto_front(
+        xy(pareto_set),
+        xy(search_history),
+        xy(random_masks),
+        xy(chosen_members),
+        float(outcome.reference_accuracy[-1]),
+        roulette,
+        f"mask_search: {params.search.algorithm}, objectives {params.search.objectives}",
+    )

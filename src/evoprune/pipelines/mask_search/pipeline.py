@@ -1,0 +1,52 @@
+"""mask_search: multi-exit model -> Pareto set, history, chosen members, front plot."""
+
+from kedro.pipeline import Node, Pipeline
+
+from evoprune.pipelines.mask_search.nodes import (
+    choose_members,
+    export_members,
+    plot_pareto_front,
+    search_masks,
+    tabulate_search,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                search_masks,
+                [
+                    "multi_exit_model",
+                    "train_split",
+                    "validation_split",
+                    "params:mask_search",
+                    "params:seed",
+                    "params:device",
+                ],
+                "mask_search_outcome",
+                name="search_masks",
+            ),
+            Node(
+                tabulate_search,
+                "mask_search_outcome",
+                ["pareto_set", "mask_search_history", "random_masks", "mask_search_generations", "mask_search_metrics"],
+                name="tabulate_search",
+            ),
+            Node(choose_members, ["pareto_set", "params:mask_search"], "chosen_members", name="choose_members"),
+            Node(export_members, ["multi_exit_model", "chosen_members"], "pareto_members", name="export_members"),
+            Node(
+                plot_pareto_front,
+                [
+                    "pareto_set",
+                    "mask_search_history",
+                    "random_masks",
+                    "chosen_members",
+                    "mask_search_outcome",
+                    "params:mask_search",
+                ],
+                "pareto_front_plot",
+                name="plot_pareto_front",
+            ),
+        ]
+    )

@@ -1,0 +1,177 @@
+import numpy as np
+import pytest
+import torch
+from pymoo.core.problem import Problem
+
+from evoprune.core.masking import SlicedEvaluator
+from evoprune.core.models import build_model
+from evoprune.core.search.operators import (
+    RouletteMutation,
+    RouletteSampling,
+    drop_probability,
+    l1_importance,
+    rank_within_layers,
+)
+from evoprune.core.search.problem import MaskSearchProblem
+from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
+from evoprune.core.search.run import SearchConfig, run_search
+from evoprune.core.train import TrainConfig, train
+from evoprune.core.units import build_layout
+from tests.conftest import make_images
+
+CPU = torch.device("cpu")
+
+
+def _split(n, seed):
+    x, y = make_images(n, seed)
+    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = build_model({"name": "lenet5", "conv_channels": [6, 12], "fc_features": [24, 16]})
+    train(
+        model,
+        _split(400, 0),
+        None,
+        TrainConfig(epochs=3, batch_size=32, optimizer="adamw", learning_rate=3e-3),
+        CPU,
+        seed=0,
+    )
+    layout = build_layout(model, (1, 28, 28))
+    val = _split(150, 1)
+    evaluator = SlicedEvaluator(model, layout, CPU)
+    importance = l1_importance(model, layout)
+    rank = rank_within_layers(importance, layout)
+    reference = evaluator.accuracy(np.ones((1, layout.num_bits), bool), val)[0]
+    problem = MaskSearchProblem(layout, lambda X: evaluator.accuracy(X, val), ["error", "flops_ratio"], reference, 0.5)
+    return model, layout, evaluator, importance, rank, reference, problem, val
+
+
+CFG = SearchConfig(pop_size=12, generations=6, checkpoint_every=1)
+
+
+def test_rank_is_within_layer_and_drop_probability_falls_with_it(setup):
+    _, layout, _, importance, rank, *_ = setup
+    g = layout.groups[0]
+    block = importance[g.offset : g.offset + g.size]
+    assert rank[g.offset + int(block.argmin())] == 0.0 and rank[g.offset + int(block.argmax())] == 1.0
+    p = drop_probability(np.array([0.0, 0.5, 1.0]), 0.8, floor=0.1)
+    assert p[0] == pytest.approx(0.8) and p[2] == pytest.approx(0.08) and p[0] > p[1] > p[2] > 0
+
+
+def test_roulette_sampling_starts_dense_and_prunes_small_units_more(setup):
+    _, layout, _, _, rank, *_ = setup
+    problem = Problem(n_var=layout.num_bits, xl=0, xu=1, vtype=bool)
+    X = RouletteSampling(rank, floor=0.1).do(problem, 200, random_state=np.random.default_rng(0)).get("X")
+    assert X[0].all()
+    kept = X[1:].mean(0)
+    small, large = rank < 0.2, rank > 0.8
+    assert kept[small].mean() < kept[large].mean()  # likely, not certainly, pruned
+    assert 0 < kept[small].mean() and kept[large].mean() < 1
+
+
+def test_roulette_mutation_is_driven_by_the_given_generator(setup):
+    _, layout, _, _, rank, *_ = setup
+    problem = Problem(n_var=layout.num_bits, xl=0, xu=1, vtype=bool)
+    X = np.ones((50, layout.num_bits), dtype=bool)
+    mutation = RouletteMutation(rank, rate=0.05)
+    a = mutation._do(problem, X, random_state=np.random.default_rng(1))
+    b = mutation._do(problem, X, random_state=np.random.default_rng(1))
+    assert np.array_equal(a, b) and not a.all()
+    assert (~a)[:, rank < 0.2].mean() > (~a)[:, rank > 0.8].mean()
+
+
+def test_problem_outputs_and_constraint(setup):
+    *_, reference, problem, val = setup
+    out = problem.evaluate(
+        np.ones((2, problem.n_var), bool), return_values_of=["F", "G", "accuracy"], return_as_dictionary=True
+    )
+    assert out["F"].shape == (2, 2) and out["F"][0, 1] == pytest.approx(1.0)
+    assert out["G"][0, 0] == pytest.approx(-0.5)  # no drop: 0.5 below the limit
+    with pytest.raises(ValueError, match="unknown objectives"):
+        MaskSearchProblem(problem.layout, problem.score, ["speed"], reference, 0.1)
+
+
+def test_same_seed_same_front_and_different_seed_differs(setup):
+    importance, rank, problem = setup[3], setup[4], setup[6]
+    a = run_search(problem, CFG, rank, importance, seed=3)
+    b = run_search(problem, CFG, rank, importance, seed=3)
+    c = run_search(problem, CFG, rank, importance, seed=4)
+    assert np.array_equal(a.front_X, b.front_X) and np.array_equal(a.front_F, b.front_F)
+    assert a.generations == b.generations
+    assert not np.array_equal(a.evaluated_X, c.evaluated_X)
+
+
+def test_kill_and_resume_ends_with_the_same_front(setup, tmp_path):
+    importance, rank, _, problem = setup[3], setup[4], setup[5], setup[6]
+    uninterrupted = run_search(problem, CFG, rank, importance, seed=5)
+    killed = run_search(problem, CFG, rank, importance, seed=5, checkpoint_dir=tmp_path, stop_after=3)
+    assert len(killed.generations) == 3
+    resumed = run_search(problem, CFG, rank, importance, seed=5, checkpoint_dir=tmp_path)
+    assert np.array_equal(resumed.front_X, uninterrupted.front_X)
+    assert np.array_equal(resumed.front_F, uninterrupted.front_F)
+    assert np.array_equal(resumed.evaluated_X, uninterrupted.evaluated_X)
+    assert resumed.generations == uninterrupted.generations
+
+
+def test_nsga2_front_dominates_random_masks_of_equal_flops(setup):
+    _, layout, evaluator, importance, rank, _, problem, val = setup
+    result = run_search(problem, SearchConfig(pop_size=20, generations=10), rank, importance, seed=0)
+    rng = np.random.default_rng(0)
+    random = layout.repair(rng.random((40, layout.num_bits)) < rng.uniform(0.3, 1.0, (40, 1)))
+    random_flops = layout.cost(random)["flops"] / layout.dense_flops
+    random_error = 1 - evaluator.accuracy(random, val)[:, -1]
+    front_error, front_flops = result.front_F[:, 0], result.front_F[:, 1]
+    beaten = 0
+    for f, e in zip(random_flops, random_error, strict=True):
+        cheaper = front_flops <= f
+        if cheaper.any():
+            best = front_error[cheaper].min()
+            assert best <= e + 1e-12, f"a random mask at {f:.2f} FLOPs beats the front"
+            beaten += best < e
+    assert beaten >= len(random) // 2
+
+
+def test_ga_optimises_one_objective_under_the_constraint(setup):
+    importance, rank, problem = setup[3], setup[4], setup[6]
+    single = MaskSearchProblem(problem.layout, problem.score, ["flops_ratio"], problem.reference_accuracy, 0.2)
+    result = run_search(single, SearchConfig(algorithm="ga", pop_size=12, generations=5), rank, importance, seed=0)
+    assert result.front_F.shape[1] == 1 and result.front_F[0, 0] < 1.0
+    assert problem.reference_accuracy[-1] - result.front_accuracy[0, -1] <= 0.2 + 1e-12
+
+
+def test_roulette_branch_prunes_monotonically_within_the_limit(setup):
+    _, layout, evaluator, importance, rank, reference, _, val = setup
+    out = roulette_branch_search(
+        layout,
+        lambda X: evaluator.accuracy(X, val),
+        rank,
+        importance,
+        float(reference[-1]),
+        0.2,
+        0.1,
+        RouletteBranchConfig(branch_size=6, max_levels=5),
+        seed=0,
+    )
+    flops = layout.cost(out["path_X"])["flops"]
+    assert out["path_X"][0].all() and len(out["path_X"]) >= 2
+    assert np.all(np.diff(flops) <= 0)
+    assert np.all(out["path_accuracy"] >= reference[-1] - 0.2 - 1e-12)
+    assert np.all(out["path_X"][1:] <= out["path_X"][:-1])  # prunes further, never restores
+
+
+def test_adaptive_bn_uses_its_own_buffers():
+    torch.manual_seed(0)
+    model = build_model({"name": "vgg", "stages": [[8], [8]], "fc_features": [16]})
+    train(model, _split(200, 0), None, TrainConfig(epochs=1, batch_size=32), CPU, seed=0)
+    layout = build_layout(model, (1, 28, 28))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = SlicedEvaluator(model, layout, CPU)
+    adaptive = SlicedEvaluator(model, layout, CPU, calibration_images=_split(256, 2)["images"])
+    masks = layout.repair(np.random.default_rng(0).random((3, layout.num_bits)) < 0.5)
+    val = _split(100, 3)
+    a, b = plain.accuracy(masks, val), adaptive.accuracy(masks, val)
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
