@@ -38,7 +38,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 viz: setup
 	$(BIN)/kedro viz build
@@ -48,3 +48,6 @@ mlflow-ui: setup
 
 clean-data:
 	find data -type f ! -name .gitkeep -delete
+
+bench: setup
+	$(BIN)/python benchmarks/mask_evaluation.py

@@ -99,3 +99,22 @@ def test_physical_pruning_refuses_empty_layers(net):
     mask[g.offset : g.offset + g.size] = False
     with pytest.raises(ValueError, match="repair it first"):
         prune_physically(net, layout, mask, SHAPE)
+
+
+def test_sliced_evaluation_equals_masked_evaluation(net):
+    from evoprune.core.masking import SlicedEvaluator
+
+    layout = build_layout(net, SHAPE)
+    x, y = make_images(90, seed=5)
+    split = {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
+    masks = np.vstack([np.ones((1, layout.num_bits), dtype=bool), _random_masks(layout, 5, seed=6, keep=0.6)])
+    probe = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        before = as_exit_list(net(probe))
+    evaluator = SlicedEvaluator(net, layout, torch.device("cpu"))
+    assert evaluator.input_layer_name is not None  # the cached input layer is in use
+    sliced = evaluator.accuracy(masks, split, batch_size=40)
+    masked = population_accuracy(net, layout, masks, split, torch.device("cpu"))
+    np.testing.assert_array_equal(sliced, masked)
+    with torch.no_grad():  # the model itself is left as it was (no leftover forward override)
+        assert all(torch.equal(a, b) for a, b in zip(before, as_exit_list(net(probe)), strict=True))

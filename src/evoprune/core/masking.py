@@ -146,6 +146,49 @@ class SlicedEvaluator:
             )
         for name, bits in layout.norm_bits:
             self.sliced.append((name, torch.as_tensor(bits, device=device), None))
+        # The input block (the first conv/linear to run and the channel-wise modules after it) sees the
+        # same images for every candidate: its dense output is computed once per batch and each
+        # candidate takes its kept channels.
+        self.input_layer_name, self.input_out_bits = self._input_layer(layout)
+
+    def _input_layer(self, layout: ChromosomeLayout) -> tuple[str | None, torch.Tensor | None]:
+        """The largest block that holds the input layer (the first conv/linear to run) and otherwise
+        only channel-wise modules (activations, pooling, dropout; BatchNorm too unless it is
+        re-estimated per candidate). Its output, for kept channels, is the same for every candidate."""
+        modules = dict(self.model.named_modules())
+        calls: dict[str, int] = {}
+        order: list[str] = []
+
+        def record(name: str):
+            def hook(_module, _inputs) -> None:
+                calls[name] = calls.get(name, 0) + 1
+                order.append(name)
+
+            return hook
+
+        handles = [m.register_forward_pre_hook(record(name)) for name, m in modules.items() if name]
+        spec = self.model.backbone.spec if hasattr(self.model, "backbone") else self.model.spec
+        with torch.no_grad():
+            self.model(torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"], device=self.device))
+        for h in handles:
+            h.remove()
+        costs = {layer.name: layer for layer in layout.layers}
+        first = next((n for n in order if n in costs), None)
+        if first is None or (costs[first].in_bits >= 0).any() or calls[first] != 1:
+            return None, None
+        channelwise = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity)
+        if self.calibration is None:
+            channelwise += (nn.modules.batchnorm._BatchNorm,)
+        block = first
+        parts = first.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            name = ".".join(parts[:depth])
+            leaves = [(n, m) for n, m in modules[name].named_modules(prefix=name) if not list(m.children())]
+            if calls.get(name) == 1 and all(n == first or isinstance(m, channelwise) for n, m in leaves):
+                block = name
+            else:
+                break
+        return block, torch.as_tensor(costs[first].out_bits, device=self.device)
 
     def params_for(self, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """State dict of the sub-network that ``mask`` (num_bits,) keeps."""
@@ -173,17 +216,36 @@ class SlicedEvaluator:
             (images_to_float(images[b : b + batch_size]), labels[b : b + batch_size])
             for b in range(0, images.shape[0], batch_size)
         ]
+        block = dict(self.model.named_modules()).get(self.input_layer_name) if self.input_layer_name else None
+        cached = [block(x) for x, _ in batches] if block is not None else [None] * len(batches)  # dense (B, C, ...)
         out = []
         for mask in masks:
             params = self.params_for(mask)
             if self.calibration is not None:
                 self._recalibrate(params)
             correct = 0
-            for x, y in batches:
-                logits = torch.stack(as_exit_list(torch.func.functional_call(self.model, params, (x,))))
+            for (x, y), dense in zip(batches, cached, strict=True):
+                with self._input_from_cache(block, dense, mask):
+                    logits = torch.stack(as_exit_list(torch.func.functional_call(self.model, params, (x,))))
                 correct = correct + (logits.argmax(-1) == y).sum(-1)
             out.append(correct)
         return (torch.stack(out).double() / labels.numel()).cpu().numpy()
+
+    @contextmanager
+    def _input_from_cache(
+        self, block: nn.Module | None, dense_output: torch.Tensor | None, mask: torch.Tensor
+    ) -> Iterator[None]:
+        """Replace the input block's computation by its cached dense output, restricted to the kept channels."""
+        if block is None or dense_output is None:
+            yield
+            return
+        keep = torch.cat([mask.to(self.device, torch.bool), torch.ones(1, dtype=torch.bool, device=self.device)])
+        kept = dense_output.index_select(1, keep[self.input_out_bits].nonzero().squeeze(1))
+        block.forward = lambda *_args, **_kw: kept  # the block's computation is skipped
+        try:
+            yield
+        finally:
+            del block.forward  # back to the class's forward
 
     def _recalibrate(self, params: dict[str, torch.Tensor]) -> None:
         """Re-estimate the candidate's BatchNorm statistics (cumulative average over the calibration

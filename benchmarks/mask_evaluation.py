@@ -1,0 +1,113 @@
+"""Candidate evaluations per second: one-at-a-time masked evaluation of the dense network vs batched
+schemes, measured in one run on the same population and validation images (ratios in the last column).
+
+    .venv/bin/python benchmarks/mask_evaluation.py                       # LeNet-5 + exit, random weights
+    .venv/bin/python benchmarks/mask_evaluation.py --model data/06_models/multi_exit_model.pt \
+        --data data/05_model_input/fashion_mnist_validation.pt           # the trained model, real images
+
+Schemes (all exact: identical accuracies are asserted):
+  masked, K=1       the dense network with activation masks, one candidate per forward (baseline)
+  masked, K=k       k candidates per forward, the batch tiled k times, each tile with its own mask
+  sliced            each candidate on its own sliced weights (cost follows its FLOPs), input layer cached
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from evoprune.core.exits import attach_exits
+from evoprune.core.masking import SlicedEvaluator, population_accuracy
+from evoprune.core.models import build_model
+from evoprune.core.search.operators import RouletteSampling, l1_importance, rank_within_layers
+from evoprune.core.units import build_layout
+
+
+def _population(layout, model, size: int, seed: int) -> np.ndarray:
+    from pymoo.core.problem import Problem
+
+    rank = rank_within_layers(l1_importance(model, layout), layout)
+    problem = Problem(n_var=layout.num_bits, xl=0, xu=1, vtype=bool)
+    X = RouletteSampling(rank).do(problem, size, random_state=np.random.default_rng(seed)).get("X")
+    return layout.repair(X)
+
+
+def _rate(fn, n: int, repeats: int) -> tuple[float, np.ndarray]:
+    out = fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return n / float(np.median(times)), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="TorchModelDataset checkpoint (default: LeNet-5 + one exit, random weights)")
+    parser.add_argument("--data", help="TensorDictDataset split (default: random images)")
+    parser.add_argument("--images", type=int, default=2000, help="validation images per candidate")
+    parser.add_argument("--population", type=int, default=32)
+    parser.add_argument("--tiles", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    if args.model:
+        from evoprune.datasets import TorchModelDataset
+
+        model = TorchModelDataset(filepath=args.model).load()
+    else:
+        model = attach_exits(build_model({"name": "lenet5"}), [1])
+    model.eval().to(device)
+    if args.data:
+        from evoprune.datasets import TensorDictDataset
+
+        split = {k: v[: args.images] for k, v in TensorDictDataset(filepath=args.data).load().items()}
+    else:
+        split = {
+            "images": torch.randint(0, 256, (args.images, 28, 28), dtype=torch.uint8),
+            "labels": torch.randint(0, 10, (args.images,)),
+        }
+    spec = model.backbone.spec if hasattr(model, "backbone") else model.spec
+    layout = build_layout(model, (spec["in_channels"], spec["input_size"], spec["input_size"]))
+    masks = _population(layout, model, args.population, seed=0)
+    flops = layout.cost(masks)["flops"] / layout.dense_flops
+    rows = []
+    base, reference = _rate(
+        lambda: np.vstack([population_accuracy(model, layout, m[None], split, device, 1, args.images) for m in masks]),
+        len(masks),
+        args.repeats,
+    )
+    rows.append(("masked, K=1 (one at a time)", base))
+    for k in args.tiles:
+        rate, acc = _rate(
+            lambda k=k: population_accuracy(model, layout, masks, split, device, k, max(args.images // k, 1)),
+            len(masks),
+            args.repeats,
+        )
+        assert np.array_equal(acc, reference), f"tiled K={k} differs from one-at-a-time"
+        rows.append((f"masked, K={k} (tiled batch)", rate))
+    evaluator = SlicedEvaluator(model, layout, device)
+    rate, acc = _rate(lambda: evaluator.accuracy(masks, split), len(masks), args.repeats)
+    assert np.array_equal(acc, reference), "sliced evaluation differs from one-at-a-time"
+    rows.append(("sliced (per-candidate weights)", rate))
+    print(
+        f"model {spec['name']} ({'multi-exit' if hasattr(model, 'exit_heads') else 'single exit'}), {layout.num_bits} units, "
+        f"{args.images} images per candidate, population {len(masks)} (roulette sampling, mean FLOPs ratio {flops.mean():.2f})"
+    )
+    print(
+        f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+    )
+    print(f"{'scheme':34s} {'evals/s':>9s} {'vs K=1':>7s}")
+    for name, rate in rows:
+        print(f"{name:34s} {rate:9.2f} {rate / base:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
