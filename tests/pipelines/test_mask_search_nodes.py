@@ -42,7 +42,8 @@ PARAMS = MaskSearchParams(
 def searched():
     torch.manual_seed(0)
     model = attach_exits(build_model({"name": "vgg", "stages": [[8], [8]], "fc_features": [16]}), [1])
-    outcome = search_masks(model, _split(64, 0), _split(150, 1), PARAMS, seed=0, device="cpu")
+    operating_point = {"threshold": 0.9, "criterion": "max_softmax"}
+    outcome = search_masks(model, _split(64, 0), _split(150, 1), operating_point, PARAMS, seed=0, device="cpu")
     return model, outcome
 
 

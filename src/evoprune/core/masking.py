@@ -205,11 +205,25 @@ class SlicedEvaluator:
                 params[f"{prefix}.weight"] = params[f"{prefix}.weight"].index_select(1, in_idx)
         return params
 
-    @torch.no_grad()
     def accuracy(
         self, masks: np.ndarray | torch.Tensor, split: dict[str, torch.Tensor], batch_size: int = 5000
     ) -> np.ndarray:
         """Accuracy of every exit under every mask: (K, num_exits)."""
+        return self.evaluate(masks, split, batch_size=batch_size)["accuracy"]
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        masks: np.ndarray | torch.Tensor,
+        split: dict[str, torch.Tensor],
+        policy: tuple[float, str] | None = None,
+        batch_size: int = 5000,
+    ) -> dict[str, np.ndarray]:
+        """Per-exit accuracy (K, num_exits) and, with an early-exit ``policy`` (threshold, criterion),
+        the policy's accuracy (K,) and the share of samples leaving at each exit (K, num_exits)."""
+        from evoprune.core.early_exit import simulate_early_exit
+
+        policy_hits, shares = [], []
         masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
         images, labels = split["images"].to(self.device), split["labels"].to(self.device)
         batches = [
@@ -223,13 +237,25 @@ class SlicedEvaluator:
             params = self.params_for(mask)
             if self.calibration is not None:
                 self._recalibrate(params)
-            correct = 0
+            correct, policy_correct, used_counts = 0, 0, 0
             for (x, y), dense in zip(batches, cached, strict=True):
                 with self._input_from_cache(block, dense, mask):
                     logits = torch.stack(as_exit_list(torch.func.functional_call(self.model, params, (x,))))
                 correct = correct + (logits.argmax(-1) == y).sum(-1)
+                if policy is not None:
+                    preds, used = simulate_early_exit(logits, policy[0], policy[1])
+                    policy_correct = policy_correct + (preds == y).sum()
+                    used_counts = used_counts + torch.bincount(used, minlength=logits.shape[0])
             out.append(correct)
-        return (torch.stack(out).double() / labels.numel()).cpu().numpy()
+            if policy is not None:
+                policy_hits.append(policy_correct)
+                shares.append(used_counts)
+        n = labels.numel()
+        result = {"accuracy": (torch.stack(out).double() / n).cpu().numpy()}
+        if policy is not None:
+            result["policy_accuracy"] = (torch.stack(policy_hits).double() / n).cpu().numpy()
+            result["exit_share"] = (torch.stack(shares).double() / n).cpu().numpy()
+        return result
 
     @contextmanager
     def _input_from_cache(

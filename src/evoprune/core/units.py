@@ -53,6 +53,7 @@ class ChromosomeLayout:
     norm_bits: tuple[tuple[str, np.ndarray], ...]  # per BatchNorm layer: (name, bit of each channel)
     dense_flops: float
     dense_params: int
+    exit_paths: tuple[np.ndarray, ...] = ()  # per exit: indices of `layers` a sample leaving there has run
 
     @property
     def num_bits(self) -> int:
@@ -88,21 +89,32 @@ class ChromosomeLayout:
                 block[empty, best] = True
         return masks
 
-    def cost(self, masks: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
-        """Analytic FLOPs and parameters of each mask of a (K, num_bits) population."""
+    def _layer_costs(self, masks: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-layer FLOPs and parameters (K, num_layers) and the padded mask (K, num_bits + 1)."""
         m = torch.as_tensor(np.asarray(masks, dtype=bool))
-        ones = torch.ones(m.shape[0], 1, dtype=torch.bool)
-        padded = torch.cat([m, ones], dim=1).double()  # bit -1 -> the constant "kept" column
-        flops = torch.zeros(m.shape[0], dtype=torch.float64)
-        params = torch.zeros(m.shape[0], dtype=torch.float64)
+        padded = torch.cat([m, torch.ones(m.shape[0], 1, dtype=torch.bool)], dim=1).double()  # bit -1 -> kept
+        flops, params = [], []
         for layer in self.layers:
             kept_out = padded[:, torch.as_tensor(layer.out_bits)].sum(1)
             kept_in = padded[:, torch.as_tensor(layer.in_bits)].sum(1)
-            flops += layer.flops_per_pair * kept_out * kept_in
-            params += layer.weight_per_pair * kept_out * kept_in + (kept_out if layer.has_bias else 0)
+            flops.append(layer.flops_per_pair * kept_out * kept_in)
+            params.append(layer.weight_per_pair * kept_out * kept_in + (kept_out if layer.has_bias else 0))
+        return torch.stack(flops, 1), torch.stack(params, 1), padded
+
+    def cost(self, masks: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """Analytic FLOPs and parameters of each mask of a (K, num_bits) population."""
+        flops, params, padded = self._layer_costs(masks)
+        params = params.sum(1)
         for _, bits in self.norm_bits:
             params += 2 * padded[:, torch.as_tensor(bits)].sum(1)
-        return {"flops": flops.numpy(), "params": params.numpy()}
+        return {"flops": flops.sum(1).numpy(), "params": params.numpy()}
+
+    def exit_flops(self, masks: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(K, num_exits) FLOPs a sample pays when it leaves at each exit under early exiting
+        (backbone prefix, its own head and the earlier heads it was evaluated by)."""
+        flops = self._layer_costs(masks)[0]
+        paths = self.exit_paths or (np.arange(len(self.layers)),)
+        return torch.stack([flops[:, torch.as_tensor(p, dtype=torch.long)].sum(1) for p in paths], 1).numpy()
 
 
 def _output_layers(model: nn.Module) -> list[nn.Module]:
@@ -174,7 +186,32 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
     model.train(was_training)
     layout = ChromosomeLayout(tuple(groups), layers, tuple((names[m], bits) for m, bits in norms.items()), 0.0, 0)
     full = layout.cost(np.ones((1, layout.num_bits), dtype=bool))
-    return ChromosomeLayout(layout.groups, layers, layout.norm_bits, float(full["flops"][0]), int(full["params"][0]))
+    return ChromosomeLayout(
+        layout.groups,
+        layers,
+        layout.norm_bits,
+        float(full["flops"][0]),
+        int(full["params"][0]),
+        _exit_paths(model, layers),
+    )
+
+
+def _exit_paths(model: nn.Module, layers: tuple[LayerCost, ...]) -> tuple[np.ndarray, ...]:
+    """Which layers a sample leaving at each exit has run (multi-exit networks; one path otherwise)."""
+    if not hasattr(model, "exit_heads"):
+        return (np.arange(len(layers)),)
+    paths = []
+    for e in range(model.num_exits):
+        if e < model.num_exits - 1:
+            prefixes = [f"backbone.stages.{i}." for i in range(model.exit_after[e])] + [
+                f"exit_heads.{j}." for j in range(e + 1)
+            ]
+        else:
+            prefixes = ["backbone.", "exit_heads."]
+        paths.append(
+            np.array([i for i, layer in enumerate(layers) if layer.name.startswith(tuple(prefixes))], dtype=np.int64)
+        )
+    return tuple(paths)
 
 
 def _dims(m: nn.Module) -> tuple[int, int]:

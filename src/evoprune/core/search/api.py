@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from torch import nn
 
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.search.operators import l1_importance, rank_within_layers
-from evoprune.core.search.problem import MaskSearchProblem
+from evoprune.core.search.problem import POLICY_OBJECTIVES, MaskSearchProblem
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, SearchResult, run_search
 from evoprune.core.units import ChromosomeLayout, build_layout
@@ -30,15 +31,35 @@ class SearchOutcome:
     roulette: dict[str, np.ndarray] | None
     seconds: float
     evaluations: int
+    objectives: list[str]
 
 
-def _fingerprint(model: nn.Module, cfg: SearchConfig, seed: int, n_val: int) -> str:
-    digest = hashlib.sha256(
-        json.dumps([cfg.model_dump(), seed, n_val, getattr(model, "spec", None)], sort_keys=True, default=str).encode()
-    )
+def _fingerprint(model: nn.Module, cfg: SearchConfig, seed: int, n_val: int, policy: tuple | None) -> str:
+    payload = [cfg.model_dump(), seed, n_val, getattr(model, "spec", None), policy]
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _branch_result(problem: MaskSearchProblem, branch: dict[str, np.ndarray]) -> SearchResult:
+    """The roulette branch method's candidates as a search result: its front is their non-dominated
+    feasible set under the problem's objectives."""
+    X = np.vstack([branch["path_X"][:1], branch["X"]])
+    out = problem.evaluate(X, return_values_of=["F", "G", "accuracy"], return_as_dictionary=True)
+    feasible = np.flatnonzero(out["G"][:, 0] <= 0)
+    front = feasible[NonDominatedSorting().do(out["F"][feasible], only_non_dominated_front=True)]
+    return SearchResult(
+        front_X=X[front],
+        front_F=out["F"][front],
+        front_accuracy=out["accuracy"][front],
+        evaluated_X=X,
+        evaluated_F=out["F"],
+        evaluated_G=out["G"],
+        evaluated_accuracy=out["accuracy"],
+        evaluated_generation=np.concatenate([[0], branch["level"]]).astype(int),
+        generations=[],
+    )
 
 
 def search_pruning_masks(
@@ -51,38 +72,70 @@ def search_pruning_masks(
     random_masks: int = 0,
     roulette: RouletteBranchConfig | None = None,
     checkpoint_dir: str | Path | None = None,
+    policy: tuple[float, str] | None = None,
 ) -> SearchOutcome:
-    """Layout, importance, batched evaluator, then NSGA-II/GA (resumable), random contrast masks and,
-    optionally, the roulette branch method on the same evaluator."""
+    """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
+    method, random masks for contrast and, when configured, the roulette branch path for comparison.
+
+    Args:
+        policy: (threshold, criterion) of the early-exit policy, needed by the policy objectives.
+    """
     spec = model.backbone.spec if hasattr(model, "backbone") else model.spec
     layout = build_layout(model, (spec["in_channels"], spec["input_size"], spec["input_size"]))
     evaluator = SlicedEvaluator(model, layout, device, calibration_images)
+    uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
+    if uses_policy and (policy is None or not hasattr(model, "exit_heads")):
+        raise ValueError(
+            f"objectives {cfg.objectives} judge the early-exit policy: they need a multi-exit model and "
+            "build_exits' operating point (run build_exits first, or choose error / mean_error / *_ratio objectives)."
+        )
+    policy = policy if uses_policy else None
+
+    def score(X: np.ndarray) -> dict[str, np.ndarray]:
+        return evaluator.evaluate(X, validation_split, policy)
+
     importance = l1_importance(model, layout)
     rank = rank_within_layers(importance, layout)
-    reference = evaluator.accuracy(np.ones((1, layout.num_bits), dtype=bool), validation_split)[0]
-    problem = MaskSearchProblem(
-        layout, lambda X: evaluator.accuracy(X, validation_split), cfg.objectives, reference, cfg.max_accuracy_drop
-    )
+    reference = score(np.ones((1, layout.num_bits), dtype=bool))
+    problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop)
     if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir) / _fingerprint(model, cfg, seed, int(validation_split["labels"].numel()))
+        n_val = int(validation_split["labels"].numel())
+        checkpoint_dir = Path(checkpoint_dir) / _fingerprint(model, cfg, seed, n_val, policy)
     start = time.perf_counter()
-    result = run_search(problem, cfg, rank, importance, seed, checkpoint_dir)
-    seconds = time.perf_counter() - start
-    rng = np.random.default_rng(seed + 1)
-    keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))
-    random_X = layout.repair(rng.random((random_masks, layout.num_bits)) < keep)
-    random_accuracy = evaluator.accuracy(random_X, validation_split) if random_masks else np.empty((0, len(reference)))
     branch = None
-    if roulette is not None:
+    if roulette is not None or cfg.algorithm == "roulette":
         branch = roulette_branch_search(
             layout,
             lambda X: evaluator.accuracy(X, validation_split),
             rank,
             importance,
-            float(reference[-1]),
+            float(reference["accuracy"][0, -1]),
             cfg.max_accuracy_drop,
             cfg.roulette_floor,
-            roulette,
+            roulette or RouletteBranchConfig(),
             seed,
         )
-    return SearchOutcome(layout, reference, result, random_X, random_accuracy, branch, seconds, len(result.evaluated_X))
+    if cfg.algorithm == "roulette":
+        result = _branch_result(problem, branch)
+    else:
+        result = run_search(problem, cfg, rank, importance, seed, checkpoint_dir)
+    seconds = time.perf_counter() - start
+    rng = np.random.default_rng(seed + 1)
+    keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))
+    random_X = layout.repair(rng.random((random_masks, layout.num_bits)) < keep)
+    random_accuracy = (
+        evaluator.accuracy(random_X, validation_split)
+        if random_masks
+        else np.empty((0, reference["accuracy"].shape[1]))
+    )
+    return SearchOutcome(
+        layout,
+        reference["accuracy"][0],
+        result,
+        random_X,
+        random_accuracy,
+        branch,
+        seconds,
+        len(result.evaluated_X),
+        list(cfg.objectives),
+    )

@@ -10,32 +10,47 @@ from pymoo.core.problem import Problem
 
 from evoprune.core.units import ChromosomeLayout
 
-Objective = Literal["error", "mean_error", "flops_ratio", "params_ratio", "filters_ratio"]
-OBJECTIVES: tuple[str, ...] = ("error", "mean_error", "flops_ratio", "params_ratio", "filters_ratio")
+Objective = Literal[
+    "error", "mean_error", "policy_error", "flops_ratio", "expected_flops_ratio", "params_ratio", "filters_ratio"
+]
+OBJECTIVES: tuple[str, ...] = (
+    "error",
+    "mean_error",
+    "policy_error",
+    "flops_ratio",
+    "expected_flops_ratio",
+    "params_ratio",
+    "filters_ratio",
+)
+POLICY_OBJECTIVES = ("policy_error", "expected_flops_ratio")
 
 
 class MaskSearchProblem(Problem):
     """Minimise the chosen objectives of a binary mask under "accuracy drop <= limit".
 
     ``error`` is the final exit's error and ``mean_error`` the mean over all exits (pruning an early
-    layer changes every later exit); the ``*_ratio`` objectives are the kept share of FLOPs, params or
-    units, computed analytically from the mask. The constraint uses the same accuracy as the first
-    error objective (``error`` if none is chosen).
+    layer changes every later exit); ``policy_error`` and ``expected_flops_ratio`` judge the
+    confidence-threshold early-exit policy (its error, and its expected FLOPs per sample as a share of
+    the dense network's). The other ``*_ratio`` objectives are the kept share of FLOPs, params or
+    units, computed analytically from the mask. The constraint uses the accuracy of the first error
+    objective chosen (``error`` if none is).
 
     Args:
         layout: the chromosome layout.
-        score: masks (K, num_bits) -> accuracy of every exit (K, num_exits).
+        score: masks (K, num_bits) -> ``{"accuracy": (K, num_exits)}``, plus ``policy_accuracy`` (K,)
+            and ``exit_share`` (K, num_exits) when a policy objective is used (an array is read as
+            the accuracy).
         objectives: names from ``OBJECTIVES``.
-        reference_accuracy: per-exit accuracy of the unpruned network (num_exits,).
+        reference: the same dict for the unpruned network (K = 1), or its per-exit accuracy.
         max_accuracy_drop: the constraint's limit (accuracy, 0.05 = 5 points).
     """
 
     def __init__(
         self,
         layout: ChromosomeLayout,
-        score: Callable[[np.ndarray], np.ndarray],
+        score: Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]],
         objectives: list[str],
-        reference_accuracy: np.ndarray,
+        reference: np.ndarray | dict[str, np.ndarray],
         max_accuracy_drop: float,
     ) -> None:
         unknown = [o for o in objectives if o not in OBJECTIVES]
@@ -43,14 +58,21 @@ class MaskSearchProblem(Problem):
             raise ValueError(f"unknown objectives {unknown or objectives}; choose from {list(OBJECTIVES)}")
         super().__init__(n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=1, xl=0, xu=1, vtype=bool)
         self.layout, self.score, self.objectives = layout, score, list(objectives)
-        self.reference_accuracy = np.asarray(reference_accuracy, dtype=float)
         self.max_accuracy_drop = max_accuracy_drop
-        self.constraint_on = "mean_error" if "mean_error" in objectives and "error" not in objectives else "error"
+        self.constraint_on = next((o for o in objectives if o in ("error", "mean_error", "policy_error")), "error")
+        ref = _as_scores(reference)
+        if self.constraint_on == "policy_error" and "policy_accuracy" not in ref:
+            raise ValueError(
+                "`policy_error` needs an early-exit policy: a multi-exit model and build_exits' operating point"
+            )
+        self.reference_accuracy = ref["accuracy"].reshape(-1)
+        dense = np.ones((1, layout.num_bits), dtype=bool)
+        self.reference_error = float(self._values(dense, ref, layout.cost(dense))[self.constraint_on][0])
 
-    def _evaluate(self, X, out, *args, **kwargs):
-        X = np.asarray(X, dtype=bool)
-        accuracy = self.score(X)  # (K, E)
-        cost = self.layout.cost(X)
+    def _values(
+        self, X: np.ndarray, scores: dict[str, np.ndarray], cost: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        accuracy = np.atleast_2d(scores["accuracy"])  # (K, E)
         values = {
             "error": 1.0 - accuracy[:, -1],
             "mean_error": 1.0 - accuracy.mean(1),
@@ -58,10 +80,25 @@ class MaskSearchProblem(Problem):
             "params_ratio": cost["params"] / self.layout.dense_params,
             "filters_ratio": X.mean(1),
         }
-        reference = self.reference_accuracy[-1] if self.constraint_on == "error" else self.reference_accuracy.mean()
-        drop = reference - (1.0 - values[self.constraint_on])
+        if "policy_accuracy" in scores:
+            values["policy_error"] = 1.0 - np.atleast_1d(scores["policy_accuracy"])
+            expected = (np.atleast_2d(scores["exit_share"]) * self.layout.exit_flops(X)).sum(1)
+            values["expected_flops_ratio"] = expected / self.layout.dense_flops
+        return values
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = np.asarray(X, dtype=bool)
+        scores = _as_scores(self.score(X))
+        accuracy = scores["accuracy"]
+        cost = self.layout.cost(X)
+        values = self._values(X, scores, cost)
+        drop = values[self.constraint_on] - self.reference_error
         out["F"] = np.column_stack([values[o] for o in self.objectives])
         out["G"] = (drop - self.max_accuracy_drop)[:, None]
         out["accuracy"] = accuracy
         out["flops"] = cost["flops"]
         out["params"] = cost["params"]
+
+
+def _as_scores(scores: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return scores if isinstance(scores, dict) else {"accuracy": np.asarray(scores)}

@@ -30,7 +30,7 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    algorithm: Literal["nsga2", "ga"] = "nsga2"
+    algorithm: Literal["nsga2", "ga", "roulette"] = "nsga2"  # roulette: the branch method (mask_search.roulette_branch)
     objectives: list[Literal[OBJECTIVES]] = Field(default_factory=lambda: ["error", "flops_ratio"], min_length=1)  # type: ignore[valid-type]
     pop_size: int = Field(40, ge=4)
     generations: PositiveInt = 30

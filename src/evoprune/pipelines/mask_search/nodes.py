@@ -37,6 +37,7 @@ def search_masks(
     multi_exit_model: nn.Module,
     train_split: Split,
     validation_split: Split,
+    early_exit_operating_point: dict[str, object],
     params: MaskSearchParams,
     seed: int,
     device: str,
@@ -44,6 +45,7 @@ def search_masks(
     """Run the configured search on the first ``validation_subset`` validation images."""
     subset = {k: v[: params.validation_subset] for k, v in validation_split.items()}
     calibration = train_split["images"][: params.adaptive_bn_images] if params.adaptive_bn_images else None
+    policy = (float(early_exit_operating_point["threshold"]), str(early_exit_operating_point["criterion"]))
     return search_pruning_masks(
         multi_exit_model,
         subset,
@@ -54,6 +56,7 @@ def search_masks(
         params.random_masks,
         params.roulette_branch,
         params.checkpoint_dir,
+        policy,
     )
 
 

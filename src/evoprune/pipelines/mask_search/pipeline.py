@@ -20,6 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "multi_exit_model",
                     "train_split",
                     "validation_split",
+                    "early_exit_operating_point",
                     "params:mask_search",
                     "params:seed",
                     "params:device",
