@@ -78,6 +78,7 @@ def pareto_front(
     dense_accuracy: float,
     roulette: tuple[Sequence[float], Sequence[float]] | None,
     title: str,
+    accuracy_label: str = "accuracy",
 ) -> Figure:
     """Validation accuracy vs FLOPs ratio: evaluated candidates, the Pareto front, random masks for
     contrast, the roulette-branch path, the chosen members and the dense model."""
@@ -101,7 +102,9 @@ def pareto_front(
         chosen[0], pct(chosen[1]), s=110, facecolors="none", edgecolors="tab:red", label="chosen for fine-tuning"
     )
     ax.scatter([1.0], [100 * dense_accuracy], marker="*", s=150, color="black", label="dense")
-    ax.set(xlabel="FLOPs kept (ratio of dense)", ylabel="validation accuracy before fine-tuning (%)", title=title)
+    ax.set(
+        xlabel="FLOPs kept (ratio of dense)", ylabel=f"validation {accuracy_label} before fine-tuning (%)", title=title
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig

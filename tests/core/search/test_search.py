@@ -114,6 +114,10 @@ def test_kill_and_resume_ends_with_the_same_front(setup, tmp_path):
     assert np.array_equal(resumed.front_F, uninterrupted.front_F)
     assert np.array_equal(resumed.evaluated_X, uninterrupted.evaluated_X)
     assert resumed.generations == uninterrupted.generations
+    again = run_search(problem, CFG, rank, importance, seed=5, checkpoint_dir=tmp_path)  # a finished search
+    assert np.array_equal(again.front_X, uninterrupted.front_X) and len(again.evaluated_X) == len(
+        uninterrupted.evaluated_X
+    )
 
 
 def test_nsga2_front_dominates_random_masks_of_equal_flops(setup):

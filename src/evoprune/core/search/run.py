@@ -157,7 +157,10 @@ def run_search(
     bar = tqdm(
         total=cfg.generations, initial=len(generations), desc=f"mask_search ({cfg.algorithm})", unit="gen", leave=False
     )
-    while algorithm.has_next() and (stop_after is None or len(generations) < stop_after):
+    # Count generations ourselves: a restored algorithm's termination object starts afresh, so
+    # `has_next()` alone would run one generation too many after resuming a finished search.
+    limit = cfg.generations if stop_after is None else min(stop_after, cfg.generations)
+    while len(generations) < limit and algorithm.has_next():
         algorithm.next()
         off = algorithm.off if algorithm.off is not None else algorithm.pop
         for key in ("X", "F", "G", "accuracy"):

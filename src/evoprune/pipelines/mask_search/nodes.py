@@ -120,8 +120,13 @@ def plot_pareto_front(
     params: MaskSearchParams,
 ) -> Figure:
     """Front before fine-tuning, with evaluated, random and roulette-branch candidates for contrast."""
-    final = [c for c in pareto_set.columns if c.endswith("_accuracy")][-1]
-    xy = lambda t: (t["flops_ratio"].tolist(), t[final].tolist())  # noqa: E731
+    exits = [c for c in pareto_set.columns if c.startswith("exit") and c.endswith("_accuracy")]
+    mean_over_exits = "mean_error" in params.search.objectives and "error" not in params.search.objectives
+
+    def xy(table: pd.DataFrame) -> tuple[list[float], list[float]]:
+        accuracy = table[exits].mean(axis=1) if mean_over_exits else table[exits[-1]]
+        return table["flops_ratio"].tolist(), accuracy.tolist()
+
     roulette = None
     if outcome.roulette is not None:
         cost = outcome.layout.cost(outcome.roulette["path_X"])
@@ -131,7 +136,8 @@ def plot_pareto_front(
         xy(search_history),
         xy(random_masks),
         xy(chosen_members),
-        float(outcome.reference_accuracy[-1]),
+        float(outcome.reference_accuracy.mean() if mean_over_exits else outcome.reference_accuracy[-1]),
         roulette,
         f"mask_search: {params.search.algorithm}, objectives {params.search.objectives}",
+        "mean accuracy over exits" if mean_over_exits else "final-exit accuracy",
     )
