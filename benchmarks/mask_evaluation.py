@@ -54,9 +54,15 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=32)
     parser.add_argument("--tiles", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: the CPU, and CUDA too when present")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for name in devices:
+        run(args, torch.device(name))
+
+
+def run(args: argparse.Namespace, device: torch.device) -> None:
+    """One table on one device."""
     torch.manual_seed(0)
     if args.model:
         from evoprune.datasets import TorchModelDataset
@@ -102,11 +108,13 @@ def main() -> None:
         f"{args.images} images per candidate, population {len(masks)} (roulette sampling, mean FLOPs ratio {flops.mean():.2f})"
     )
     print(
-        f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads), torch {torch.__version__}"
     )
     print(f"{'scheme':34s} {'evals/s':>9s} {'vs K=1':>7s}")
     for name, rate in rows:
         print(f"{name:34s} {rate:9.2f} {rate / base:6.2f}x")
+    print()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from evoprune.core.data import IDX_FILES
 
@@ -35,6 +36,12 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         r, c = divmod(int(label), 5)
         images[i, 4 + 12 * r : 10 + 12 * r, 2 + 5 * c : 8 + 5 * c] = 255
     return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def image_split(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """A split of ``n`` fake images as the pipelines hold it: uint8 images and int64 labels."""
+    x, y = make_images(n, seed)
+    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
 
 
 def write_fake_dataset(folder: Path, n_train: int = 600, n_test: int = 200, compress: bool = True) -> Path:

@@ -3,14 +3,9 @@ import torch
 
 from evoprune.core.models import build_model
 from evoprune.core.train import AugmentConfig, TrainConfig, TrainingDivergedError, augment_batch, evaluate, lr_at, train
-from tests.conftest import make_images
+from tests.conftest import image_split as _split
 
 CPU = torch.device("cpu")
-
-
-def _split(n: int, seed: int) -> dict[str, torch.Tensor]:
-    x, y = make_images(n, seed)
-    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
 
 
 def _loss(model, split) -> float:

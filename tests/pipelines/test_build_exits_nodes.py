@@ -1,5 +1,4 @@
 import pytest
-import torch
 from matplotlib.figure import Figure
 from pydantic import ValidationError
 
@@ -13,12 +12,7 @@ from evoprune.pipelines.build_exits.nodes import (
     plot_exit_accuracy,
     train_exit_heads,
 )
-from tests.conftest import make_images
-
-
-def _split(n, seed):
-    x, y = make_images(n, seed)
-    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
+from tests.conftest import image_split as _split
 
 
 @pytest.fixture(scope="module")

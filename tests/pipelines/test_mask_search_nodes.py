@@ -19,13 +19,7 @@ from evoprune.pipelines.mask_search.nodes import (
     search_masks,
     tabulate_search,
 )
-from tests.conftest import make_images
-
-
-def _split(n, seed):
-    x, y = make_images(n, seed)
-    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
-
+from tests.conftest import image_split as _split
 
 PARAMS = MaskSearchParams(
     validation_subset=100,

@@ -12,15 +12,10 @@ from evoprune.core.search.problem import MaskSearchProblem
 from evoprune.core.search.run import SearchConfig
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import build_layout
-from tests.conftest import make_images
+from tests.conftest import image_split as _split
 
 CPU = torch.device("cpu")
 POLICY = (0.12, "max_softmax")  # untrained nets: low confidence, so a low threshold lets samples leave early
-
-
-def _split(n, seed):
-    x, y = make_images(n, seed)
-    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
 
 
 @pytest.fixture(scope="module")

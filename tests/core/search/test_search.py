@@ -17,14 +17,9 @@ from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_
 from evoprune.core.search.run import SearchConfig, run_search
 from evoprune.core.train import TrainConfig, train
 from evoprune.core.units import build_layout
-from tests.conftest import make_images
+from tests.conftest import image_split as _split
 
 CPU = torch.device("cpu")
-
-
-def _split(n, seed):
-    x, y = make_images(n, seed)
-    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
 
 
 @pytest.fixture(scope="module")
