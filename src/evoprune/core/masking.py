@@ -1,8 +1,12 @@
-"""Masks on a network: many candidate masks scored in one forward, and one mask made physical.
+"""Masks on a network: scoring many candidate masks, and making one mask physical.
 
 Masking a unit multiplies its activation (after its BatchNorm, if any) by zero, which equals removing
-the unit: every consumer sees a zero input there. A population of K masks is scored by tiling a batch
-K times, ``(K*B, ...)``, and multiplying each tile's activations by its own mask inside forward hooks.
+the unit: every consumer sees a zero input there. Two exact ways to score a population:
+- ``population_accuracy``: tile a batch K times, ``(K*B, ...)``, and multiply each tile's activations
+  by its own mask inside forward hooks (K candidates per forward, each at the dense cost);
+- ``SlicedEvaluator``: run each candidate on its own sliced weights, so it costs what it keeps, with
+  the input block computed once per batch. Faster on CPU (benchmarks/mask_evaluation.py).
+``prune_physically`` turns one mask into a genuinely smaller network with torch-pruning.
 """
 
 from __future__ import annotations
@@ -28,14 +32,13 @@ def population_masks(model: nn.Module, layout: ChromosomeLayout, masks: torch.Te
     modules = dict(model.named_modules())
     k = masks.shape[0]
     handles = []
-    for name, block in layout.split(masks).items():
-        group = next(g for g in layout.groups if g.name == name)
-        block = block.to(dtype=torch.float32)
+    for group in layout.groups:
+        block = masks[:, group.offset : group.offset + group.size].to(dtype=torch.float32)  # (K, C)
 
         def hook(_module, _inputs, output, block=block):
-            shape = (k, output.shape[0] // k, output.shape[1]) + (1,) * (output.dim() - 2)
-            scale = block.to(output.device, output.dtype).view(k, 1, block.shape[1], *([1] * (output.dim() - 2)))
-            return (output.view(shape[0], shape[1], *output.shape[1:]) * scale).view(output.shape)
+            tiles = output.view(k, output.shape[0] // k, *output.shape[1:])  # (K, B, C, ...)
+            scale = block.to(output.device, output.dtype).view(k, 1, -1, *([1] * (output.dim() - 2)))
+            return (tiles * scale).view(output.shape)
 
         handles.append(modules[group.mask_module].register_forward_hook(hook))
     try:
@@ -149,9 +152,9 @@ class SlicedEvaluator:
         # The input block (the first conv/linear to run and the channel-wise modules after it) sees the
         # same images for every candidate: its dense output is computed once per batch and each
         # candidate takes its kept channels.
-        self.input_layer_name, self.input_out_bits = self._input_layer(layout)
+        self.input_block_name, self.input_out_bits = self._input_block(layout)
 
-    def _input_layer(self, layout: ChromosomeLayout) -> tuple[str | None, torch.Tensor | None]:
+    def _input_block(self, layout: ChromosomeLayout) -> tuple[str | None, torch.Tensor | None]:
         """The largest block that holds the input layer (the first conv/linear to run) and otherwise
         only channel-wise modules (activations, pooling, dropout; BatchNorm too unless it is
         re-estimated per candidate). Its output, for kept channels, is the same for every candidate."""
@@ -230,7 +233,7 @@ class SlicedEvaluator:
             (images_to_float(images[b : b + batch_size]), labels[b : b + batch_size])
             for b in range(0, images.shape[0], batch_size)
         ]
-        block = dict(self.model.named_modules()).get(self.input_layer_name) if self.input_layer_name else None
+        block = dict(self.model.named_modules()).get(self.input_block_name) if self.input_block_name else None
         cached = [block(x) for x, _ in batches] if block is not None else [None] * len(batches)  # dense (B, C, ...)
         out = []
         for mask in masks:
