@@ -63,8 +63,9 @@ def test_policy_objectives_and_their_constraint(net):
     assert out["F"][0, 0] == pytest.approx(1 - reference["policy_accuracy"][0])
     assert out["F"][0, 1] == pytest.approx(expected) and out["F"][0, 1] < 1.0
     assert out["G"][0, 0] == pytest.approx(-0.1)
-    with pytest.raises(ValueError, match="needs an early-exit policy"):
-        MaskSearchProblem(layout, score, ["policy_error"], reference["accuracy"], 0.1)
+    for objectives in (["policy_error"], ["error", "expected_flops_ratio"]):
+        with pytest.raises(ValueError, match="need an early-exit policy"):
+            MaskSearchProblem(layout, score, objectives, reference["accuracy"], 0.1)
 
 
 def test_policy_objectives_need_a_multi_exit_model_and_an_operating_point():

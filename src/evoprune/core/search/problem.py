@@ -61,9 +61,10 @@ class MaskSearchProblem(Problem):
         self.max_accuracy_drop = max_accuracy_drop
         self.constraint_on = next((o for o in objectives if o in ("error", "mean_error", "policy_error")), "error")
         ref = _as_scores(reference)
-        if self.constraint_on == "policy_error" and "policy_accuracy" not in ref:
+        policy_objectives = [o for o in objectives if o in POLICY_OBJECTIVES]
+        if policy_objectives and "policy_accuracy" not in ref:
             raise ValueError(
-                "`policy_error` needs an early-exit policy: a multi-exit model and build_exits' operating point"
+                f"{policy_objectives} need an early-exit policy: a multi-exit model and build_exits' operating point"
             )
         self.reference_accuracy = ref["accuracy"].reshape(-1)
         dense = np.ones((1, layout.num_bits), dtype=bool)
