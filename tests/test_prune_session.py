@@ -2,6 +2,7 @@
 MLflow SQLite store which the test reads back."""
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from kedro.framework.session import KedroSession
@@ -47,6 +48,55 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
         "train_dense/dense_model_init.pt",
         "train_dense/dense_training_curves.png",
     } <= artifacts
+
+    # build_exits
+    for key in (
+        "build_exits.exit1.test_accuracy",
+        "build_exits.exit2.test_accuracy",
+        "build_exits.exit1.flops",
+        "build_exits.operating.threshold",
+        "build_exits.operating.test_flops_saving",
+        "build_exits.latency.speedup",
+        "build_exits.latency.dense_ms",
+    ):
+        assert key in metrics, key
+    assert metrics["build_exits.exit1.flops"] < metrics["build_exits.exit2.flops"] == metrics["train_dense.flops"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "build_exits")}
+    expected = (
+        "multi_exit_model.pt",
+        "multi_exit_model_init.pt",
+        "early_exit_table.csv",
+        "exit_summary.csv",
+        "exit_accuracy_vs_flops.png",
+        "early_exit_tradeoff.png",
+    )
+    assert {f"build_exits/{name}" for name in expected} <= artifacts
+    table = pd.read_csv(tiny_project / "data/08_reporting/early_exit_table.csv")
+    assert table["threshold"].tolist() == sorted(table["threshold"]) and table["threshold"].iloc[-1] == 1.0
+    assert table["test_share_exit2"].iloc[-1] == 1.0
+
+    # mask_search
+    for key in (
+        "mask_search.front_size",
+        "mask_search.search_seconds",
+        "mask_search.evaluations_per_second",
+        "mask_search.hypervolume",
+        "mask_search.best_accuracy_at_0.5_flops",
+    ):
+        assert key in metrics, key
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "mask_search.hypervolume")) == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "mask_search")}
+    expected = (
+        "pareto_set.csv",
+        "mask_search_history.csv",
+        "chosen_members.csv",
+        "pareto_members.pt",
+        "pareto_front.png",
+    )
+    assert {f"mask_search/{name}" for name in expected} <= artifacts
+    pareto = pd.read_csv(tiny_project / "data/07_model_output/pareto_set.csv", dtype={"mask": str})
+    assert len(pareto) == metrics["mask_search.front_size"] and pareto["flops_ratio"].max() <= 1.0
+    assert (pareto["mask"].str.len() == metrics["mask_search.num_units"]).all()  # one bit per unit
 
 
 def test_same_seed_same_model_through_the_session(tiny_project):

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from matplotlib.figure import Figure
 from pydantic import ValidationError
 
@@ -7,6 +8,7 @@ from evoprune.pipelines.build_exits.nodes import (
     BuildExitsParams,
     attach_exit_heads,
     evaluate_exits,
+    initial_multi_exit_weights,
     measure_latency,
     plot_early_exit_tradeoff,
     plot_exit_accuracy,
@@ -67,3 +69,15 @@ def test_loss_weights_must_match_the_exits():
     model = attach_exit_heads(build_model({"name": "lenet5"}), params, seed=0)
     with pytest.raises(ValueError, match="`loss_weights` has 3 entries but the model has 2 exits"):
         train_exit_heads(model, _split(40, 0), None, params, seed=0, device="cpu")
+
+
+def test_initial_multi_exit_weights_pair_theta0_with_the_initial_heads():
+    params = BuildExitsParams(training={"epochs": 1})
+    torch.manual_seed(0)
+    dense_init = build_model({"name": "lenet5"})
+    trained = build_model({"name": "lenet5"})  # stands for the trained backbone: other weights
+    untrained = attach_exit_heads(trained, params, seed=0)
+    theta0 = initial_multi_exit_weights(dense_init, untrained)
+    assert all(torch.equal(v, dense_init.state_dict()[k]) for k, v in theta0.backbone.state_dict().items())
+    assert all(torch.equal(v, untrained.exit_heads.state_dict()[k]) for k, v in theta0.exit_heads.state_dict().items())
+    assert not torch.equal(untrained.backbone.stages[0][0].weight, dense_init.stages[0][0].weight)  # input untouched

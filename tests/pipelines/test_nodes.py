@@ -129,6 +129,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
         "mask_search_metrics",
         "pareto_members",
         "pareto_front_plot",
+        "multi_exit_model_init",
     }
     assert outputs["train_dense_metrics"].load()["test_accuracy"]["value"] > 0.5
     assert isinstance(outputs["dense_training_curves"].load(), Figure)

@@ -60,6 +60,14 @@ def attach_exit_heads(dense_model: nn.Module, params: BuildExitsParams, seed: in
     return model.freeze_backbone() if params.mode == "heads_only" else model
 
 
+def initial_multi_exit_weights(dense_model_init: nn.Module, multi_exit_model_untrained: MultiExitNet) -> MultiExitNet:
+    """θ0 of the whole multi-exit network: the backbone's initial weights (train_dense) with the exit
+    heads' initial weights, for lottery-ticket rewinding of pruned multi-exit members."""
+    model = copy.deepcopy(multi_exit_model_untrained)
+    model.backbone.load_state_dict(dense_model_init.state_dict())
+    return model
+
+
 def train_exit_heads(
     model: MultiExitNet, train_split: Split, validation_split: Split, params: BuildExitsParams, seed: int, device: str
 ) -> tuple[MultiExitNet, dict[str, object]]:

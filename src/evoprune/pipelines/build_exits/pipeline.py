@@ -5,6 +5,7 @@ from kedro.pipeline import Node, Pipeline
 from evoprune.pipelines.build_exits.nodes import (
     attach_exit_heads,
     evaluate_exits,
+    initial_multi_exit_weights,
     measure_latency,
     plot_early_exit_tradeoff,
     plot_exit_accuracy,
@@ -20,6 +21,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["dense_model", "params:build_exits", "params:seed"],
                 "multi_exit_model_untrained",
                 name="attach_exit_heads",
+            ),
+            Node(
+                initial_multi_exit_weights,
+                ["dense_model_init", "multi_exit_model_untrained"],
+                "multi_exit_model_init",
+                name="initial_multi_exit_weights",
             ),
             Node(
                 train_exit_heads,
