@@ -1,0 +1,100 @@
+"""From a chosen Pareto member to a measured, fine-tuned, physically smaller network (issue 6 core).
+
+variant weights (reinit) -> physical pruning (torch-pruning) -> fine-tuning (train) -> measurements
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from evoprune.core.cost import count_flops, count_params, median_seconds
+from evoprune.core.data import images_to_float
+from evoprune.core.early_exit import simulate_early_exit
+from evoprune.core.exits import build_network
+from evoprune.core.masking import prune_physically
+from evoprune.core.reinit import reinit_model
+from evoprune.core.train import TrainConfig, accuracy_per_exit, predict_exit_logits, train
+from evoprune.core.units import ChromosomeLayout
+
+
+def input_shape_of(model: nn.Module) -> tuple[int, int, int]:
+    spec = model.backbone.spec if hasattr(model, "backbone") else model.spec
+    return spec["in_channels"], spec["input_size"], spec["input_size"]
+
+
+def pruned_variant(
+    trained: nn.Module, initial: nn.Module, layout: ChromosomeLayout, mask: np.ndarray, variant: str, seed: int
+) -> nn.Module:
+    """The member ``mask`` of ``trained`` with the weights of ``variant``, physically pruned."""
+    model = reinit_model(trained, initial, lambda: build_network(trained.spec), variant, seed)
+    return prune_physically(model.eval(), layout, mask, input_shape_of(trained))
+
+
+def latency_ms(
+    model: nn.Module, images: torch.Tensor, batch_sizes: tuple[int, ...], repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Median milliseconds per batch of uint8 ``images`` at each batch size (eval mode, no grad)."""
+    was_training = model.training
+    model.eval().to(device)
+    out = {}
+    with torch.no_grad():
+        for b in batch_sizes:
+            x = images_to_float(images[:b].to(device))
+            out[f"latency_ms_batch{b}"] = 1e3 * median_seconds(lambda x=x: model(x), repeats)
+    model.train(was_training)
+    return out
+
+
+def measure(
+    model: nn.Module,
+    test_split: dict[str, torch.Tensor],
+    policy: tuple[float, str] | None,
+    device: torch.device,
+    batch_sizes: tuple[int, ...] = (1, 1000),
+    repeats: int = 7,
+) -> dict[str, float]:
+    """Per-exit test accuracy, early-exit accuracy and exit shares, FLOPs, params and latency."""
+    shape = input_shape_of(model)
+    metrics = {f"exit{e + 1}.test_accuracy": a for e, a in enumerate(accuracy_per_exit(model, test_split, device))}
+    if policy is not None and len(metrics) > 1:
+        preds, used = simulate_early_exit(predict_exit_logits(model, test_split["images"], device), *policy)
+        metrics["early_exit.test_accuracy"] = (preds.cpu() == test_split["labels"]).double().mean().item()
+        shares = torch.bincount(used.cpu(), minlength=len(metrics) - 1).double() / used.numel()
+        metrics.update({f"early_exit.share_exit{e + 1}": float(s) for e, s in enumerate(shares)})
+    metrics["flops"], metrics["params"] = count_flops(model, shape), count_params(model)
+    metrics.update(latency_ms(model, test_split["images"], batch_sizes, repeats, device))
+    return metrics
+
+
+def finetune_member(
+    trained: nn.Module,
+    initial: nn.Module,
+    layout: ChromosomeLayout,
+    mask: np.ndarray,
+    variant: str,
+    train_split: dict[str, torch.Tensor],
+    validation_split: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int,
+) -> tuple[nn.Module, dict[str, list[float] | float]]:
+    """Re-initialise, prune and fine-tune one member; returns the pruned model (on CPU) and its history."""
+    model = pruned_variant(trained, initial, layout, mask, variant, seed)
+    history = train(model, train_split, validation_split, cfg, device, seed, f"finetune[{variant}]")
+    return model.cpu().eval(), history
+
+
+def export_torchscript(model: nn.Module, path: str | Path) -> Path:
+    """Save a traced TorchScript module: it loads with ``torch.jit.load`` without evoprune installed."""
+    model = model.eval().cpu()
+    example = torch.zeros(1, *input_shape_of(model))
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example, strict=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    return path

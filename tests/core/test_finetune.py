@@ -1,0 +1,89 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from evoprune.core.exits import attach_exits, build_network
+from evoprune.core.finetune import export_torchscript, finetune_member, measure, pruned_variant
+from evoprune.core.masking import population_masks
+from evoprune.core.models import build_model
+from evoprune.core.train import TrainConfig, as_exit_list
+from evoprune.core.units import build_layout
+from tests.conftest import image_split
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def member():
+    torch.manual_seed(0)
+    initial = attach_exits(build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [16]}), [1])
+    trained = build_network(initial.spec)
+    trained.load_state_dict(initial.state_dict())
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # stands for training: weights differ from θ0
+    trained.eval()
+    layout = build_layout(trained, (1, 28, 28))
+    mask = layout.repair(np.random.default_rng(0).random((1, layout.num_bits)) < 0.5)[0]
+    return trained, initial.eval(), layout, mask
+
+
+def test_keep_variant_before_training_equals_the_masked_network(member):
+    trained, initial, layout, mask = member
+    pruned = pruned_variant(trained, initial, layout, mask, "keep", seed=0)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad(), population_masks(trained, layout, torch.as_tensor(mask[None])):
+        masked = as_exit_list(trained(x))
+    with torch.no_grad():
+        for a, b in zip(as_exit_list(pruned(x)), masked, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["rewind", "sign", "magnitude"])
+def test_pruned_variants_are_smaller_and_keep_their_promise(member, variant):
+    trained, initial, layout, mask = member
+    pruned = pruned_variant(trained, initial, layout, mask, variant, seed=0)
+    assert sum(p.numel() for p in pruned.parameters()) == layout.cost(mask[None])["params"][0]
+    first = pruned.backbone.stages[0][0].weight
+    kept = np.flatnonzero(mask[: layout.groups[0].size])
+    theta0 = initial.backbone.stages[0][0].weight[kept]
+    if variant == "rewind":
+        assert torch.equal(first, theta0)
+    elif variant == "sign":
+        assert torch.equal(torch.sign(first), torch.sign(theta0))
+    else:
+        assert torch.equal(first.abs(), theta0.abs())
+
+
+def test_finetune_and_measure(member):
+    trained, initial, layout, mask = member
+    split = image_split(200, 1)
+    model, history = finetune_member(
+        trained, initial, layout, mask, "rewind", split, split, TrainConfig(epochs=2, batch_size=50), CPU, seed=0
+    )
+    assert len(history["train_loss"]) == 2
+    metrics = measure(model, image_split(100, 2), (0.5, "max_softmax"), CPU, batch_sizes=(1, 50), repeats=2)
+    assert metrics["flops"] < build_layout(trained, (1, 28, 28)).dense_flops
+    assert metrics["early_exit.share_exit1"] + metrics["early_exit.share_exit2"] == pytest.approx(1.0)
+    assert 0.0 <= metrics["exit2.test_accuracy"] <= 1.0 and metrics["latency_ms_batch50"] > 0
+
+
+def test_torchscript_export_loads_without_evoprune(member, tmp_path):
+    trained, initial, layout, mask = member
+    pruned = pruned_variant(trained, initial, layout, mask, "keep", seed=0)
+    path = export_torchscript(pruned, tmp_path / "member.ts")
+    x = torch.randn(2, 1, 28, 28)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = as_exit_list(pruned(x))[-1]
+    code = (
+        "import sys, torch\n"
+        "sys.modules['evoprune'] = None  # importing evoprune would fail\n"
+        f"m = torch.jit.load({str(path)!r}); x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
+        f"torch.save(m(x)[-1], {str(tmp_path / 'y.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt", weights_only=True), expected)
