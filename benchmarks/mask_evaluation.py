@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from evoprune.core.exits import attach_exits
+from evoprune.core.exits import attach_exits, input_shape
 from evoprune.core.masking import SlicedEvaluator, population_accuracy
 from evoprune.core.models import build_model
 from evoprune.core.search.operators import RouletteSampling, l1_importance, rank_within_layers
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, device: torch.device) -> None:
             "labels": torch.randint(0, 10, (args.images,)),
         }
     spec = model.backbone.spec if hasattr(model, "backbone") else model.spec
-    layout = build_layout(model, (spec["in_channels"], spec["input_size"], spec["input_size"]))
+    layout = build_layout(model, input_shape(model))
     masks = _population(layout, model, args.population, seed=0)
     flops = layout.cost(masks)["flops"] / layout.dense_flops
     rows = []

@@ -6,7 +6,7 @@ import torch
 
 from evoprune.core.cost import count_flops, count_params, median_seconds
 from evoprune.core.data import images_to_float
-from evoprune.core.exits import Criterion, MultiExitNet, confidence
+from evoprune.core.exits import Criterion, MultiExitNet, confidence, input_shape
 
 
 def exit_costs(model: MultiExitNet) -> list[dict[str, float]]:
@@ -18,8 +18,7 @@ def exit_costs(model: MultiExitNet) -> list[dict[str, float]]:
             (``flops`` + the earlier exit heads it was evaluated by),
         ``params``: parameters of the prefix + head.
     """
-    spec = model.backbone.spec
-    image = (spec["in_channels"], spec["input_size"], spec["input_size"])
+    image = input_shape(model)
     head_flops = [
         count_flops(head, model.backbone.stage_output_shape(k))
         for k, head in zip(model.exit_after, model.exit_heads, strict=True)

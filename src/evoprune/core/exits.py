@@ -165,6 +165,12 @@ def confidence(logits: torch.Tensor, criterion: Criterion) -> torch.Tensor:
     return 1.0 - entropy / math.log(logits.shape[-1])
 
 
+def input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """One sample's shape (C, H, W) for a backbone or a multi-exit network."""
+    spec = model.backbone.spec if isinstance(model, MultiExitNet) else model.spec
+    return spec["in_channels"], spec["input_size"], spec["input_size"]
+
+
 def attach_exits(backbone: StagedNet, exit_after: list[int], head: ExitHeadSpec | dict | None = None) -> MultiExitNet:
     """A multi-exit network around ``backbone`` (shared, not copied); heads get fresh weights."""
     spec = MultiExitSpec(backbone=parse_model_spec(backbone.spec), exit_after=exit_after, head=head or ExitHeadSpec())

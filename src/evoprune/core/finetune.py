@@ -13,17 +13,12 @@ from torch import nn
 
 from evoprune.core.cost import count_flops, count_params, median_seconds
 from evoprune.core.data import images_to_float
-from evoprune.core.early_exit import simulate_early_exit
-from evoprune.core.exits import build_network
+from evoprune.core.early_exit import exit_costs, sweep_thresholds
+from evoprune.core.exits import MultiExitNet, build_network, input_shape
 from evoprune.core.masking import prune_physically
 from evoprune.core.reinit import reinit_model
 from evoprune.core.train import TrainConfig, accuracy_per_exit, predict_exit_logits, train
 from evoprune.core.units import ChromosomeLayout
-
-
-def input_shape_of(model: nn.Module) -> tuple[int, int, int]:
-    spec = model.backbone.spec if hasattr(model, "backbone") else model.spec
-    return spec["in_channels"], spec["input_size"], spec["input_size"]
 
 
 def pruned_variant(
@@ -31,7 +26,7 @@ def pruned_variant(
 ) -> nn.Module:
     """The member ``mask`` of ``trained`` with the weights of ``variant``, physically pruned."""
     model = reinit_model(trained, initial, lambda: build_network(trained.spec), variant, seed)
-    return prune_physically(model.eval(), layout, mask, input_shape_of(trained))
+    return prune_physically(model.eval(), layout, mask, input_shape(trained))
 
 
 def latency_ms(
@@ -58,13 +53,15 @@ def measure(
     repeats: int = 7,
 ) -> dict[str, float]:
     """Per-exit test accuracy, early-exit accuracy and exit shares, FLOPs, params and latency."""
-    shape = input_shape_of(model)
+    shape = input_shape(model)
     metrics = {f"exit{e + 1}.test_accuracy": a for e, a in enumerate(accuracy_per_exit(model, test_split, device))}
-    if policy is not None and len(metrics) > 1:
-        preds, used = simulate_early_exit(predict_exit_logits(model, test_split["images"], device), *policy)
-        metrics["early_exit.test_accuracy"] = (preds.cpu() == test_split["labels"]).double().mean().item()
-        shares = torch.bincount(used.cpu(), minlength=len(metrics) - 1).double() / used.numel()
-        metrics.update({f"early_exit.share_exit{e + 1}": float(s) for e, s in enumerate(shares)})
+    if policy is not None and isinstance(model, MultiExitNet):
+        logits = predict_exit_logits(model, test_split["images"], device)
+        policy_flops = [c["flops_policy"] for c in exit_costs(model)]
+        (row,) = sweep_thresholds(logits, test_split["labels"], [policy[0]], policy[1], policy_flops)
+        metrics["early_exit.test_accuracy"] = row["accuracy"]
+        metrics["early_exit.expected_flops"] = row["expected_flops"]
+        metrics.update({f"early_exit.{k}": v for k, v in row.items() if k.startswith("share_exit")})
     metrics["flops"], metrics["params"] = count_flops(model, shape), count_params(model)
     metrics.update(latency_ms(model, test_split["images"], batch_sizes, repeats, device))
     return metrics
@@ -91,7 +88,7 @@ def finetune_member(
 def export_torchscript(model: nn.Module, path: str | Path) -> Path:
     """Save a traced TorchScript module: it loads with ``torch.jit.load`` without evoprune installed."""
     model = model.eval().cpu()
-    example = torch.zeros(1, *input_shape_of(model))
+    example = torch.zeros(1, *input_shape(model))
     with torch.no_grad():
         traced = torch.jit.trace(model, example, strict=False)
     path = Path(path)

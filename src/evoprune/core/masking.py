@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from evoprune.core.data import images_to_float
+from evoprune.core.exits import input_shape
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import ChromosomeLayout, _forward_sum
 
@@ -170,9 +171,8 @@ class SlicedEvaluator:
             return hook
 
         handles = [m.register_forward_pre_hook(record(name)) for name, m in modules.items() if name]
-        spec = self.model.backbone.spec if hasattr(self.model, "backbone") else self.model.spec
         with torch.no_grad():
-            self.model(torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"], device=self.device))
+            self.model(torch.zeros(1, *input_shape(self.model), device=self.device))
         for h in handles:
             h.remove()
         costs = {layer.name: layer for layer in layout.layers}

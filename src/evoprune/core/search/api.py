@@ -13,6 +13,7 @@ import torch
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from torch import nn
 
+from evoprune.core.exits import input_shape
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.search.operators import l1_importance, rank_within_layers
 from evoprune.core.search.problem import POLICY_OBJECTIVES, MaskSearchProblem
@@ -80,8 +81,7 @@ def search_pruning_masks(
     Args:
         policy: (threshold, criterion) of the early-exit policy, needed by the policy objectives.
     """
-    spec = model.backbone.spec if hasattr(model, "backbone") else model.spec
-    layout = build_layout(model, (spec["in_channels"], spec["input_size"], spec["input_size"]))
+    layout = build_layout(model, input_shape(model))
     evaluator = SlicedEvaluator(model, layout, device, calibration_images)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
     if uses_policy and (policy is None or not hasattr(model, "exit_heads")):

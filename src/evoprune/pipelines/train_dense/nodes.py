@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from evoprune.core.cost import count_flops, count_params
+from evoprune.core.exits import input_shape
 from evoprune.core.models import ModelSpec, build_model
 from evoprune.core.plots import training_curves
 from evoprune.core.runtime import resolve_device, seed_everything
@@ -57,11 +58,10 @@ def evaluate_dense_model(
 ) -> dict[str, object]:
     """Validation and test accuracy, FLOPs and parameter count of the trained model."""
     dev = resolve_device(device)
-    input_shape = (model.spec["in_channels"], model.spec["input_size"], model.spec["input_size"])
     metrics = {
         "val_accuracy_final": evaluate(model, validation_split, dev),
         "test_accuracy": evaluate(model, test_split, dev),
-        "flops": count_flops(model, input_shape),
+        "flops": count_flops(model, input_shape(model)),
         "params": count_params(model),
     }
     model.cpu()
