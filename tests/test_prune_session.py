@@ -11,6 +11,14 @@ from kedro.framework.startup import bootstrap_project
 pytestmark = pytest.mark.slow
 
 
+def _assert_stage_tracked(client, run, stage: str, metric_names: tuple[str, ...], artifact_names: tuple[str, ...]):
+    """The run holds ``<stage>.<metric>`` for every metric and ``<stage>/<file>`` for every artifact."""
+    for name in metric_names:
+        assert f"{stage}.{name}" in run.data.metrics, f"{stage}.{name}"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, stage)}
+    assert {f"{stage}/{name}" for name in artifact_names} <= artifacts
+
+
 def _run(project, **kwargs):
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
@@ -27,73 +35,56 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("evoprune").experiment_id])
     metrics = run.data.metrics
-    for key in (
-        "train_dense.test_accuracy",
-        "train_dense.val_accuracy_final",
-        "train_dense.flops",
-        "train_dense.params",
-        "train_dense.train_seconds",
-        "data_preparation.train_size",
-    ):
-        assert key in metrics, key
+    assert "data_preparation.train_size" in metrics
+    _assert_stage_tracked(
+        client,
+        run,
+        "train_dense",
+        ("test_accuracy", "val_accuracy_final", "flops", "params", "train_seconds"),
+        ("dense_model.pt", "dense_model_init.pt", "dense_training_curves.png"),
+    )
     assert metrics["train_dense.test_accuracy"] > 0.5
     assert metrics["data_preparation.train_size"] == 500
     losses = client.get_metric_history(run.info.run_id, "train_dense.train_loss")
     assert sorted(m.step for m in losses) == [1, 2]
     assert run.data.params["train_dense.training.epochs"] == "2"
     assert run.data.params["train_dense.model.name"] == "lenet5"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "train_dense")}
-    assert {
-        "train_dense/dense_model.pt",
-        "train_dense/dense_model_init.pt",
-        "train_dense/dense_training_curves.png",
-    } <= artifacts
 
-    # build_exits
-    for key in (
-        "build_exits.exit1.test_accuracy",
-        "build_exits.exit2.test_accuracy",
-        "build_exits.exit1.flops",
-        "build_exits.operating.threshold",
-        "build_exits.operating.test_flops_saving",
-        "build_exits.latency.speedup",
-        "build_exits.latency.dense_ms",
-    ):
-        assert key in metrics, key
-    assert metrics["build_exits.exit1.flops"] < metrics["build_exits.exit2.flops"] == metrics["train_dense.flops"]
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "build_exits")}
-    expected = (
-        "multi_exit_model.pt",
-        "multi_exit_model_init.pt",
-        "early_exit_table.csv",
-        "exit_summary.csv",
-        "exit_accuracy_vs_flops.png",
-        "early_exit_tradeoff.png",
+    _assert_stage_tracked(
+        client,
+        run,
+        "build_exits",
+        (
+            "exit1.test_accuracy",
+            "exit2.test_accuracy",
+            "exit1.flops",
+            "operating.threshold",
+            "operating.test_flops_saving",
+            "latency.speedup",
+            "latency.dense_ms",
+        ),
+        (
+            "multi_exit_model.pt",
+            "multi_exit_model_init.pt",
+            "early_exit_table.csv",
+            "exit_summary.csv",
+            "exit_accuracy_vs_flops.png",
+            "early_exit_tradeoff.png",
+        ),
     )
-    assert {f"build_exits/{name}" for name in expected} <= artifacts
+    assert metrics["build_exits.exit1.flops"] < metrics["build_exits.exit2.flops"] == metrics["train_dense.flops"]
     table = pd.read_csv(tiny_project / "data/08_reporting/early_exit_table.csv")
     assert table["threshold"].tolist() == sorted(table["threshold"]) and table["threshold"].iloc[-1] == 1.0
     assert table["test_share_exit2"].iloc[-1] == 1.0
 
-    # mask_search
-    for key in (
-        "mask_search.front_size",
-        "mask_search.search_seconds",
-        "mask_search.evaluations_per_second",
-        "mask_search.hypervolume",
-        "mask_search.best_accuracy_at_0.5_flops",
-    ):
-        assert key in metrics, key
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "mask_search.hypervolume")) == [1, 2]
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "mask_search")}
-    expected = (
-        "pareto_set.csv",
-        "mask_search_history.csv",
-        "chosen_members.csv",
-        "pareto_members.pt",
-        "pareto_front.png",
+    _assert_stage_tracked(
+        client,
+        run,
+        "mask_search",
+        ("front_size", "search_seconds", "evaluations_per_second", "hypervolume", "best_accuracy_at_0.5_flops"),
+        ("pareto_set.csv", "mask_search_history.csv", "chosen_members.csv", "pareto_members.pt", "pareto_front.png"),
     )
-    assert {f"mask_search/{name}" for name in expected} <= artifacts
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "mask_search.hypervolume")) == [1, 2]
     pareto = pd.read_csv(tiny_project / "data/07_model_output/pareto_set.csv", dtype={"mask": str})
     assert len(pareto) == metrics["mask_search.front_size"] and pareto["flops_ratio"].max() <= 1.0
     assert (pareto["mask"].str.len() == metrics["mask_search.num_units"]).all()  # one bit per unit
