@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from evoprune.pipelines import build_exits, data_preparation, mask_search, train_dense
+from evoprune.pipelines import baselines, build_exits, data_preparation, finetune, mask_search, report, train_dense
 
-# Stages of `prune`, in order; later issues append finetune and report.
+# Stages of `prune`, in order. `finetune` holds one namespace per re-init variant
+# (`kedro run --pipeline=finetune --namespaces=rewind` runs one alone).
 PRUNE_STAGES = {
     "data_preparation": data_preparation.create_pipeline,
     "train_dense": train_dense.create_pipeline,
     "build_exits": build_exits.create_pipeline,
     "mask_search": mask_search.create_pipeline,
+    "finetune": finetune.create_pipeline,
+    "baselines": baselines.create_pipeline,
+    "report": report.create_pipeline,
 }
 
 

@@ -29,3 +29,24 @@ def metric_series(metrics: Mapping[str, object], name: str) -> list[float]:
             points = value if isinstance(value, list) else [value]
             return [float(p["value"]) for p in sorted(points, key=lambda p: p["step"])]
     return []
+
+
+def log_child_run(
+    run_name: str, tags: Mapping[str, object], metrics: Mapping[str, float | Sequence[float]]
+) -> str | None:
+    """One nested MLflow run under the active run (the ``kedro run``), tagged so that runs can be filtered
+    and compared side by side in the MLflow UI (e.g. ``tags.variant = 'rewind'``). Sequences are logged
+    as steps 1..n. Returns the run id, or None when no run is active (nodes called outside Kedro)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return None
+    with mlflow.start_run(run_name=run_name, nested=True, tags={k: str(v) for k, v in tags.items()}) as run:
+        scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, Sequence)}
+        if scalars:
+            mlflow.log_metrics(scalars)
+        for key, values in metrics.items():
+            if isinstance(values, Sequence):
+                for step, value in enumerate(values, start=1):
+                    mlflow.log_metric(key, float(value), step=step)
+        return run.info.run_id

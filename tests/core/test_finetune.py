@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from evoprune.core.exits import attach_exits, build_network
-from evoprune.core.finetune import export_torchscript, finetune_member, measure, pruned_variant
+from evoprune.core.export import export_torchscript
+from evoprune.core.finetune import finetune_member, measure, pruned_variant
 from evoprune.core.masking import population_masks
 from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig, as_exit_list

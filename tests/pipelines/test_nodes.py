@@ -9,7 +9,10 @@ from pydantic import ValidationError
 
 from evoprune.core.data import load_raw_dataset
 from evoprune.pipeline_registry import register_pipelines
+from evoprune.core.reinit import VARIANTS
+from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
+from evoprune.pipelines.finetune.nodes import FinetuneParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams, split_dataset, summarise_splits
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.pipelines.train_dense.nodes import (
@@ -111,36 +114,57 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
                     search={"pop_size": 4, "generations": 1, "max_accuracy_drop": 0.9},
                 )
             ),
+            "params:finetune": MemoryDataset(
+                FinetuneParams(
+                    variants=["keep", "rewind"],
+                    training={"epochs": 1, "batch_size": 50},
+                    measurement={"latency_batch_sizes": [1, 20], "latency_repeats": 1},
+                )
+            ),
+            "params:baselines": MemoryDataset(BaselinesParams(criteria=["l1"])),
             "params:seed": MemoryDataset(0),
             "params:device": MemoryDataset("cpu"),
         }
     )
     outputs = SequentialRunner().run(prune, catalog)
-    assert set(outputs) == {
+    assert {
         "data_preparation_metrics",
         "train_dense_metrics",
         "dense_training_curves",
         "build_exits_history",
-        "build_exits_metrics",
-        "build_exits_latency",
         "exit_accuracy_plot",
         "early_exit_tradeoff_plot",
-        "mask_search_generations",
         "mask_search_metrics",
-        "pareto_members",
         "pareto_front_plot",
-        "multi_exit_model_init",
-    }
+        "keep.exported_members",
+        "rewind.finetune_metrics",
+        "baseline_metrics",
+        "report_metrics",
+        "accuracy_vs_flops_plot",
+        "variant_comparison_plot",
+    } <= set(outputs)
     assert outputs["train_dense_metrics"].load()["test_accuracy"]["value"] > 0.5
     assert isinstance(outputs["dense_training_curves"].load(), Figure)
+    summary = outputs["report_metrics"].load()
+    variants = {k.split(".")[1] for k in summary if k.startswith("variant.")}
+    assert variants == {"keep", "rewind"}  # the four unlisted variants were skipped
+    margins = [k for k in summary if k.endswith(".margin_over_l1_pt")]
+    assert margins and not [k for k in summary if "margin_over_random" in k]
+    assert outputs["sign.exported_members"].load() == {}
 
 
 def test_registry_has_every_stage_and_prune_is_default():
     pipelines = register_pipelines()
     assert {"data_preparation", "train_dense", "build_exits", "mask_search", "prune", "__default__"} <= set(pipelines)
     assert pipelines["__default__"] is pipelines["prune"]
-    assert {n.name for n in pipelines["prune"].nodes} == {
-        n.name
-        for stage in ("data_preparation", "train_dense", "build_exits", "mask_search")
-        for n in pipelines[stage].nodes
-    }
+    stages = ("data_preparation", "train_dense", "build_exits", "mask_search", "finetune", "baselines", "report")
+    assert {n.name for n in pipelines["prune"].nodes} == {n.name for s in stages for n in pipelines[s].nodes}
+
+
+def test_finetune_has_one_namespace_per_variant():
+    finetune = register_pipelines()["finetune"]
+    namespaces = {n.namespace for n in finetune.nodes if n.namespace}
+    assert namespaces == set(VARIANTS)
+    rewind = finetune.only_nodes_with_namespaces(["rewind"])
+    assert "rewind.finetune_results" in rewind.outputs()
+    assert {"pareto_members", "multi_exit_model_init", "params:finetune"} <= rewind.inputs()

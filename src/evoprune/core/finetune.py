@@ -5,8 +5,6 @@ variant weights (reinit) -> physical pruning (torch-pruning) -> fine-tuning (tra
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
@@ -78,20 +76,15 @@ def finetune_member(
     cfg: TrainConfig,
     device: torch.device,
     seed: int,
+    loss_weights: list[float] | None = None,
+    description: str | None = None,
 ) -> tuple[nn.Module, dict[str, list[float] | float]]:
-    """Re-initialise, prune and fine-tune one member; returns the pruned model (on CPU) and its history."""
+    """Re-initialise, prune and fine-tune one member; returns the pruned model (on CPU) and its history.
+
+    ``loss_weights``: per-exit weights of the training loss (default 1 each); ``description``: progress bar label.
+    """
     model = pruned_variant(trained, initial, layout, mask, variant, seed)
-    history = train(model, train_split, validation_split, cfg, device, seed, f"finetune[{variant}]")
+    history = train(
+        model, train_split, validation_split, cfg, device, seed, description or f"finetune[{variant}]", loss_weights
+    )
     return model.cpu().eval(), history
-
-
-def export_torchscript(model: nn.Module, path: str | Path) -> Path:
-    """Save a traced TorchScript module: it loads with ``torch.jit.load`` without evoprune installed."""
-    model = model.eval().cpu()
-    example = torch.zeros(1, *input_shape(model))
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example, strict=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(path))
-    return path

@@ -23,7 +23,7 @@ from torch import nn
 from evoprune.core.data import images_to_float
 from evoprune.core.exits import input_shape
 from evoprune.core.train import as_exit_list
-from evoprune.core.units import ChromosomeLayout, _forward_sum
+from evoprune.core.units import ChromosomeLayout, sum_of_exit_outputs
 
 
 @contextmanager
@@ -100,7 +100,7 @@ def prune_physically(
     pruned = copy.deepcopy(model).eval()
     example = torch.zeros(1, *input_shape, device=next(pruned.parameters()).device)
     graph = tp.DependencyGraph().build_dependency(
-        pruned, example_inputs=example, forward_fn=_forward_sum, verbose=False
+        pruned, example_inputs=example, forward_fn=sum_of_exit_outputs, verbose=False
     )
     modules = dict(pruned.named_modules())
     for g in layout.groups:

@@ -108,3 +108,59 @@ def pareto_front(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig
+
+
+Series = tuple[Sequence[float], Sequence[float]]
+
+
+def accuracy_after_finetuning(
+    front_before: Series,
+    variants: dict[str, Series],
+    baselines: dict[str, Series],
+    dense_accuracy: float,
+    title: str,
+) -> Figure:
+    """Final-exit accuracy vs FLOPs ratio: the Pareto front before fine-tuning, every re-init variant's
+    members after fine-tuning, the pruning baselines at the same budgets, and the dense model."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    pct = lambda values: [100 * v for v in values]  # noqa: E731
+
+    def line(series: Series, **style: object) -> None:
+        order = sorted(range(len(series[0])), key=lambda i: series[0][i])
+        ax.plot([series[0][i] for i in order], pct([series[1][i] for i in order]), **style)
+
+    line(front_before, marker=".", ms=4, color="0.6", lw=1, label="Pareto front before fine-tuning (validation)")
+    for k, (name, series) in enumerate(variants.items()):
+        line(series, marker="o", ms=5, lw=1.2, color=f"C{k}", label=f"fine-tuned: {name}")
+    for name, series in baselines.items():
+        line(
+            series,
+            marker="x",
+            ms=7,
+            lw=1.2,
+            ls="--",
+            color="black" if name == "l1" else "tab:brown",
+            label=f"baseline: {name}",
+        )
+    ax.axhline(100 * dense_accuracy, color="black", lw=0.8, ls=":", label="dense")
+    ax.set(xlabel="FLOPs kept (ratio of dense)", ylabel="test accuracy, final exit (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def variant_comparison(member_labels: Sequence[str], drops: dict[str, Sequence[float]], title: str) -> Figure:
+    """Grouped bars: accuracy drop (points vs dense) of each member under each variant and baseline."""
+    fig = Figure(figsize=(max(6.0, 1.6 * len(member_labels) + 3), 4.5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(drops), 1)
+    for k, (name, values) in enumerate(drops.items()):
+        xs = [i + (k - (len(drops) - 1) / 2) * width for i in range(len(member_labels))]
+        ax.bar(xs, values, width, label=name, color=f"C{k}", hatch="//" if name.startswith("baseline") else None)
+    ax.set_xticks(range(len(member_labels)), member_labels)
+    ax.set(ylabel="test accuracy drop vs dense (points, lower is better)", title=title)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncols=2)
+    return fig

@@ -123,7 +123,8 @@ def _output_layers(model: nn.Module) -> list[nn.Module]:
     return [[m for m in head.modules() if isinstance(m, nn.Linear)][-1] for head in heads]
 
 
-def _forward_sum(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def sum_of_exit_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward function for torch-pruning's dependency graph: one scalar over every exit's logits."""
     out = model(x)
     return sum(o.sum() for o in out) if isinstance(out, (list, tuple)) else out.sum()
 
@@ -138,7 +139,9 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
     was_training = model.training
     model.eval()
     example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=_forward_sum, verbose=False)
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example, forward_fn=sum_of_exit_outputs, verbose=False
+    )
     names = {m: n for n, m in model.named_modules()}
     compute = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     out_bits = {m: np.full(_dims(m)[0], -1) for m in compute}

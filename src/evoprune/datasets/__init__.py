@@ -2,9 +2,17 @@
 without pickle (loaded with ``torch.load(..., weights_only=True)``), and a read-only MNIST-like
 dataset that reads raw IDX files through torchvision."""
 
-from evoprune.datasets.members_dataset import PrunedMembersDataset
+from evoprune.datasets.exported_models_dataset import ExportedModelsDataset
+from evoprune.datasets.members_dataset import FinetunedMembersDataset, PrunedMembersDataset
 from evoprune.datasets.mnist_dataset import MNISTLikeDataset
 from evoprune.datasets.tensor_dataset import TensorDictDataset
 from evoprune.datasets.torch_model_dataset import TorchModelDataset
 
-__all__ = ["MNISTLikeDataset", "PrunedMembersDataset", "TensorDictDataset", "TorchModelDataset"]
+__all__ = [
+    "ExportedModelsDataset",
+    "FinetunedMembersDataset",
+    "MNISTLikeDataset",
+    "PrunedMembersDataset",
+    "TensorDictDataset",
+    "TorchModelDataset",
+]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Annotated
+
 import numpy as np
 import pandas as pd
 import torch
@@ -17,6 +20,7 @@ from evoprune.core.search.run import SearchConfig
 from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 class MaskSearchParams(BaseModel):
@@ -30,6 +34,8 @@ class MaskSearchParams(BaseModel):
     roulette_branch: RouletteBranchConfig | None = Field(default_factory=RouletteBranchConfig)  # null: skip
     random_masks: NonNegativeInt = 60  # random masks evaluated for contrast in the plot
     chosen_members: PositiveInt = 3  # members for fine-tuning, spread evenly along the FLOPs axis
+    # or, when set: per FLOPs budget (ratio), the front member within it with the best final-exit accuracy
+    member_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
     checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"  # null: no checkpoints
 
 
@@ -98,7 +104,20 @@ def tabulate_search(
 
 
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
-    """K members spread evenly along the FLOPs axis of the front (nearest to evenly spaced targets)."""
+    """With ``member_budgets``: for each budget the front member within it with the best final-exit
+    accuracy (a budget no member fits is skipped with a warning). Otherwise ``chosen_members`` members
+    spread evenly along the FLOPs axis of the front (nearest to evenly spaced targets)."""
+    if params.member_budgets:
+        final = [c for c in pareto_set.columns if c.startswith("exit") and c.endswith("_accuracy")][-1]
+        picked = []
+        for budget in sorted(params.member_budgets, reverse=True):
+            within = pareto_set[pareto_set["flops_ratio"] <= budget]
+            if within.empty:
+                logger.warning("mask_search: no Pareto member within %.3f of the FLOPs; budget skipped", budget)
+            else:
+                picked.append(int(within[final].idxmax()))
+        chosen = pareto_set.loc[sorted(set(picked))].sort_values("flops_ratio")
+        return chosen.reset_index(drop=True)
     flops = pareto_set["flops_ratio"].to_numpy()
     targets = np.linspace(flops.min(), flops.max(), params.chosen_members)
     picked = sorted({int(np.abs(flops - t).argmin()) for t in targets})

@@ -1,0 +1,30 @@
+"""baselines: trained network + the members' FLOPs budgets -> L1 / random pruned, fine-tuned, measured."""
+
+from kedro.pipeline import Node, Pipeline
+
+from evoprune.pipelines.baselines.nodes import prune_baselines
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                prune_baselines,
+                [
+                    "pareto_members",
+                    "chosen_members",
+                    "train_split",
+                    "validation_split",
+                    "test_split",
+                    "early_exit_operating_point",
+                    "dense_measurements",
+                    "params:finetune",
+                    "params:baselines",
+                    "params:seed",
+                    "params:device",
+                ],
+                ["baseline_results", "baseline_metrics"],
+                name="prune_baselines",
+            )
+        ]
+    )

@@ -1,0 +1,168 @@
+"""Nodes of finetune: chosen Pareto members -> re-init variant -> physical pruning -> fine-tuning -> measurements.
+
+The same nodes run once per re-init variant under a Kedro namespace (``keep.finetune_results``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from torch import nn
+
+from evoprune.core.exits import input_shape
+from evoprune.core.finetune import finetune_member, measure
+from evoprune.core.reinit import VARIANTS, Variant
+from evoprune.core.runtime import resolve_device
+from evoprune.core.train import TrainConfig
+from evoprune.core.units import ChromosomeLayout, build_layout
+from evoprune.tracking import log_child_run, to_mlflow_metrics
+
+Split = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
+
+
+class MeasurementParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latency_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 1000], min_length=1)
+    latency_repeats: PositiveInt = 7  # median over this many timed runs
+
+
+class FinetuneParams(BaseModel):
+    """conf/base/parameters_finetune.yml"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
+    training: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5))
+    loss_weights: list[PositiveFloat] | None = None  # per exit, final exit last (null: 1 each)
+    measurement: MeasurementParams = Field(default_factory=MeasurementParams)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"variants are listed more than once: {value}")
+        return value
+
+
+def _policy(operating_point: dict[str, object]) -> tuple[float, str]:
+    return float(operating_point["threshold"]), str(operating_point["criterion"])
+
+
+def measure_dense(
+    pareto_members: dict[str, object],
+    test_split: Split,
+    early_exit_operating_point: dict[str, object],
+    params: FinetuneParams,
+    device: str,
+) -> tuple[dict[str, float], dict[str, object]]:
+    """The unpruned multi-exit network measured exactly like the pruned members (the reference row),
+    and the same figures as MLflow metrics."""
+    model: nn.Module = pareto_members["model"]
+    m = params.measurement
+    measured = measure(
+        model,
+        test_split,
+        _policy(early_exit_operating_point),
+        resolve_device(device),
+        tuple(m.latency_batch_sizes),
+        m.latency_repeats,
+    )
+    return measured, to_mlflow_metrics(measured)
+
+
+def member_row(
+    metrics: dict[str, float], dense: dict[str, float], mask: np.ndarray, layout: ChromosomeLayout
+) -> dict[str, float]:
+    """Measurements of a pruned model plus ratios against the dense model (speed-ups measured, not derived)."""
+    row = dict(metrics)
+    row["flops_ratio"] = metrics["flops"] / dense["flops"]
+    row["params_ratio"] = metrics["params"] / dense["params"]
+    row["units_kept"] = int(mask.sum())
+    row["units_ratio"] = float(mask.mean())
+    for g in layout.groups:
+        row[f"kept.{g.name}"] = int(mask[g.offset : g.offset + g.size].sum())
+    final = max(k for k in metrics if k.startswith("exit") and k.endswith(".test_accuracy"))
+    row["test_accuracy"] = metrics[final]
+    row["accuracy_drop_pt"] = 100.0 * (dense[final] - metrics[final])
+    for key in [k for k in metrics if k.startswith("latency_ms_batch")]:
+        batch = key.removeprefix("latency_ms_batch")
+        row[f"speedup_batch{batch}"] = dense[key] / metrics[key]
+        # 1.0 = the wall time falls exactly as the FLOPs do
+        row[f"speedup_per_flops_reduction_batch{batch}"] = row[f"speedup_batch{batch}"] * row["flops_ratio"]
+    return row
+
+
+def finetune_variant(
+    pareto_members: dict[str, object],
+    multi_exit_model_init: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    test_split: Split,
+    early_exit_operating_point: dict[str, object],
+    dense_measurements: dict[str, float],
+    params: FinetuneParams,
+    seed: int,
+    device: str,
+    variant: str,
+) -> tuple[pd.DataFrame, dict[str, object], dict[str, object]]:
+    """Fine-tune every chosen member with the weights of ``variant`` and measure it.
+
+    Returns:
+        One row per member, the fine-tuned pruned members (for the catalog) and MLflow metrics
+        (``member<id>.<metric>``). A variant not listed in ``params.variants`` is skipped (empty outputs),
+        so that the set of variants is a parameter while Kedro-Viz always shows every namespace.
+        Each member also gets a nested MLflow run tagged with stage, variant and member.
+    """
+    trained: nn.Module = pareto_members["model"]
+    masks = np.asarray(pareto_members["masks"], dtype=bool)
+    ids = list(pareto_members["member_ids"])
+    if variant not in params.variants:
+        logger.info("finetune: variant '%s' is not in finetune.variants %s; skipped", variant, params.variants)
+        empty = {"model": trained, "masks": masks[:0], "member_ids": [], "pruned": []}
+        return pd.DataFrame(columns=["variant", "member"]), empty, {}
+    dev = resolve_device(device)
+    layout = build_layout(trained, input_shape(trained))
+    m = params.measurement
+    rows, pruned, metrics = [], [], {}
+    for member, mask in zip(ids, masks, strict=True):
+        model, history = finetune_member(
+            trained,
+            multi_exit_model_init,
+            layout,
+            mask,
+            variant,
+            train_split,
+            validation_split,
+            params.training,
+            dev,
+            seed,
+            params.loss_weights,
+            f"finetune[{variant}] member {member}",
+        )
+        measured = measure(
+            model, test_split, _policy(early_exit_operating_point), dev, tuple(m.latency_batch_sizes), m.latency_repeats
+        )
+        row = {"variant": variant, "member": member, **member_row(measured, dense_measurements, mask, layout)}
+        row["train_seconds"] = history["train_seconds"]
+        rows.append(row)
+        pruned.append(model)
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "member"}
+        metrics.update({f"member{member}.{k}": v for k, v in scalars.items()})
+        log_child_run(
+            f"finetune/{variant}/member{member}",
+            {"stage": "finetune", "variant": variant, "member": member, "flops_ratio": f"{row['flops_ratio']:.3f}"},
+            {**scalars, "val_accuracy": history["val_accuracy"], "train_loss": history["train_loss"]},
+        )
+    finetuned = {"model": trained, "masks": masks, "member_ids": ids, "pruned": pruned}
+    return pd.DataFrame(rows), finetuned, to_mlflow_metrics(metrics)
+
+
+def export_members(finetuned_members: dict[str, object]) -> dict[str, nn.Module]:
+    """The fine-tuned pruned members by name (``member<id>``), for ONNX / TorchScript export."""
+    return {f"member{i}": m for i, m in zip(finetuned_members["member_ids"], finetuned_members["pruned"], strict=True)}

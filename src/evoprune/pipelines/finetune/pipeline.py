@@ -1,0 +1,70 @@
+"""finetune: one modular pipeline instantiated per re-init variant under a Kedro namespace.
+
+``kedro run --pipeline=finetune`` runs the dense reference and every variant;
+``kedro run --pipeline=finetune --namespaces=rewind`` runs one variant alone from saved artifacts.
+"""
+
+from functools import partial, update_wrapper
+
+from kedro.pipeline import Node, Pipeline
+
+from evoprune.core.reinit import VARIANTS
+from evoprune.pipelines.finetune.nodes import export_members, finetune_variant, measure_dense
+
+# Inputs shared by every variant (not namespaced).
+SHARED_INPUTS = {
+    "pareto_members",
+    "multi_exit_model_init",
+    "train_split",
+    "validation_split",
+    "test_split",
+    "early_exit_operating_point",
+    "dense_measurements",
+}
+
+
+def variant_pipeline(variant: str) -> Pipeline:
+    """The template, namespaced as ``variant``: outputs ``<variant>.finetune_results`` and friends."""
+    run_variant = update_wrapper(partial(finetune_variant, variant=variant), finetune_variant)
+    template = Pipeline(
+        [
+            Node(
+                run_variant,
+                [
+                    "pareto_members",
+                    "multi_exit_model_init",
+                    "train_split",
+                    "validation_split",
+                    "test_split",
+                    "early_exit_operating_point",
+                    "dense_measurements",
+                    "params:finetune",
+                    "params:seed",
+                    "params:device",
+                ],
+                ["finetune_results", "finetuned_members", "finetune_metrics"],
+                name="finetune_members",
+            ),
+            Node(export_members, "finetuned_members", "exported_members", name="export_members"),
+        ]
+    )
+    return Pipeline(
+        template,
+        namespace=variant,
+        inputs=SHARED_INPUTS,
+        parameters={"params:finetune", "params:seed", "params:device"},
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    reference = Pipeline(
+        [
+            Node(
+                measure_dense,
+                ["pareto_members", "test_split", "early_exit_operating_point", "params:finetune", "params:device"],
+                ["dense_measurements", "dense_metrics"],
+                name="measure_dense",
+            )
+        ]
+    )
+    return sum((variant_pipeline(v) for v in VARIANTS), reference)
