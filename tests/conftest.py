@@ -77,6 +77,8 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
         "mask_search:\n  validation_subset: 100\n  adaptive_bn_images: 64\n  random_masks: 4\n"
         "  search:\n    pop_size: 8\n    generations: 2\n    checkpoint_every: 1\n    max_accuracy_drop: 0.9\n"
         "  roulette_branch:\n    branch_size: 3\n    max_levels: 2\n"
+        "finetune:\n  training:\n    epochs: 1\n    batch_size: 20\n"
+        "  measurement:\n    latency_batch_sizes: [1, 20]\n    latency_repeats: 1\n"
     )
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")

@@ -8,6 +8,9 @@ import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from evoprune.core.reinit import VARIANTS
+from evoprune.pipeline_registry import register_pipelines
+
 pytestmark = pytest.mark.slow
 
 
@@ -33,7 +36,9 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
     assert (tiny_project / "data/01_raw/FashionMNIST/raw/train-images-idx3-ubyte").is_file()
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("evoprune").experiment_id])
+    experiment = client.get_experiment_by_name("evoprune").experiment_id
+    runs = client.search_runs([experiment])
+    (run,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # children: one per model fine-tuned
     metrics = run.data.metrics
     assert "data_preparation.train_size" in metrics
     _assert_stage_tracked(
@@ -89,6 +94,43 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
     assert len(pareto) == metrics["mask_search.front_size"] and pareto["flops_ratio"].max() <= 1.0
     assert (pareto["mask"].str.len() == metrics["mask_search.num_units"]).all()  # one bit per unit
 
+    chosen = pd.read_csv(tiny_project / "data/07_model_output/chosen_members.csv")
+    report = pd.read_csv(tiny_project / "data/08_reporting/report_table.csv")
+    assert len(report) == 1 + len(chosen) * (len(VARIANTS) + 2)  # dense, members x variants, l1 + random
+    assert set(report["method"]) == {"dense", *VARIANTS, "l1", "random"}
+    assert (report.loc[report["kind"] != "dense", "flops_ratio"] < 1.0).all()
+    for variant in VARIANTS:
+        _assert_stage_tracked(
+            client,
+            run,
+            f"finetune.{variant}",
+            tuple(
+                f"member{m}.{k}" for m in chosen["member"] for k in ("test_accuracy", "flops_ratio", "speedup_batch20")
+            ),
+            (),
+        )
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, f"finetune/{variant}")}
+        assert {f"finetune/{variant}/{variant}_results.csv", f"finetune/{variant}/{variant}_members.pt"} <= artifacts
+        exported = tiny_project / f"data/06_models/finetuned/{variant}_exported"
+        assert {p.name for p in exported.iterdir()} == {
+            f"member{m}{suffix}" for m in chosen["member"] for suffix in (".onnx", ".torchscript.pt")
+        }
+    _assert_stage_tracked(
+        client,
+        run,
+        "report",
+        ("variant.keep.mean_drop_pt", f"member{chosen['member'].iloc[0]}.margin_over_l1_pt"),
+        ("report_table.csv", "accuracy_vs_flops.png", "variant_comparison.png"),
+    )
+    assert "finetune.dense.latency_ms_batch20" in metrics and "baselines.l1.member" in " ".join(metrics)
+
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
+    finetuned = [r for r in children if r.data.tags["stage"] == "finetune"]
+    assert len(finetuned) == len(VARIANTS) * len(chosen)
+    assert {r.data.tags["variant"] for r in finetuned} == set(VARIANTS)
+    assert all("test_accuracy" in r.data.metrics and "latency_ms_batch1" in r.data.metrics for r in finetuned)
+    assert len([r for r in children if r.data.tags["stage"] == "baselines"]) == 2 * len(chosen)
+
 
 def test_same_seed_same_model_through_the_session(tiny_project):
     _run(tiny_project)
@@ -131,4 +173,8 @@ def test_kedro_viz_build_succeeds(tiny_project):
     result = subprocess.run([str(kedro), "viz", "build"], cwd=tiny_project, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     pipelines = json.loads((tiny_project / "build/api/main").read_text())["pipelines"]
-    assert {"prune", "data_preparation", "train_dense", "build_exits", "mask_search"} <= {p["id"] for p in pipelines}
+    assert set(register_pipelines()) - {"__default__"} <= {p["id"] for p in pipelines}
+    finetune = json.loads((tiny_project / "build/api/pipelines/finetune").read_text())
+    assert set(VARIANTS) <= set(finetune["modular_pipelines"])  # one box per variant, side by side in Viz
+    tasks = [n for n in finetune["nodes"] if n["type"] == "task" and n["name"] == "finetune_members"]
+    assert sorted(m for n in tasks for m in n["modular_pipelines"]) == sorted(VARIANTS)

@@ -55,6 +55,21 @@ def test_repair_keeps_one_unit_per_layer_preferring_the_most_important(net):
         assert (block.sum(1) == 1).all() and block[:, -1].all()
 
 
+def test_repair_honours_a_maximum_pruning_ratio_per_layer(net):
+    layout = build_layout(net, SHAPE)
+    importance = np.arange(layout.num_bits, dtype=float)
+    min_units = layout.min_units(0.7)
+    assert (min_units == [max(1, int(np.ceil(0.3 * g.size))) for g in layout.groups]).all()
+    masks = np.random.default_rng(0).random((20, layout.num_bits)) < 0.2
+    repaired = layout.repair(masks, importance, min_units)
+    assert (repaired >= masks).all()  # repair only adds units back
+    for g, need in zip(layout.groups, min_units, strict=True):
+        block, before = repaired[:, g.offset : g.offset + g.size], masks[:, g.offset : g.offset + g.size]
+        assert (block.sum(1) == np.maximum(before.sum(1), need)).all()
+    with pytest.raises(ValueError, match="max_pruning_ratio"):
+        layout.min_units(0.0)
+
+
 def test_analytic_cost_equals_the_counter_on_physically_pruned_networks(net):
     layout = build_layout(net, SHAPE)
     assert layout.dense_flops == count_flops(net, SHAPE) and layout.dense_params == count_params(net)

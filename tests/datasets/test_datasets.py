@@ -55,3 +55,71 @@ def test_mnist_like_dataset_is_read_only(fake_idx_dir, tmp_path):
     assert ds.load()["train_images"].shape == (600, 28, 28)
     with pytest.raises(DatasetError, match="read-only"):
         ds.save({"train_images": torch.zeros(1)})
+
+
+def _pruned_members(k: int = 2):
+    import numpy as np
+
+    from evoprune.core.exits import attach_exits
+    from evoprune.core.masking import prune_physically
+    from evoprune.core.units import build_layout
+
+    torch.manual_seed(0)
+    model = attach_exits(build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [16]}), [1]).eval()
+    layout = build_layout(model, (1, 28, 28))
+    masks = layout.repair(np.random.default_rng(0).random((k, layout.num_bits)) < 0.5)
+    pruned = [prune_physically(model, layout, m, (1, 28, 28)) for m in masks]
+    with torch.no_grad():
+        for p in pruned:  # stands for fine-tuning: weights differ from the unpruned network's
+            for t in p.parameters():
+                t.add_(0.1 * torch.randn_like(t))
+    return {"model": model, "masks": masks, "member_ids": [4, 9][:k], "pruned": [p.eval() for p in pruned]}
+
+
+def test_finetuned_members_round_trip_rebuilds_the_pruned_networks(tmp_path):
+    from evoprune.datasets import FinetunedMembersDataset
+
+    data = _pruned_members()
+    ds = FinetunedMembersDataset(filepath=str(tmp_path / "members.pt"))
+    ds.save(data)
+    loaded = ds.load()
+    assert loaded["member_ids"] == [4, 9] and (loaded["masks"] == data["masks"]).all()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        for original, restored in zip(data["pruned"], loaded["pruned"], strict=True):
+            assert sum(p.numel() for p in restored.parameters()) == sum(p.numel() for p in original.parameters())
+            for a, b in zip(original(x), restored(x), strict=True):
+                assert torch.equal(a, b)
+
+
+def test_finetuned_members_dataset_refuses_another_file(tmp_path):
+    from evoprune.datasets import FinetunedMembersDataset
+
+    torch.save({"format": "something else"}, tmp_path / "m.pt")
+    with pytest.raises(DatasetError, match="not an evoprune fine-tuned members file"):
+        FinetunedMembersDataset(filepath=str(tmp_path / "m.pt")).load()
+
+
+def test_exported_models_load_without_evoprune_code(tmp_path):
+    import onnxruntime as ort
+
+    from evoprune.datasets import ExportedModelsDataset
+
+    data = _pruned_members(1)
+    ds = ExportedModelsDataset(path=str(tmp_path / "exports"))
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "stale.onnx").write_bytes(b"old")  # a save replaces the folder
+    ds.save({"member4": data["pruned"][0]})
+    files = ds.load()
+    assert set(files) == {"member4"} and set(files["member4"]) == {"onnx", "torchscript"}
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        expected = data["pruned"][0](x)
+        scripted = torch.jit.load(str(files["member4"]["torchscript"]))(x)
+    session = ort.InferenceSession(str(files["member4"]["onnx"]), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"images": x.numpy()})
+    for e, want in enumerate(expected):
+        torch.testing.assert_close(scripted[e], want)
+        torch.testing.assert_close(torch.from_numpy(onnx_out[e]), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(DatasetError, match="unknown export formats"):
+        ExportedModelsDataset(path=str(tmp_path), formats=["tflite"])

@@ -8,12 +8,12 @@ from matplotlib.figure import Figure
 from pydantic import ValidationError
 
 from evoprune.core.data import load_raw_dataset
-from evoprune.pipeline_registry import register_pipelines
 from evoprune.core.reinit import VARIANTS
+from evoprune.pipeline_registry import register_pipelines
 from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
-from evoprune.pipelines.finetune.nodes import FinetuneParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams, split_dataset, summarise_splits
+from evoprune.pipelines.finetune.nodes import FinetuneParams
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.pipelines.train_dense.nodes import (
     TrainDenseParams,
@@ -122,6 +122,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
                 )
             ),
             "params:baselines": MemoryDataset(BaselinesParams(criteria=["l1"])),
+            "params:mask_search.search.max_pruning_ratio": MemoryDataset(1.0),
             "params:seed": MemoryDataset(0),
             "params:device": MemoryDataset("cpu"),
         }

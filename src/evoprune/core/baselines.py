@@ -4,7 +4,7 @@ Unit scores come from torch-pruning's importance criteria (``GroupMagnitudeImpor
 norm over each pruning group, i.e. the unit's own filter and every coupled slice such as its BatchNorm
 and its consumers' input weights, normalised per group as torch-pruning's global pruner does;
 ``RandomImportance``). Units are then removed globally, least important first, until the analytic
-FLOPs of the mask fit the budget, never emptying a layer. The result is a mask in the same chromosome
+FLOPs of the mask fit the budget, never emptying a layer (or pruning more of it than ``max_pruning_ratio``). The result is a mask in the same chromosome
 layout as the searched members, so baselines go through the same physical pruning and fine-tuning.
 """
 
@@ -51,21 +51,25 @@ def unit_scores(
     return scores
 
 
-def mask_within_budget(layout: ChromosomeLayout, scores: np.ndarray, flops_budget: float) -> np.ndarray:
+def mask_within_budget(
+    layout: ChromosomeLayout, scores: np.ndarray, flops_budget: float, max_pruning_ratio: float = 1.0
+) -> np.ndarray:
     """The mask that removes units globally in ascending ``scores`` (never a layer's last unit) until its
     FLOPs are at most ``flops_budget`` (a ratio of the dense FLOPs), then gives back the best removed
     units that still fit (one conv channel can hold a tenth of the FLOPs, so the first fitting mask can
-    undershoot the budget by far). The sparsest mask if none fits."""
+    undershoot the budget by far). No layer loses more than ``max_pruning_ratio`` of its units. The
+    sparsest mask if none fits."""
     if not 0.0 < flops_budget <= 1.0:
         raise ValueError(f"flops_budget is a ratio of the dense FLOPs in (0, 1], got {flops_budget}")
     mask = np.ones(layout.num_bits, dtype=bool)
     left = {g.name: g.size for g in layout.groups}
+    floor = dict(zip(left, layout.min_units(max_pruning_ratio), strict=True))
     group_of = np.empty(layout.num_bits, dtype=object)
     for g in layout.groups:
         group_of[g.offset : g.offset + g.size] = g.name
     sequence = [mask.copy()]
     for bit in np.argsort(scores, kind="stable"):
-        if left[group_of[bit]] > 1:
+        if left[group_of[bit]] > floor[group_of[bit]]:
             left[group_of[bit]] -= 1
             mask[bit] = False
             sequence.append(mask.copy())

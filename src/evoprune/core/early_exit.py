@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from evoprune.core.cost import count_flops, count_params, median_seconds
+from evoprune.core.cost import count_flops, count_params, interleaved_median_seconds
 from evoprune.core.data import images_to_float
 from evoprune.core.exits import Criterion, MultiExitNet, confidence, input_shape
 
@@ -93,7 +93,10 @@ def early_exit_latency(
     was_training = model.training
     model.eval().to(device)
     x = images_to_float(images[:batch_size].to(device))
-    dense = median_seconds(lambda: model.backbone(x), repeats)
-    early = median_seconds(lambda: model.early_exit_predict(x, threshold, criterion), repeats)
+    seconds = interleaved_median_seconds(
+        {"dense": lambda: model.backbone(x), "early": lambda: model.early_exit_predict(x, threshold, criterion)},
+        repeats,
+    )
+    dense, early = seconds["dense"], seconds["early"]
     model.train(was_training)
     return {"dense_seconds": dense, "early_exit_seconds": early, "speedup": dense / early}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from evoprune.core.cost import count_flops, count_params, median_seconds
+from evoprune.core.cost import count_flops, count_params, interleaved_median_seconds
 from evoprune.core.data import images_to_float
 from evoprune.core.early_exit import exit_costs, sweep_thresholds
 from evoprune.core.exits import MultiExitNet, build_network, input_shape
@@ -28,17 +28,32 @@ def pruned_variant(
 
 
 def latency_ms(
-    model: nn.Module, images: torch.Tensor, batch_sizes: tuple[int, ...], repeats: int, device: torch.device
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_sizes: tuple[int, ...],
+    repeats: int,
+    device: torch.device,
+    reference: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Median milliseconds per batch of uint8 ``images`` at each batch size (eval mode, no grad)."""
-    was_training = model.training
-    model.eval().to(device)
+    """Median milliseconds per batch of uint8 ``images`` at each batch size (eval mode, no grad).
+
+    With a ``reference`` (the dense model), both are timed in turn within every repeat and the result
+    also holds ``dense_latency_ms_batch<b>`` and ``speedup_batch<b>`` (reference time / model time).
+    """
+    models = {"": model} if reference is None else {"": model, "dense_": reference}
+    modes = {m: m.training for m in models.values()}
     out = {}
     with torch.no_grad():
+        for m in models.values():
+            m.eval().to(device)
         for b in batch_sizes:
             x = images_to_float(images[:b].to(device))
-            out[f"latency_ms_batch{b}"] = 1e3 * median_seconds(lambda x=x: model(x), repeats)
-    model.train(was_training)
+            seconds = interleaved_median_seconds({k: (lambda m=m, x=x: m(x)) for k, m in models.items()}, repeats)
+            out.update({f"{k}latency_ms_batch{b}": 1e3 * s for k, s in seconds.items()})
+            if reference is not None:
+                out[f"speedup_batch{b}"] = seconds["dense_"] / seconds[""]
+    for m, training in modes.items():
+        m.train(training)
     return out
 
 
@@ -49,8 +64,10 @@ def measure(
     device: torch.device,
     batch_sizes: tuple[int, ...] = (1, 1000),
     repeats: int = 7,
+    reference: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Per-exit test accuracy, early-exit accuracy and exit shares, FLOPs, params and latency."""
+    """Per-exit test accuracy, early-exit accuracy and exit shares, FLOPs, params and latency (with a
+    ``reference`` model: also its latency, timed alternately with ``model``, and the speed-up)."""
     shape = input_shape(model)
     metrics = {f"exit{e + 1}.test_accuracy": a for e, a in enumerate(accuracy_per_exit(model, test_split, device))}
     if policy is not None and isinstance(model, MultiExitNet):
@@ -61,7 +78,7 @@ def measure(
         metrics["early_exit.expected_flops"] = row["expected_flops"]
         metrics.update({f"early_exit.{k}": v for k, v in row.items() if k.startswith("share_exit")})
     metrics["flops"], metrics["params"] = count_flops(model, shape), count_params(model)
-    metrics.update(latency_ms(model, test_split["images"], batch_sizes, repeats, device))
+    metrics.update(latency_ms(model, test_split["images"], batch_sizes, repeats, device, reference))
     return metrics
 
 

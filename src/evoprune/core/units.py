@@ -13,6 +13,7 @@ population), with per-layer costs measured once by torch's FLOP counter on the d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,16 +78,31 @@ class ChromosomeLayout:
         """(K, num_bits) masks -> {root name: (K, size)} blocks."""
         return {g.name: masks[:, g.offset : g.offset + g.size] for g in self.groups}
 
-    def repair(self, masks: np.ndarray, importance: np.ndarray | None = None) -> np.ndarray:
-        """Keep at least one unit per group: an empty group gets back its most important unit
-        (or its first, without importances). Returns a repaired copy of (K, num_bits) masks."""
+    def min_units(self, max_pruning_ratio: float = 1.0) -> np.ndarray:
+        """Units each group must keep so that none loses more than ``max_pruning_ratio`` of its units
+        (like torch-pruning's ``max_pruning_ratio``); at least one."""
+        if not 0.0 < max_pruning_ratio <= 1.0:
+            raise ValueError(f"max_pruning_ratio must lie in (0, 1], got {max_pruning_ratio}")
+        return np.array([max(1, math.ceil((1.0 - max_pruning_ratio) * g.size - 1e-9)) for g in self.groups])
+
+    def repair(
+        self, masks: np.ndarray, importance: np.ndarray | None = None, min_units: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Keep at least ``min_units[g]`` units per group (default one): a group below it gets back its
+        most important dropped units (its first ones, without importances). Returns a repaired copy of
+        (K, num_bits) masks."""
         masks = np.array(masks, dtype=bool, copy=True)
-        for g in self.groups:
+        for i, g in enumerate(self.groups):
+            need = 1 if min_units is None else int(min_units[i])
             block = masks[:, g.offset : g.offset + g.size]
-            empty = ~block.any(axis=1)
-            if empty.any():
-                best = 0 if importance is None else int(np.argmax(importance[g.offset : g.offset + g.size]))
-                block[empty, best] = True
+            short = np.flatnonzero(block.sum(axis=1) < need)
+            if not len(short):
+                continue
+            weights = np.zeros(g.size) if importance is None else importance[g.offset : g.offset + g.size]
+            order = np.argsort(-weights, kind="stable")
+            for row in short:
+                missing = order[~block[row, order]]
+                block[row, missing[: need - int(block[row].sum())]] = True
         return masks
 
     def _layer_costs(self, masks: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

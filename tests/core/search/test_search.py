@@ -3,6 +3,7 @@ import pytest
 import torch
 from pymoo.core.problem import Problem
 
+from evoprune.core.baselines import mask_within_budget, unit_scores
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.models import build_model
 from evoprune.core.search.operators import (
@@ -65,6 +66,19 @@ def test_roulette_sampling_starts_dense_and_prunes_small_units_more(setup):
     small, large = rank < 0.2, rank > 0.8
     assert kept[small].mean() < kept[large].mean()  # likely, not certainly, pruned
     assert 0 < kept[small].mean() and kept[large].mean() < 1
+
+
+def test_seed_masks_join_the_first_population_and_the_front_is_never_worse_than_them(setup):
+    model, layout, _, importance, rank, _, problem, _ = setup
+    scores = unit_scores(model, layout, (1, 28, 28), "l1", 0)
+    seeds = np.stack([mask_within_budget(layout, scores, b) for b in (0.3, 0.6)])
+    problem_ = Problem(n_var=layout.num_bits, xl=0, xu=1, vtype=bool)
+    X = RouletteSampling(rank, seeds=seeds).do(problem_, 10, random_state=np.random.default_rng(0)).get("X")
+    assert X[0].all() and np.array_equal(X[1:3], seeds) and len(X) == 10
+    result = run_search(problem, CFG, rank, importance, seed=0, seeds=seeds)
+    seed_F = problem.evaluate(seeds, return_values_of=["F"])
+    for f in seed_F:  # every seed is matched or dominated by a front member (elitism keeps the best)
+        assert (result.front_F <= f + 1e-12).all(axis=1).any()
 
 
 def test_roulette_mutation_is_driven_by_the_given_generator(setup):

@@ -13,6 +13,7 @@ import torch
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from torch import nn
 
+from evoprune.core.baselines import mask_within_budget, unit_scores
 from evoprune.core.exits import input_shape
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.search.operators import l1_importance, rank_within_layers
@@ -118,7 +119,12 @@ def search_pruning_masks(
     if cfg.algorithm == "roulette":
         result = _branch_result(problem, branch)
     else:
-        result = run_search(problem, cfg, rank, importance, seed, checkpoint_dir)
+        seeds = None
+        if cfg.seed_with_l1:
+            scores = unit_scores(model, layout, input_shape(model), "l1", seed)
+            budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
+            seeds = np.stack([mask_within_budget(layout, scores, b, cfg.max_pruning_ratio) for b in budgets])
+        result = run_search(problem, cfg, rank, importance, seed, checkpoint_dir, seeds=seeds)
     seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed + 1)
     keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))

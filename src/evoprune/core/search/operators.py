@@ -44,17 +44,23 @@ def drop_probability(rank: np.ndarray, intensity: float | np.ndarray, floor: flo
 
 
 class RouletteSampling(Sampling):
-    """First population: the all-ones mask, then masks drawn by the roulette wheel at pruning
-    intensities spread evenly over (0, max_intensity]."""
+    """First population: the all-ones mask, the given ``seeds`` (e.g. L1-pruned masks at several FLOPs
+    budgets, so that the search starts where the classic heuristic ends), then masks drawn by the
+    roulette wheel at pruning intensities spread evenly over (0, max_intensity]."""
 
-    def __init__(self, rank: np.ndarray, floor: float = 0.1, max_intensity: float = 0.95) -> None:
+    def __init__(
+        self, rank: np.ndarray, floor: float = 0.1, max_intensity: float = 0.95, seeds: np.ndarray | None = None
+    ) -> None:
         super().__init__()
         self.rank, self.floor, self.max_intensity = rank, floor, max_intensity
+        self.seeds = np.zeros((0, len(rank)), dtype=bool) if seeds is None else np.asarray(seeds, dtype=bool)
 
     def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
-        intensity = self.max_intensity * (np.arange(1, n_samples) / max(n_samples - 1, 1))
-        drop = random_state.random((n_samples - 1, problem.n_var)) < drop_probability(self.rank, intensity, self.floor)
-        return np.vstack([np.ones((1, problem.n_var), dtype=bool), ~drop])
+        fixed = np.vstack([np.ones((1, problem.n_var), dtype=bool), self.seeds])[:n_samples]
+        n_drawn = n_samples - len(fixed)
+        intensity = self.max_intensity * (np.arange(1, n_drawn + 1) / max(n_drawn, 1))
+        drop = random_state.random((n_drawn, problem.n_var)) < drop_probability(self.rank, intensity, self.floor)
+        return np.vstack([fixed, ~drop])
 
 
 class RouletteMutation(Mutation):
@@ -76,12 +82,13 @@ class RouletteMutation(Mutation):
         return X ^ flip
 
 
-class KeepOnePerLayer(Repair):
-    """Every layer keeps at least one unit (its most important one, when it would lose all)."""
+class KeepUnitsPerLayer(Repair):
+    """Every layer keeps at least ``min_units`` of its units (default one), its most important ones
+    coming back first."""
 
-    def __init__(self, layout: ChromosomeLayout, importance: np.ndarray) -> None:
+    def __init__(self, layout: ChromosomeLayout, importance: np.ndarray, min_units: np.ndarray | None = None) -> None:
         super().__init__()
-        self.layout, self.importance = layout, importance
+        self.layout, self.importance, self.min_units = layout, importance, min_units
 
     def _do(self, problem, X, **kwargs):
-        return self.layout.repair(X, self.importance)
+        return self.layout.repair(X, self.importance, self.min_units)

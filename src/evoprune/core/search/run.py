@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.algorithms.soo.nonconvex.ga import GA
 from pymoo.core.evaluator import Evaluator
@@ -19,7 +19,7 @@ from pymoo.operators.crossover.pntx import TwoPointCrossover
 from pymoo.util.optimum import filter_optimum
 from tqdm.auto import tqdm
 
-from evoprune.core.search.operators import KeepOnePerLayer, RouletteMutation, RouletteSampling
+from evoprune.core.search.operators import KeepUnitsPerLayer, RouletteMutation, RouletteSampling
 from evoprune.core.search.problem import OBJECTIVES, MaskSearchProblem
 
 EXTRA_VALUES = ["accuracy", "flops", "params"]
@@ -42,6 +42,12 @@ class SearchConfig(BaseModel):
     checkpoint_every: int = Field(5, ge=0)  # generations; 0 = never
     hv_reference: float = Field(1.1, gt=0.0)  # hypervolume reference point, the same in every objective
     budgets: list[float] = Field(default_factory=lambda: [0.5, 0.25, 0.15])  # FLOPs ratios for "best accuracy within"
+    # masks of global L1 pruning (torch-pruning's importance) at this many FLOPs budgets evenly spread
+    # over [0.1, 0.9], put in the first population: the search starts where the heuristic ends
+    seed_with_l1: NonNegativeInt = 0
+    # no layer loses more than this share of its units (torch-pruning's max_pruning_ratio); the
+    # baselines obey the same limit
+    max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)
 
 
 @dataclass
@@ -60,11 +66,12 @@ class SearchResult:
     generations: list[dict[str, float]] = field(default_factory=list)
 
 
-def make_algorithm(cfg: SearchConfig, rank: np.ndarray, repair: KeepOnePerLayer):
-    """pymoo NSGA-II (multi-objective) or GA (first objective only) with roulette operators."""
+def make_algorithm(cfg: SearchConfig, rank: np.ndarray, repair: KeepUnitsPerLayer, seeds: np.ndarray | None = None):
+    """pymoo NSGA-II (multi-objective) or GA (first objective only) with roulette operators; ``seeds``
+    join the all-ones mask in the first population."""
     common = dict(
         pop_size=cfg.pop_size,
-        sampling=RouletteSampling(rank, cfg.roulette_floor, cfg.max_intensity),
+        sampling=RouletteSampling(rank, cfg.roulette_floor, cfg.max_intensity, seeds),
         crossover=TwoPointCrossover(prob=cfg.crossover_prob),
         mutation=RouletteMutation(rank, cfg.roulette_floor, cfg.mutation_rate),
         repair=repair,
@@ -135,6 +142,7 @@ def run_search(
     seed: int,
     checkpoint_dir: str | Path | None = None,
     stop_after: int | None = None,
+    seeds: np.ndarray | None = None,
 ) -> SearchResult:
     """Run NSGA-II or GA generation by generation.
 
@@ -146,8 +154,10 @@ def run_search(
         checkpoint_dir: where state is saved every ``cfg.checkpoint_every`` generations; an existing
             checkpoint there is resumed, ending with the same front as an uninterrupted run.
         stop_after: stop after this many generations in total (simulates a killed run, for tests).
+        seeds: masks put in the first population after the all-ones mask.
     """
-    algorithm = make_algorithm(cfg, rank, KeepOnePerLayer(problem.layout, importance))
+    min_units = problem.layout.min_units(cfg.max_pruning_ratio)
+    algorithm = make_algorithm(cfg, rank, KeepUnitsPerLayer(problem.layout, importance, min_units), seeds)
     algorithm.setup(problem, termination=("n_gen", cfg.generations), seed=seed, verbose=False)
     generations: list[dict[str, float]] = []
     log: dict[str, list] = {k: [] for k in ("X", "F", "G", "accuracy", "generation")}

@@ -39,11 +39,13 @@ def prune_baselines(
     dense_measurements: dict[str, float],
     finetune: FinetuneParams,
     params: BaselinesParams,
+    max_pruning_ratio: float,
     seed: int,
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, object]]:
     """For each criterion and each chosen member's FLOPs ratio: prune the trained network to that budget,
-    fine-tune it exactly like the members (``finetune.training``) and measure it.
+    fine-tune it exactly like the members (``finetune.training``) and measure it. No layer loses more
+    than ``max_pruning_ratio`` of its units, the limit the search obeyed.
 
     Returns: one row per (criterion, budget) and MLflow metrics (``<criterion>.member<id>.<metric>``);
     each row also gets a nested MLflow run tagged with stage, criterion and member.
@@ -58,7 +60,7 @@ def prune_baselines(
     for criterion in params.criteria:
         scores = unit_scores(trained, layout, shape, criterion, seed)
         for member, budget in zip(chosen_members["member"], chosen_members["flops_ratio"], strict=True):
-            mask = mask_within_budget(layout, scores, float(budget))
+            mask = mask_within_budget(layout, scores, float(budget), max_pruning_ratio)
             model = prune_physically(trained, layout, mask, shape)
             history = train(
                 model,
@@ -70,7 +72,9 @@ def prune_baselines(
                 f"baseline[{criterion}] budget of member {member}",
                 finetune.loss_weights,
             )
-            measured = measure(model.eval(), test_split, policy, dev, tuple(m.latency_batch_sizes), m.latency_repeats)
+            measured = measure(
+                model.eval(), test_split, policy, dev, tuple(m.latency_batch_sizes), m.latency_repeats, trained
+            )
             row = {
                 "criterion": criterion,
                 "member": int(member),

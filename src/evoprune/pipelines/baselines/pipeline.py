@@ -20,6 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "dense_measurements",
                     "params:finetune",
                     "params:baselines",
+                    "params:mask_search.search.max_pruning_ratio",
                     "params:seed",
                     "params:device",
                 ],

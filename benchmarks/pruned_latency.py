@@ -1,0 +1,80 @@
+"""Measured speed-up of fine-tuned pruned members vs the dense network, against their FLOPs reduction.
+
+    .venv/bin/python benchmarks/pruned_latency.py                          # after `kedro run --pipeline=prune`
+    .venv/bin/python benchmarks/pruned_latency.py --variant rewind --batch-sizes 1 256 1000
+
+Every model of one run is timed in the same process, interleaved (dense, member, dense, member, ...),
+so that ratios compare like with like. Layouts: ``nchw`` (PyTorch's default) and ``channels_last``
+(NHWC, what oneDNN prefers on CPU). The last columns are the speed-up divided by the FLOPs reduction
+factor: 1.0 means the wall time falls exactly as the FLOPs do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+from evoprune.core.cost import count_flops, interleaved_median_seconds
+from evoprune.core.data import images_to_float
+from evoprune.core.exits import input_shape
+from evoprune.datasets import FinetunedMembersDataset, TensorDictDataset
+
+
+def _median_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    with torch.inference_mode():
+        seconds = interleaved_median_seconds({n: (lambda m=m: m(x)) for n, m in models.items()}, repeats)
+    return {name: 1e3 * s for name, s in seconds.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="keep", help="re-init variant whose fine-tuned members to time")
+    parser.add_argument("--members", default="data/06_models/finetuned/{variant}_members.pt")
+    parser.add_argument("--data", default="data/05_model_input/fashion_mnist_test.pt")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 1000])
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args()
+    loaded = FinetunedMembersDataset(filepath=args.members.format(variant=args.variant)).load()
+    images = TensorDictDataset(filepath=args.data).load()["images"]
+    dense = loaded["model"].eval()
+    shape = input_shape(dense)
+    models = {"dense": dense, **{f"member{i}": m for i, m in zip(loaded["member_ids"], loaded["pruned"], strict=True)}}
+    flops = {name: count_flops(m, shape) for name, m in models.items()}
+    device = torch.device(args.device)
+    print(
+        f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}"
+    )
+    print(f"# {args.variant} members, {args.device}; median of {args.repeats} interleaved runs, ms per batch")
+    header = [
+        "model",
+        "FLOPs kept",
+        "batch",
+        "nchw ms",
+        "channels_last ms",
+        "speed-up nchw",
+        "speed-up ch_last",
+        "speed-up/reduction nchw",
+        "speed-up/reduction ch_last",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for batch in args.batch_sizes:
+        x = images_to_float(images[:batch]).to(device)
+        layouts = {}
+        for layout, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            placed = {n: m.to(device=device, memory_format=fmt) for n, m in models.items()}
+            layouts[layout] = _median_ms(placed, x.contiguous(memory_format=fmt), args.repeats)
+        for name in models:
+            ratio = flops[name] / flops["dense"]
+            s = {k: layouts[k]["dense"] / layouts[k][name] for k in layouts}
+            print(
+                f"| {name} | {ratio:.3f} | {batch} | {layouts['nchw'][name]:.2f} | {layouts['channels_last'][name]:.2f} "
+                f"| {s['nchw']:.2f}x | {s['channels_last']:.2f}x | {s['nchw'] * ratio:.2f} | {s['channels_last'] * ratio:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
