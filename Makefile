@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export KEDRO_DISABLE_TELEMETRY := 1
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset prune prune-tiny test lint viz mlflow-ui bench clean-data
+.PHONY: setup dataset prune prune-tiny test lint viz mlflow-ui bench notebook clean-data
 
 setup: $(VENV)/.installed
 
@@ -51,3 +51,9 @@ clean-data:
 
 bench: setup
 	$(BIN)/python benchmarks/mask_evaluation.py
+	@if [ -f data/06_models/finetuned/keep_members.pt ]; then $(BIN)/python benchmarks/pruned_latency.py; \
+	else echo "pruned_latency.py: run 'make prune' first (it times the fine-tuned members)"; fi
+
+notebook: setup
+	$(BIN)/python -m pip install --quiet -e ".[notebook]"
+	$(BIN)/jupyter lab notebooks/explore_prune_run.ipynb

@@ -1,11 +1,11 @@
 """The exploration notebook runs top to bottom on the artifacts of a real (tiny) `prune` run."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.slow
@@ -13,9 +13,12 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_prune_ru
 
 
 def test_notebook_executes_on_a_finished_run(tiny_project, monkeypatch):
-    bootstrap_project(tiny_project)
-    with KedroSession.create(project_path=tiny_project, env="tiny") as session:
-        session.run(pipeline_names=["prune"])
+    # `kedro run` in its own process, as a user would (and MLflow's process-wide state stays untouched)
+    kedro = Path(sys.executable).with_name("kedro")
+    run = subprocess.run(
+        [str(kedro), "run", "--pipeline=prune", "--env=tiny"], cwd=tiny_project, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
     monkeypatch.setenv("KEDRO_ENV", "tiny")  # inherited by the kernel
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(

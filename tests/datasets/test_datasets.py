@@ -92,6 +92,17 @@ def test_finetuned_members_round_trip_rebuilds_the_pruned_networks(tmp_path):
                 assert torch.equal(a, b)
 
 
+def test_finetuned_members_of_a_skipped_variant_round_trip_empty(tmp_path):
+    from evoprune.datasets import FinetunedMembersDataset
+
+    data = _pruned_members(1)
+    empty = {"model": data["model"], "masks": data["masks"][:0], "member_ids": [], "pruned": []}
+    ds = FinetunedMembersDataset(filepath=str(tmp_path / "members.pt"))
+    ds.save(empty)
+    loaded = ds.load()
+    assert loaded["pruned"] == [] and loaded["masks"].shape == (0, data["masks"].shape[1])
+
+
 def test_finetuned_members_dataset_refuses_another_file(tmp_path):
     from evoprune.datasets import FinetunedMembersDataset
 

@@ -85,7 +85,7 @@ class FinetunedMembersDataset(TorchFileDataset):
             {
                 "format": FINETUNED_FORMAT,
                 "spec": model.spec,
-                "masks": torch.as_tensor(np.asarray(data["masks"], dtype=bool).reshape(len(data["pruned"]), -1)),
+                "masks": torch.as_tensor(np.asarray(data["masks"], dtype=bool)),  # (K, num_bits); K may be 0
                 "member_ids": torch.as_tensor(list(data["member_ids"]), dtype=torch.long),
                 "pruned_state_dicts": [
                     {k: v.detach().cpu() for k, v in m.state_dict().items()} for m in data["pruned"]
