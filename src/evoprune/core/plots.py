@@ -121,32 +121,31 @@ def accuracy_after_finetuning(
     title: str,
 ) -> Figure:
     """Final-exit accuracy vs FLOPs ratio: the Pareto front before fine-tuning, every re-init variant's
-    members after fine-tuning, the pruning baselines at the same budgets, and the dense model."""
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.subplots()
+    members after fine-tuning, the pruning baselines at the same budgets, and the dense model; the right
+    panel zooms on the fine-tuned models."""
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    axes = fig.subplots(1, 2)
     pct = lambda values: [100 * v for v in values]  # noqa: E731
 
-    def line(series: Series, **style: object) -> None:
+    def line(ax, series: Series, **style: object) -> None:
         order = sorted(range(len(series[0])), key=lambda i: series[0][i])
         ax.plot([series[0][i] for i in order], pct([series[1][i] for i in order]), **style)
 
-    line(front_before, marker=".", ms=4, color="0.6", lw=1, label="Pareto front before fine-tuning (validation)")
-    for k, (name, series) in enumerate(variants.items()):
-        line(series, marker="o", ms=5, lw=1.2, color=f"C{k}", label=f"fine-tuned: {name}")
-    for name, series in baselines.items():
-        line(
-            series,
-            marker="x",
-            ms=7,
-            lw=1.2,
-            ls="--",
-            color="black" if name == "l1" else "tab:brown",
-            label=f"baseline: {name}",
-        )
-    ax.axhline(100 * dense_accuracy, color="black", lw=0.8, ls=":", label="dense")
-    ax.set(xlabel="FLOPs kept (ratio of dense)", ylabel="test accuracy, final exit (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    for ax in axes:
+        if ax is axes[0]:
+            line(ax, front_before, marker=".", ms=4, color="0.6", lw=1, label="Pareto front before fine-tuning (val.)")
+        for k, (name, series) in enumerate(variants.items()):
+            line(ax, series, marker="o", ms=5, lw=1.2, color=f"C{k}", label=f"fine-tuned: {name}")
+        for name, series in baselines.items():
+            color = "black" if name == "l1" else "tab:brown"
+            line(ax, series, marker="x", ms=7, lw=1.2, ls="--", color=color, label=f"baseline: {name}")
+        ax.axhline(100 * dense_accuracy, color="black", lw=0.8, ls=":", label="dense")
+        ax.set(xlabel="FLOPs kept (ratio of dense)", ylabel="test accuracy, final exit (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("front before and models after fine-tuning")
+    axes[1].set_title("zoom: fine-tuned models and baselines")
+    axes[0].legend(fontsize=7, loc="lower right")  # the left panel's lower right is empty by construction
+    fig.suptitle(title)
     return fig
 
 
