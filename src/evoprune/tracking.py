@@ -1,4 +1,5 @@
-"""Shape metric dicts for kedro-mlflow's MlflowMetricsHistoryDataset (the core returns plain dicts)."""
+"""MLflow plumbing outside the core: metric dicts shaped for kedro-mlflow's MlflowMetricsHistoryDataset
+(the core returns plain dicts), and nested runs per fine-tuned model."""
 
 from __future__ import annotations
 

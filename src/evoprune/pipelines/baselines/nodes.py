@@ -10,13 +10,12 @@ from torch import nn
 
 from evoprune.core.baselines import Criterion, mask_within_budget, unit_scores
 from evoprune.core.exits import input_shape
-from evoprune.core.finetune import measure
 from evoprune.core.masking import prune_physically
 from evoprune.core.runtime import resolve_device
 from evoprune.core.train import train
 from evoprune.core.units import build_layout
-from evoprune.pipelines.finetune.nodes import FinetuneParams, member_row
-from evoprune.tracking import log_child_run, to_mlflow_metrics
+from evoprune.pipelines.finetune.nodes import FinetuneParams, track_model
+from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
 
@@ -54,8 +53,6 @@ def prune_baselines(
     dev = resolve_device(device)
     shape = input_shape(trained)
     layout = build_layout(trained, shape)
-    policy = (float(early_exit_operating_point["threshold"]), str(early_exit_operating_point["criterion"]))
-    m = finetune.measurement
     rows, metrics = [], {}
     for criterion in params.criteria:
         scores = unit_scores(trained, layout, shape, criterion, seed)
@@ -72,22 +69,21 @@ def prune_baselines(
                 f"baseline[{criterion}] budget of member {member}",
                 finetune.loss_weights,
             )
-            measured = measure(
-                model.eval(), test_split, policy, dev, tuple(m.latency_batch_sizes), m.latency_repeats, trained
-            )
-            row = {
-                "criterion": criterion,
-                "member": int(member),
-                "flops_budget": float(budget),
-                **member_row(measured, dense_measurements, mask, layout),
-                "train_seconds": history["train_seconds"],
-            }
-            rows.append(row)
-            scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "member"}
-            metrics.update({f"{criterion}.member{member}.{k}": v for k, v in scalars.items()})
-            log_child_run(
+            row, scalars = track_model(
+                model,
+                history,
+                trained,
+                mask,
+                layout,
+                test_split,
+                early_exit_operating_point,
+                finetune.measurement,
+                dense_measurements,
+                dev,
+                {"criterion": criterion, "member": int(member), "flops_budget": float(budget)},
                 f"baselines/{criterion}/member{member}",
                 {"stage": "baselines", "criterion": criterion, "member": int(member), "flops_budget": f"{budget:.3f}"},
-                {**scalars, "val_accuracy": history["val_accuracy"], "train_loss": history["train_loss"]},
             )
+            rows.append(row)
+            metrics.update({f"{criterion}.member{member}.{k}": v for k, v in scalars.items()})
     return pd.DataFrame(rows), to_mlflow_metrics(metrics)

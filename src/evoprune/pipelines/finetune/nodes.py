@@ -97,6 +97,49 @@ def member_row(
     return row
 
 
+def track_model(
+    model: nn.Module,
+    history: dict[str, object],
+    trained: nn.Module,
+    mask: np.ndarray,
+    layout: ChromosomeLayout,
+    test_split: Split,
+    early_exit_operating_point: dict[str, object],
+    measurement: MeasurementParams,
+    dense_measurements: dict[str, float],
+    device: torch.device,
+    labels: dict[str, object],
+    run_name: str,
+    tags: dict[str, object],
+) -> tuple[dict[str, object], dict[str, float]]:
+    """Measure a fine-tuned pruned model against the dense ``trained`` one (timed alternately) and log it
+    as a nested MLflow run tagged with ``tags`` and its FLOPs ratio.
+
+    Returns: its report row (``labels`` first) and its scalar metrics (for ``<prefix>.<metric>`` keys).
+    """
+    measured = measure(
+        model.eval(),
+        test_split,
+        _policy(early_exit_operating_point),
+        device,
+        tuple(measurement.latency_batch_sizes),
+        measurement.latency_repeats,
+        reference=trained,
+    )
+    row = {
+        **labels,
+        **member_row(measured, dense_measurements, mask, layout),
+        "train_seconds": history["train_seconds"],
+    }
+    scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "member"}
+    log_child_run(
+        run_name,
+        {**tags, "flops_ratio": f"{row['flops_ratio']:.3f}"},
+        {**scalars, "val_accuracy": history["val_accuracy"], "train_loss": history["train_loss"]},
+    )
+    return row, scalars
+
+
 def finetune_variant(
     pareto_members: dict[str, object],
     multi_exit_model_init: nn.Module,
@@ -127,7 +170,6 @@ def finetune_variant(
         return pd.DataFrame(columns=["variant", "member"]), empty, {}
     dev = resolve_device(device)
     layout = build_layout(trained, input_shape(trained))
-    m = params.measurement
     rows, pruned, metrics = [], [], {}
     for member, mask in zip(ids, masks, strict=True):
         model, history = finetune_member(
@@ -144,26 +186,24 @@ def finetune_variant(
             params.loss_weights,
             f"finetune[{variant}] member {member}",
         )
-        measured = measure(
+        row, scalars = track_model(
             model,
+            history,
+            trained,
+            mask,
+            layout,
             test_split,
-            _policy(early_exit_operating_point),
+            early_exit_operating_point,
+            params.measurement,
+            dense_measurements,
             dev,
-            tuple(m.latency_batch_sizes),
-            m.latency_repeats,
-            reference=trained,
+            {"variant": variant, "member": member},
+            f"finetune/{variant}/member{member}",
+            {"stage": "finetune", "variant": variant, "member": member},
         )
-        row = {"variant": variant, "member": member, **member_row(measured, dense_measurements, mask, layout)}
-        row["train_seconds"] = history["train_seconds"]
         rows.append(row)
         pruned.append(model)
-        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "member"}
         metrics.update({f"member{member}.{k}": v for k, v in scalars.items()})
-        log_child_run(
-            f"finetune/{variant}/member{member}",
-            {"stage": "finetune", "variant": variant, "member": member, "flops_ratio": f"{row['flops_ratio']:.3f}"},
-            {**scalars, "val_accuracy": history["val_accuracy"], "train_loss": history["train_loss"]},
-        )
     finetuned = {"model": trained, "masks": masks, "member_ids": ids, "pruned": pruned}
     return pd.DataFrame(rows), finetuned, to_mlflow_metrics(metrics)
 

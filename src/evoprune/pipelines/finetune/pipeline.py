@@ -11,8 +11,8 @@ from kedro.pipeline import Node, Pipeline
 from evoprune.core.reinit import VARIANTS
 from evoprune.pipelines.finetune.nodes import export_members, finetune_variant, measure_dense
 
-# Inputs shared by every variant (not namespaced).
-SHARED_INPUTS = {
+# Inputs and parameters shared by every variant (not namespaced), in the order finetune_variant takes them.
+SHARED_INPUTS = (
     "pareto_members",
     "multi_exit_model_init",
     "train_split",
@@ -20,7 +20,8 @@ SHARED_INPUTS = {
     "test_split",
     "early_exit_operating_point",
     "dense_measurements",
-}
+)
+SHARED_PARAMETERS = ("params:finetune", "params:seed", "params:device")
 
 
 def variant_pipeline(variant: str) -> Pipeline:
@@ -30,18 +31,7 @@ def variant_pipeline(variant: str) -> Pipeline:
         [
             Node(
                 run_variant,
-                [
-                    "pareto_members",
-                    "multi_exit_model_init",
-                    "train_split",
-                    "validation_split",
-                    "test_split",
-                    "early_exit_operating_point",
-                    "dense_measurements",
-                    "params:finetune",
-                    "params:seed",
-                    "params:device",
-                ],
+                [*SHARED_INPUTS, *SHARED_PARAMETERS],
                 ["finetune_results", "finetuned_members", "finetune_metrics"],
                 name="finetune_members",
             ),
@@ -51,8 +41,8 @@ def variant_pipeline(variant: str) -> Pipeline:
     return Pipeline(
         template,
         namespace=variant,
-        inputs=SHARED_INPUTS,
-        parameters={"params:finetune", "params:seed", "params:device"},
+        inputs=set(SHARED_INPUTS),
+        parameters=set(SHARED_PARAMETERS),
     )
 
 
