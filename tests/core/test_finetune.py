@@ -7,7 +7,7 @@ import torch
 
 from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.export import export_torchscript
-from evoprune.core.finetune import finetune_member, measure, pruned_variant
+from evoprune.core.finetune import finetune_member, latency_ms, measure, pruned_variant
 from evoprune.core.masking import population_masks
 from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig, as_exit_list
@@ -70,6 +70,20 @@ def test_finetune_and_measure(member):
     assert metrics["flops"] < build_layout(trained, (1, 28, 28)).dense_flops
     assert metrics["early_exit.share_exit1"] + metrics["early_exit.share_exit2"] == pytest.approx(1.0)
     assert 0.0 <= metrics["exit2.test_accuracy"] <= 1.0 and metrics["latency_ms_batch50"] > 0
+
+
+@pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
+def test_latency_times_copies_in_the_requested_layout(member, memory_format):
+    trained, initial, layout, mask = member
+    pruned = pruned_variant(trained, initial, layout, mask, "keep", seed=0)
+    conv = next(m for m in trained.modules() if isinstance(m, torch.nn.Conv2d))
+    strides = conv.weight.stride()
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    timed = latency_ms(pruned, images, (1, 20), 2, CPU, reference=trained, memory_format=memory_format)
+    assert set(timed) == {f"{k}_batch{b}" for k in ("latency_ms", "dense_latency_ms", "speedup") for b in (1, 20)}
+    assert all(v > 0 for v in timed.values())
+    assert timed["speedup_batch20"] == pytest.approx(timed["dense_latency_ms_batch20"] / timed["latency_ms_batch20"])
+    assert conv.weight.stride() == strides  # the originals keep their (NCHW) layout
 
 
 def test_torchscript_export_loads_without_evoprune(member, tmp_path):

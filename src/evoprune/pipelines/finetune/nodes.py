@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 from torch import nn
 
 from evoprune.core.exits import input_shape
-from evoprune.core.finetune import finetune_member, measure
+from evoprune.core.finetune import MemoryFormat, finetune_member, measure
 from evoprune.core.reinit import VARIANTS, Variant
 from evoprune.core.runtime import resolve_device
 from evoprune.core.train import TrainConfig
@@ -30,6 +30,8 @@ class MeasurementParams(BaseModel):
 
     latency_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 1000], min_length=1)
     latency_repeats: PositiveInt = 7  # median over this many timed runs
+    # layout of inputs and conv weights while timed, the dense reference's too (channels_last: NHWC, fastest on CPU)
+    memory_format: MemoryFormat = "channels_last"
 
 
 class FinetuneParams(BaseModel):
@@ -72,6 +74,7 @@ def measure_dense(
         resolve_device(device),
         tuple(m.latency_batch_sizes),
         m.latency_repeats,
+        memory_format=m.memory_format,
     )
     return measured, to_mlflow_metrics(measured)
 
@@ -124,6 +127,7 @@ def track_model(
         device,
         tuple(measurement.latency_batch_sizes),
         measurement.latency_repeats,
+        memory_format=measurement.memory_format,
         reference=trained,
     )
     row = {
