@@ -94,7 +94,21 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
     assert len(pareto) == metrics["mask_search.front_size"] and pareto["flops_ratio"].max() <= 1.0
     assert (pareto["mask"].str.len() == metrics["mask_search.num_units"]).all()  # one bit per unit
 
-    chosen = pd.read_csv(tiny_project / "data/07_model_output/chosen_members.csv")
+    candidates = pd.read_csv(tiny_project / "data/07_model_output/chosen_members.csv")
+    selection = pd.read_csv(tiny_project / "data/07_model_output/member_selection.csv")
+    assert selection["member"].tolist() == candidates["member"].tolist()
+    assert selection.groupby("budget")["selected"].sum().eq(1).all()  # one member per budget
+    contested = selection[selection.groupby("budget")["member"].transform("size") > 1]
+    assert len(contested) and contested["val_accuracy_after_finetune"].notna().all()
+    for _, group in contested.groupby("budget"):  # the best after fine-tuning (validation) was kept
+        assert (
+            group.loc[group["selected"], "val_accuracy_after_finetune"].iloc[0]
+            == group["val_accuracy_after_finetune"].max()
+        )
+    chosen = selection[selection["selected"]]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "finetune")}
+    assert {"finetune/selected_members.pt", "finetune/member_selection.csv"} <= artifacts
+    assert metrics["finetune.selection.candidates_finetuned"] == len(contested)
     report = pd.read_csv(tiny_project / "data/08_reporting/report_table.csv")
     assert len(report) == 1 + len(chosen) * (len(VARIANTS) + 2)  # dense, members x variants, l1 + random
     assert set(report["method"]) == {"dense", *VARIANTS, "l1", "random"}

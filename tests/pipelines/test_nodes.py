@@ -168,4 +168,6 @@ def test_finetune_has_one_namespace_per_variant():
     assert namespaces == set(VARIANTS)
     rewind = finetune.only_nodes_with_namespaces(["rewind"])
     assert "rewind.finetune_results" in rewind.outputs()
-    assert {"pareto_members", "multi_exit_model_init", "params:finetune"} <= rewind.inputs()
+    assert {"selected_members", "multi_exit_model_init", "params:finetune"} <= rewind.inputs()
+    select = finetune.only_nodes("select_members")
+    assert select.inputs() >= {"pareto_members", "chosen_members"} and "selected_members" in select.outputs()

@@ -3,6 +3,7 @@ fine-tuned with the same budget as the members."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +30,7 @@ class BaselinesParams(BaseModel):
 
 
 def prune_baselines(
-    pareto_members: dict[str, object],
-    chosen_members: pd.DataFrame,
+    selected_members: dict[str, object],
     train_split: Split,
     validation_split: Split,
     test_split: Split,
@@ -42,21 +42,23 @@ def prune_baselines(
     seed: int,
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, object]]:
-    """For each criterion and each chosen member's FLOPs ratio: prune the trained network to that budget,
+    """For each criterion and each selected member's FLOPs ratio: prune the trained network to that budget,
     fine-tune it exactly like the members (``finetune.training``) and measure it. No layer loses more
     than ``max_pruning_ratio`` of its units, the limit the search obeyed.
 
     Returns: one row per (criterion, budget) and MLflow metrics (``<criterion>.member<id>.<metric>``);
     each row also gets a nested MLflow run tagged with stage, criterion and member.
     """
-    trained: nn.Module = pareto_members["model"]
+    trained: nn.Module = selected_members["model"]
     dev = resolve_device(device)
     shape = input_shape(trained)
     layout = build_layout(trained, shape)
+    members = [int(i) for i in selected_members["member_ids"]]
+    budgets = layout.cost(np.asarray(selected_members["masks"], dtype=bool))["flops"] / layout.dense_flops
     rows, metrics = [], {}
     for criterion in params.criteria:
         scores = unit_scores(trained, layout, shape, criterion, seed)
-        for member, budget in zip(chosen_members["member"], chosen_members["flops_ratio"], strict=True):
+        for member, budget in zip(members, budgets, strict=True):
             mask = mask_within_budget(layout, scores, float(budget), max_pruning_ratio)
             model = prune_physically(trained, layout, mask, shape)
             history = train(

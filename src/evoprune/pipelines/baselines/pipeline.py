@@ -1,4 +1,4 @@
-"""baselines: trained network + the members' FLOPs budgets -> L1 / random pruned, fine-tuned, measured."""
+"""baselines: trained network + the selected members' FLOPs -> L1 / random pruned, fine-tuned, measured."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,8 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 prune_baselines,
                 [
-                    "pareto_members",
-                    "chosen_members",
+                    "selected_members",
                     "train_split",
                     "validation_split",
                     "test_split",

@@ -42,6 +42,9 @@ class FinetuneParams(BaseModel):
     variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
     training: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5))
     loss_weights: list[PositiveFloat] | None = None  # per exit, final exit last (null: 1 each)
+    # select_members fine-tunes every candidate of a FLOPs budget with this variant and keeps the one with the
+    # best final-exit validation accuracy (the test split is never used to choose)
+    selection_variant: Variant = "keep"
     measurement: MeasurementParams = Field(default_factory=MeasurementParams)
 
     @field_validator("variants")
@@ -77,6 +80,89 @@ def measure_dense(
         memory_format=m.memory_format,
     )
     return measured, to_mlflow_metrics(measured)
+
+
+def select_members(
+    pareto_members: dict[str, object],
+    chosen_members: pd.DataFrame,
+    multi_exit_model_init: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    params: FinetuneParams,
+    seed: int,
+    device: str,
+) -> tuple[dict[str, object], pd.DataFrame, dict[str, object]]:
+    """Fine-tune-aware choice of one member per FLOPs budget.
+
+    Accuracy before fine-tuning (the search's fitness) ranks members poorly after it, on networks without
+    BatchNorm especially. So every candidate of a budget (``chosen_members.budget``, from
+    ``mask_search.candidates_per_budget``) is fine-tuned exactly as ``finetune.training`` says, with the
+    weights of ``params.selection_variant``, and the one with the best final-exit *validation* accuracy is
+    kept (ties: fewer FLOPs). A budget with one candidate, or a member without a budget, is kept untried.
+
+    Returns: the selected members (``pareto_members`` format), the selection table (every candidate, its
+    validation accuracy before and after fine-tuning, ``selected``) and MLflow metrics.
+    """
+    trained: nn.Module = pareto_members["model"]
+    masks = np.asarray(pareto_members["masks"], dtype=bool)
+    ids = [int(i) for i in pareto_members["member_ids"]]
+    chosen = chosen_members.set_index("member").loc[ids]
+    if "budget" not in chosen.columns:
+        chosen = chosen.assign(budget=np.nan)
+    final = [c for c in chosen.columns if c.startswith("exit") and c.endswith("_accuracy")][-1]
+    table = pd.DataFrame(
+        {
+            "member": ids,
+            "budget": chosen["budget"].to_numpy(dtype=float),
+            "flops_ratio": chosen["flops_ratio"].to_numpy(dtype=float),
+            "val_accuracy_before_finetune": chosen[final].to_numpy(dtype=float),
+            "val_accuracy_after_finetune": np.nan,
+        }
+    )
+    group = [
+        f"budget{b}" if np.isfinite(b) else f"member{m}" for m, b in zip(table["member"], table["budget"], strict=True)
+    ]
+    table["group"] = group
+    dev = resolve_device(device)
+    layout = build_layout(trained, input_shape(trained))
+    contested = table["group"].map(table["group"].value_counts()) > 1
+    for i in np.flatnonzero(contested.to_numpy()):
+        _, history = finetune_member(
+            trained,
+            multi_exit_model_init,
+            layout,
+            masks[i],
+            params.selection_variant,
+            train_split,
+            validation_split,
+            params.training,
+            dev,
+            seed,
+            params.loss_weights,
+            f"select_members[{params.selection_variant}] member {ids[i]} (budget {table.at[i, 'budget']:.2f})",
+        )
+        table.at[i, "val_accuracy_after_finetune"] = history["val_accuracy"][-1]
+    score = table["val_accuracy_after_finetune"].fillna(table["val_accuracy_before_finetune"])
+    order = table.assign(score=-score).sort_values(["score", "flops_ratio"], kind="stable")
+    winners = set(order.groupby("group", sort=False).head(1).index)
+    table["selected"] = [i in winners for i in table.index]
+    keep = [i for i in range(len(ids)) if i in winners]
+    for _, row in table[contested].iterrows():
+        logger.info(
+            "select_members: member %d (budget %.2f, %.1f%% FLOPs): validation accuracy %.4f after fine-tuning%s",
+            row["member"],
+            row["budget"],
+            100 * row["flops_ratio"],
+            row["val_accuracy_after_finetune"],
+            " <- selected" if row["selected"] else "",
+        )
+    selected = {"model": trained, "masks": masks[keep], "member_ids": [ids[i] for i in keep]}
+    metrics = {
+        f"member{r.member}.val_accuracy_after_finetune": r.val_accuracy_after_finetune
+        for r in table[contested].itertuples()
+    }
+    metrics["candidates_finetuned"] = int(contested.sum())
+    return selected, table.drop(columns="group"), to_mlflow_metrics(metrics)
 
 
 def member_row(

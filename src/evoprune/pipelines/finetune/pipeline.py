@@ -1,6 +1,7 @@
 """finetune: one modular pipeline instantiated per re-init variant under a Kedro namespace.
 
-``kedro run --pipeline=finetune`` runs the dense reference and every variant;
+``kedro run --pipeline=finetune`` measures the dense reference, selects one member per FLOPs budget
+(``select_members``: candidates fine-tuned, best on validation data kept) and runs every variant on them;
 ``kedro run --pipeline=finetune --namespaces=rewind`` runs one variant alone from saved artifacts.
 """
 
@@ -9,11 +10,11 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline
 
 from evoprune.core.reinit import VARIANTS
-from evoprune.pipelines.finetune.nodes import export_members, finetune_variant, measure_dense
+from evoprune.pipelines.finetune.nodes import export_members, finetune_variant, measure_dense, select_members
 
 # Inputs and parameters shared by every variant (not namespaced), in the order finetune_variant takes them.
 SHARED_INPUTS = (
-    "pareto_members",
+    "selected_members",
     "multi_exit_model_init",
     "train_split",
     "validation_split",
@@ -54,7 +55,22 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["pareto_members", "test_split", "early_exit_operating_point", "params:finetune", "params:device"],
                 ["dense_measurements", "dense_metrics"],
                 name="measure_dense",
-            )
+            ),
+            Node(
+                select_members,
+                [
+                    "pareto_members",
+                    "chosen_members",
+                    "multi_exit_model_init",
+                    "train_split",
+                    "validation_split",
+                    "params:finetune",
+                    "params:seed",
+                    "params:device",
+                ],
+                ["selected_members", "member_selection", "selection_metrics"],
+                name="select_members",
+            ),
         ]
     )
     return sum((variant_pipeline(v) for v in VARIANTS), reference)

@@ -36,6 +36,9 @@ class MaskSearchParams(BaseModel):
     chosen_members: PositiveInt = 3  # members for fine-tuning, spread evenly along the FLOPs axis
     # or, when set: per FLOPs budget (ratio), the front member within it with the best final-exit accuracy
     member_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
+    # with member_budgets: the best `candidates_per_budget` members per budget (by final-exit accuracy before
+    # fine-tuning); finetune's select_members fine-tunes them and keeps the best on validation data per budget
+    candidates_per_budget: PositiveInt = 1
     checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"  # null: no checkpoints
 
 
@@ -104,24 +107,25 @@ def tabulate_search(
 
 
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
-    """With ``member_budgets``: for each budget the front member within it with the best final-exit
-    accuracy (a budget no member fits is skipped with a warning). Otherwise ``chosen_members`` members
-    spread evenly along the FLOPs axis of the front (nearest to evenly spaced targets)."""
+    """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
+    within it with the best final-exit accuracy, not taken by a tighter budget (a budget no member fits is
+    skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
+    evenly along the FLOPs axis of the front (nearest to evenly spaced targets; ``budget`` empty)."""
     if params.member_budgets:
         final = [c for c in pareto_set.columns if c.startswith("exit") and c.endswith("_accuracy")][-1]
-        picked = []
-        for budget in sorted(params.member_budgets, reverse=True):
-            within = pareto_set[pareto_set["flops_ratio"] <= budget]
+        budget_of: dict[int, float] = {}
+        for budget in sorted(set(params.member_budgets)):
+            within = pareto_set[(pareto_set["flops_ratio"] <= budget) & ~pareto_set.index.isin(list(budget_of))]
             if within.empty:
-                logger.warning("mask_search: no Pareto member within %.3f of the FLOPs; budget skipped", budget)
-            else:
-                picked.append(int(within[final].idxmax()))
-        chosen = pareto_set.loc[sorted(set(picked))].sort_values("flops_ratio")
-        return chosen.reset_index(drop=True)
+                logger.warning("mask_search: no Pareto member left within %.3f of the FLOPs; budget skipped", budget)
+            for index in within[final].nlargest(params.candidates_per_budget).index:
+                budget_of[int(index)] = budget
+        chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
+        return chosen.sort_values("flops_ratio").reset_index(drop=True)
     flops = pareto_set["flops_ratio"].to_numpy()
     targets = np.linspace(flops.min(), flops.max(), params.chosen_members)
     picked = sorted({int(np.abs(flops - t).argmin()) for t in targets})
-    return pareto_set.iloc[picked].reset_index(drop=True)
+    return pareto_set.iloc[picked].assign(budget=np.nan).reset_index(drop=True)
 
 
 def export_members(multi_exit_model: nn.Module, chosen_members: pd.DataFrame) -> dict[str, object]:

@@ -1,0 +1,105 @@
+"""finetune's select_members and mask_search's candidates per budget, called as plain functions."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from evoprune.core.exits import attach_exits, build_network
+from evoprune.core.finetune import finetune_member
+from evoprune.core.models import build_model
+from evoprune.core.units import build_layout
+from evoprune.pipelines.finetune.nodes import FinetuneParams, select_members
+from evoprune.pipelines.mask_search.nodes import MaskSearchParams, choose_members
+from tests.conftest import image_split
+
+CPU = torch.device("cpu")
+
+
+def _front(flops: list[float], accuracy: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"member": range(len(flops)), "flops_ratio": flops, "exit1_accuracy": 0.5, "exit2_accuracy": accuracy}
+    )
+
+
+def test_candidates_per_budget_are_the_most_accurate_and_not_shared():
+    front = _front([0.1, 0.2, 0.24, 0.3, 0.34, 0.45, 0.6], [0.50, 0.60, 0.62, 0.70, 0.71, 0.80, 0.90])
+    params = MaskSearchParams(member_budgets=[0.5, 0.25, 0.35], candidates_per_budget=2)
+    chosen = choose_members(front, params)
+    # 0.25 takes its best two (0.24, 0.2); 0.35 the best two not taken (0.34, 0.3); 0.5: 0.45 and 0.1 are left
+    assert dict(zip(chosen["member"], chosen["budget"], strict=True)) == {
+        0: 0.5,
+        1: 0.25,
+        2: 0.25,
+        3: 0.35,
+        4: 0.35,
+        5: 0.5,
+    }
+    assert chosen["flops_ratio"].is_monotonic_increasing
+    assert (chosen["flops_ratio"] <= chosen["budget"]).all()
+    one = choose_members(front, MaskSearchParams(member_budgets=[0.5, 0.25, 0.35]))
+    assert one["member"].tolist() == [2, 4, 5]  # the default: one member per budget, the most accurate
+    spread = choose_members(front, MaskSearchParams(chosen_members=3))
+    assert spread["budget"].isna().all() and len(spread) == 3
+
+
+@pytest.fixture(scope="module")
+def candidates():
+    torch.manual_seed(0)
+    initial = attach_exits(build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [16]}), [1])
+    trained = build_network(initial.spec)
+    trained.load_state_dict(initial.state_dict())
+    trained.eval()
+    layout = build_layout(trained, (1, 28, 28))
+    rng = np.random.default_rng(0)
+    masks = layout.repair(rng.random((3, layout.num_bits)) < 0.6)
+    flops = layout.cost(masks)["flops"] / layout.dense_flops
+    chosen = pd.DataFrame(
+        {
+            "member": [7, 8, 9],
+            "flops_ratio": flops,
+            "exit1_accuracy": 0.3,
+            "exit2_accuracy": [0.40, 0.35, 0.20],
+            "budget": [0.9, 0.9, np.nan],  # 7 and 8 compete; 9 has no budget and is kept untried
+        }
+    )
+    pareto_members = {"model": trained, "masks": masks, "member_ids": [7, 8, 9]}
+    return pareto_members, chosen, initial.eval(), layout
+
+
+def test_select_members_keeps_the_best_after_finetuning_on_validation_data(candidates):
+    pareto_members, chosen, initial, layout = candidates
+    train, validation = image_split(120, 0), image_split(80, 1)
+    params = FinetuneParams(training={"epochs": 1, "batch_size": 40})
+    selected, table, metrics = select_members(
+        pareto_members, chosen, initial, train, validation, params, seed=3, device="cpu"
+    )
+    after = {}
+    for i, member in enumerate([7, 8]):  # the same fine-tune, redone here: the node's figures are reproducible
+        _, history = finetune_member(
+            pareto_members["model"],
+            initial,
+            layout,
+            pareto_members["masks"][i],
+            "keep",
+            train,
+            validation,
+            params.training,
+            CPU,
+            3,
+        )
+        after[member] = history["val_accuracy"][-1]
+    rows = table.set_index("member")
+    assert rows.loc[[7, 8], "val_accuracy_after_finetune"].to_dict() == pytest.approx(after)
+    assert np.isnan(rows.loc[9, "val_accuracy_after_finetune"])
+    best = max(after, key=lambda m: (after[m], -rows.loc[m, "flops_ratio"]))
+    assert rows["selected"].to_dict() == {7: best == 7, 8: best == 8, 9: True}
+    assert selected["member_ids"] == sorted([best, 9])
+    index = [7, 8, 9].index(best)
+    assert np.array_equal(selected["masks"][0], pareto_members["masks"][index])
+    assert metrics["candidates_finetuned"]["value"] == 2
+    assert set(metrics) == {
+        "candidates_finetuned",
+        "member7.val_accuracy_after_finetune",
+        "member8.val_accuracy_after_finetune",
+    }
