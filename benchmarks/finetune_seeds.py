@@ -1,4 +1,4 @@
-"""Seed-to-seed spread of the member-vs-L1 comparison: each chosen member and the global-L1 mask at its
+"""Seed-to-seed spread of the member-vs-L1 comparison: each selected member and the global-L1 mask at its
 FLOPs, both fine-tuned with the `keep` weights, the configured schedule and several seeds.
 
     .venv/bin/python benchmarks/finetune_seeds.py --seeds 1 2 3      # after `kedro run --pipeline=prune`
@@ -28,8 +28,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="fine-tune epochs (as finetune.training.epochs)")
     parser.add_argument("--max-pruning-ratio", type=float, default=0.7, help="as mask_search.search.max_pruning_ratio")
     parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument(
+        "--members", default="data/06_models/selected_members.pt", help="the members fine-tuned by `finetune`"
+    )
     args = parser.parse_args()
-    members = PrunedMembersDataset(filepath="data/06_models/pareto_members.pt").load()
+    members = PrunedMembersDataset(filepath=args.members).load()
     initial = TorchModelDataset(filepath="data/06_models/multi_exit_model_init.pt").load()
     splits = {
         s: TensorDictDataset(filepath=f"data/05_model_input/{args.dataset}_{s}.pt").load()

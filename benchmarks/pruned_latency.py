@@ -74,6 +74,38 @@ def main() -> None:
                 f"| {name} | {ratio:.3f} | {batch} | {layouts['nchw'][name]:.2f} | {layouts['channels_last'][name]:.2f} "
                 f"| {s['nchw']:.2f}x | {s['channels_last']:.2f}x | {s['nchw'] * ratio:.2f} | {s['channels_last'] * ratio:.2f} |"
             )
+    _first_stage_floor(models, flops, images, max(args.batch_sizes), args.repeats, device)
+
+
+def _first_stage_floor(models, flops, images, batch, repeats, device) -> None:
+    """How far pruning can speed a network up when its first stage (full-resolution maps, a 1-channel
+    input on Fashion-MNIST) barely shrinks: the dense network's time over the member's first-stage time
+    bounds the member's speed-up, whatever the later layers cost."""
+    x = images_to_float(images[:batch]).to(device).contiguous(memory_format=torch.channels_last)
+    placed = {n: m.to(device=device, memory_format=torch.channels_last) for n, m in models.items()}
+    fns = {n: (lambda m=m: m(x)) for n, m in placed.items()}
+    fns.update({f"{n}.stage1": (lambda m=m: m.backbone.stages[0](x)) for n, m in placed.items()})
+    with torch.inference_mode():
+        ms = {k: 1e3 * v for k, v in interleaved_median_seconds(fns, repeats).items()}
+    print(f"\n# first backbone stage alone, channels_last, batch {batch}: its share of the time bounds the speed-up")
+    header = [
+        "model",
+        "FLOPs kept",
+        "whole ms",
+        "stage 1 ms",
+        "stage 1 share",
+        "max speed-up",
+        "max speed-up/reduction",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name in models:
+        ratio = flops[name] / flops["dense"]
+        bound = ms["dense"] / ms[f"{name}.stage1"]
+        print(
+            f"| {name} | {ratio:.3f} | {ms[name]:.2f} | {ms[f'{name}.stage1']:.2f} | {ms[f'{name}.stage1'] / ms[name]:.0%} "
+            f"| {bound:.2f}x | {bound * ratio:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,6 @@ def test_latency_times_copies_in_the_requested_layout(member, memory_format):
     timed = latency_ms(pruned, images, (1, 20), 2, CPU, reference=trained, memory_format=memory_format)
     assert set(timed) == {f"{k}_batch{b}" for k in ("latency_ms", "dense_latency_ms", "speedup") for b in (1, 20)}
     assert all(v > 0 for v in timed.values())
-    assert timed["speedup_batch20"] == pytest.approx(timed["dense_latency_ms_batch20"] / timed["latency_ms_batch20"])
     assert conv.weight.stride() == strides  # the originals keep their (NCHW) layout
 
 

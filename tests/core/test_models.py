@@ -2,7 +2,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from evoprune.core.cost import count_flops, count_params
+from evoprune.core.cost import count_flops, count_params, interleaved_seconds, paired_speedup
 from evoprune.core.models import build_model, parse_model_spec
 
 
@@ -46,3 +46,15 @@ def test_lenet5_cost_matches_its_layers():
     assert count_params(model) == (6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (
         84 * 10 + 10
     )
+
+
+def test_interleaved_timing_alternates_and_pairs_ratios():
+    calls = []
+    times = interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up, then in turn
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    # pairs taken moments apart: a drift of the machine's speed cancels in each ratio
+    assert paired_speedup([2.0, 4.0, 8.0], [1.0, 2.0, 4.0]) == 2.0
+    assert paired_speedup([2.0, 3.0, 100.0], [1.0, 1.0, 1.0]) == 3.0  # median, not mean
+    with pytest.raises(ValueError, match="equally long"):
+        paired_speedup([1.0], [])

@@ -30,9 +30,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall time of each ``fn()``, timed in turn within every repeat (a, b, a, b, ...), so that
-    ratios between them compare like with like on a machine whose speed drifts (CUDA synchronised)."""
+def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of each ``fn()``, timed in turn within every repeat (a, b, a, b, ...), so that
+    the i-th times of two functions were taken moments apart (CUDA synchronised)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -46,4 +46,18 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: in
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_median_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each ``fn()``, timed in turn within every repeat (see ``interleaved_seconds``),
+    so that ratios between them compare like with like on a machine whose speed drifts."""
+    return {name: statistics.median(t) for name, t in interleaved_seconds(fns, repeats, warmup).items()}
+
+
+def paired_speedup(reference: list[float], times: list[float]) -> float:
+    """Median over repeats of ``reference[i] / times[i]``, the two timed moments apart: steadier than a
+    ratio of medians when the machine's speed drifts between repeats."""
+    if len(reference) != len(times) or not times:
+        raise ValueError("paired_speedup needs two equally long, non-empty lists of interleaved times")
+    return statistics.median(r / t for r, t in zip(reference, times, strict=True))

@@ -6,13 +6,14 @@ variant weights (reinit) -> physical pruning (torch-pruning) -> fine-tuning (tra
 from __future__ import annotations
 
 import copy
+import statistics
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from evoprune.core.cost import count_flops, count_params, interleaved_median_seconds
+from evoprune.core.cost import count_flops, count_params, interleaved_seconds, paired_speedup
 from evoprune.core.data import images_to_float
 from evoprune.core.early_exit import exit_costs, sweep_thresholds
 from evoprune.core.exits import MultiExitNet, build_network, input_shape
@@ -45,7 +46,8 @@ def latency_ms(
     """Median milliseconds per batch of uint8 ``images`` at each batch size (eval, ``inference_mode``).
 
     With a ``reference`` (the dense model), both are timed in turn within every repeat and the result
-    also holds ``dense_latency_ms_batch<b>`` and ``speedup_batch<b>`` (reference time / model time).
+    also holds ``dense_latency_ms_batch<b>`` and ``speedup_batch<b>`` (the median over repeats of the
+    reference's time over the model's, each pair timed moments apart).
     ``memory_format``: layout of the inputs and conv weights while timed (``channels_last`` = NHWC, which
     oneDNN runs fastest on CPU: measured 33 vs 53 ms for the dense LeNet-5 at batch 1000, 274 vs 424 ms for
     the VGG-style net; ``benchmarks/pruned_latency.py`` prints both). The models are timed as copies, so
@@ -58,10 +60,10 @@ def latency_ms(
     with torch.inference_mode():
         for b in batch_sizes:
             x = images_to_float(images[:b].to(device)).contiguous(memory_format=fmt)
-            seconds = interleaved_median_seconds({k: (lambda m=m, x=x: m(x)) for k, m in timed.items()}, repeats)
-            out.update({f"{k}latency_ms_batch{b}": 1e3 * s for k, s in seconds.items()})
+            times = interleaved_seconds({k: (lambda m=m, x=x: m(x)) for k, m in timed.items()}, repeats, warmup=2)
+            out.update({f"{k}latency_ms_batch{b}": 1e3 * statistics.median(t) for k, t in times.items()})
             if reference is not None:
-                out[f"speedup_batch{b}"] = seconds["dense_"] / seconds[""]
+                out[f"speedup_batch{b}"] = paired_speedup(times["dense_"], times[""])
     return out
 
 

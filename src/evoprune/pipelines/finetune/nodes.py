@@ -29,7 +29,7 @@ class MeasurementParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 1000], min_length=1)
-    latency_repeats: PositiveInt = 7  # median over this many timed runs
+    latency_repeats: PositiveInt = 21  # median over this many timed runs (dense and member in turn)
     # layout of inputs and conv weights while timed, the dense reference's too (channels_last: NHWC, fastest on CPU)
     memory_format: MemoryFormat = "channels_last"
 
