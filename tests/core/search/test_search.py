@@ -188,3 +188,28 @@ def test_adaptive_bn_uses_its_own_buffers():
     a, b = plain.accuracy(masks, val), adaptive.accuracy(masks, val)
     assert a.shape == b.shape and not np.array_equal(a, b)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_old_checkpoint_folders_are_removed_newest_kept(tmp_path):
+    import os
+
+    from evoprune.core.search.api import remove_old_checkpoints
+
+    folders = []
+    for age, name in enumerate(["a", "b", "c", "d"]):  # a newest ... d oldest
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("state.json", "state.npz"):
+            (d / f).write_text("x")
+            os.utime(d / f, (1e9 - age * 100, 1e9 - age * 100))
+        folders.append(d)
+    foreign = tmp_path / "notes"  # not a checkpoint: left alone
+    foreign.mkdir()
+    (foreign / "readme.txt").write_text("mine")
+    current = tmp_path / "d"  # the running search's own folder, the oldest: always kept
+    removed = remove_old_checkpoints(current, kept=2)
+    assert sorted(p.name for p in removed) == ["b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d", "notes"]
+    assert remove_old_checkpoints(tmp_path / "new", kept=1) and not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match=">= 1"):
+        remove_old_checkpoints(current, kept=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,26 @@ def _branch_result(problem: MaskSearchProblem, branch: dict[str, np.ndarray]) ->
     )
 
 
+def remove_old_checkpoints(current: Path, kept: int) -> list[Path]:
+    """Delete the checkpoint folders beside ``current`` (other searches' fingerprints) except the
+    ``kept - 1`` most recently written; ``current`` itself always stays. Only folders holding exactly a
+    checkpoint's files (state.json, state.npz) are touched. Returns the folders deleted."""
+    if kept < 1:
+        raise ValueError(f"checkpoints_kept must be >= 1 (the running search's own), got {kept}")
+    if not current.parent.is_dir():
+        return []
+    others = [
+        d
+        for d in current.parent.iterdir()
+        if d.is_dir() and d.name != current.name and {f.name for f in d.iterdir()} <= {"state.json", "state.npz"}
+    ]
+    others.sort(key=lambda d: max((f.stat().st_mtime for f in d.iterdir()), default=d.stat().st_mtime), reverse=True)
+    removed = others[kept - 1 :]
+    for d in removed:
+        shutil.rmtree(d)
+    return removed
+
+
 def search_pruning_masks(
     model: nn.Module,
     validation_split: dict[str, torch.Tensor],
@@ -75,12 +96,15 @@ def search_pruning_masks(
     roulette: RouletteBranchConfig | None = None,
     checkpoint_dir: str | Path | None = None,
     policy: tuple[float, str] | None = None,
+    checkpoints_kept: int = 3,
 ) -> SearchOutcome:
     """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
     method, random masks for contrast and, when configured, the roulette branch path for comparison.
 
     Args:
         policy: (threshold, criterion) of the early-exit policy, needed by the policy objectives.
+        checkpoints_kept: searches (fingerprint folders under ``checkpoint_dir``) whose checkpoints are
+            kept, this one included, most recently written first; older ones are deleted.
     """
     layout = build_layout(model, input_shape(model))
     evaluator = SlicedEvaluator(model, layout, device, calibration_images)
@@ -102,6 +126,7 @@ def search_pruning_masks(
     if checkpoint_dir is not None:
         n_val = int(validation_split["labels"].numel())
         checkpoint_dir = Path(checkpoint_dir) / _fingerprint(model, cfg, seed, n_val, policy)
+        remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
     start = time.perf_counter()
     branch = None
     if roulette is not None or cfg.algorithm == "roulette":

@@ -40,6 +40,7 @@ class MaskSearchParams(BaseModel):
     # fine-tuning); finetune's select_members fine-tunes them and keeps the best on validation data per budget
     candidates_per_budget: PositiveInt = 1
     checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"  # null: no checkpoints
+    checkpoints_kept: PositiveInt = 3  # searches whose checkpoints stay (newest first, this one included)
 
 
 def search_masks(
@@ -66,6 +67,7 @@ def search_masks(
         params.roulette_branch,
         params.checkpoint_dir,
         policy,
+        params.checkpoints_kept,
     )
 
 
