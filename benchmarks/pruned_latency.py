@@ -4,7 +4,12 @@
     .venv/bin/python benchmarks/pruned_latency.py --variant rewind --batch-sizes 1 256 1000
 
 Every model of one run is timed in the same process, interleaved (dense, member, dense, member, ...),
-so that ratios compare like with like. Layouts: ``nchw`` (PyTorch's default) and ``channels_last``
+so that ratios compare like with like. A fresh process pays page faults on every large activation
+(glibc returns big blocks to the OS), which inflates the dense model's time more than a member's; a
+long-running process (such as `kedro run`) does not. To time that steady state here:
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 .venv/bin/python benchmarks/pruned_latency.py
+ Layouts: ``nchw`` (PyTorch's default) and ``channels_last``
 (NHWC, what oneDNN prefers on CPU). The last columns are the speed-up divided by the FLOPs reduction
 factor: 1.0 means the wall time falls exactly as the FLOPs do.
 """
@@ -75,6 +80,7 @@ def main() -> None:
                 f"| {s['nchw']:.2f}x | {s['channels_last']:.2f}x | {s['nchw'] * ratio:.2f} | {s['channels_last'] * ratio:.2f} |"
             )
     _first_stage_floor(models, flops, images, max(args.batch_sizes), args.repeats, device)
+    _input_conv_sweep(dense, images, max(args.batch_sizes), args.repeats, device)
 
 
 def _first_stage_floor(models, flops, images, batch, repeats, device) -> None:
@@ -106,6 +112,27 @@ def _first_stage_floor(models, flops, images, batch, repeats, device) -> None:
             f"| {name} | {ratio:.3f} | {ms[name]:.2f} | {ms[f'{name}.stage1']:.2f} | {ms[f'{name}.stage1'] / ms[name]:.0%} "
             f"| {bound:.2f}x | {bound * ratio:.2f} |"
         )
+
+
+def _input_conv_sweep(dense: torch.nn.Module, images, batch, repeats, device) -> None:
+    """The network's first conv alone (same input channels, kernel, padding), with fewer and fewer
+    output channels: how much of its time pruning its filters can remove."""
+    first = next(m for m in dense.modules() if isinstance(m, torch.nn.Conv2d))
+    x = images_to_float(images[:batch]).to(device)
+    widths = sorted({1, 2, max(1, first.out_channels // 2), first.out_channels})
+    fns = {}
+    for c in widths:
+        conv = torch.nn.Conv2d(first.in_channels, c, first.kernel_size, first.stride, first.padding).to(device).eval()
+        fns[c] = lambda conv=conv: conv(x)
+    with torch.inference_mode():
+        ms = {k: 1e3 * v for k, v in interleaved_median_seconds(fns, repeats).items()}
+    print(
+        f"\n# the first conv alone ({first.in_channels} input channel(s), {first.kernel_size[0]}x{first.kernel_size[1]}), batch {batch}"
+    )
+    print("| output channels | FLOPs vs all | ms |")
+    print("|---|---|---|")
+    for c in widths:
+        print(f"| {c} | {c / first.out_channels:.2f} | {ms[c]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
     (tmp_path / "conf" / "local").mkdir()
     (tmp_path / "src").mkdir()  # evoprune itself is installed; Kedro only wants the folder
     tiny = tmp_path / "conf" / "tiny"
-    (tiny / "globals.yml").write_text(f"dataset:\n  source_dir: {fake_idx_dir}\n")
+    (tiny / "globals.yml").write_text(f"outputs: data/tiny\ndataset:\n  source_dir: {fake_idx_dir}\n")
     (tiny / "mlflow.yml").write_text(f"server:\n  mlflow_tracking_uri: sqlite:///{tmp_path / 'mlflow.db'}\n")
     (tiny / "parameters.yml").write_text(
         "data_preparation:\n  validation_size: 100\ntrain_dense:\n  training:\n    epochs: 2\n    batch_size: 20\n"

@@ -30,10 +30,11 @@ def _run(project, **kwargs):
 
 def test_prune_run_is_tracked_in_mlflow(tiny_project):
     _run(tiny_project)
-    assert (tiny_project / "data/06_models/dense_model.pt").is_file()
-    assert (tiny_project / "data/06_models/dense_model_init.pt").is_file()
-    assert (tiny_project / "data/08_reporting/dense_training_curves.png").is_file()
-    assert (tiny_project / "data/01_raw/FashionMNIST/raw/train-images-idx3-ubyte").is_file()
+    assert (tiny_project / "data/tiny/06_models/dense_model.pt").is_file()
+    assert (tiny_project / "data/tiny/06_models/dense_model_init.pt").is_file()
+    assert (tiny_project / "data/tiny/08_reporting/dense_training_curves.png").is_file()
+    assert (tiny_project / "data/01_raw/FashionMNIST/raw/train-images-idx3-ubyte").is_file()  # raw data is shared
+    assert not (tiny_project / "data/06_models").exists()  # the default env's artifacts are never touched
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("evoprune").experiment_id
@@ -78,7 +79,7 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
         ),
     )
     assert metrics["build_exits.exit1.flops"] < metrics["build_exits.exit2.flops"] == metrics["train_dense.flops"]
-    table = pd.read_csv(tiny_project / "data/08_reporting/early_exit_table.csv")
+    table = pd.read_csv(tiny_project / "data/tiny/08_reporting/early_exit_table.csv")
     assert table["threshold"].tolist() == sorted(table["threshold"]) and table["threshold"].iloc[-1] == 1.0
     assert table["test_share_exit2"].iloc[-1] == 1.0
 
@@ -90,12 +91,12 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
         ("pareto_set.csv", "mask_search_history.csv", "chosen_members.csv", "pareto_members.pt", "pareto_front.png"),
     )
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "mask_search.hypervolume")) == [1, 2]
-    pareto = pd.read_csv(tiny_project / "data/07_model_output/pareto_set.csv", dtype={"mask": str})
+    pareto = pd.read_csv(tiny_project / "data/tiny/07_model_output/pareto_set.csv", dtype={"mask": str})
     assert len(pareto) == metrics["mask_search.front_size"] and pareto["flops_ratio"].max() <= 1.0
     assert (pareto["mask"].str.len() == metrics["mask_search.num_units"]).all()  # one bit per unit
 
-    candidates = pd.read_csv(tiny_project / "data/07_model_output/chosen_members.csv")
-    selection = pd.read_csv(tiny_project / "data/07_model_output/member_selection.csv")
+    candidates = pd.read_csv(tiny_project / "data/tiny/07_model_output/chosen_members.csv")
+    selection = pd.read_csv(tiny_project / "data/tiny/07_model_output/member_selection.csv")
     assert selection["member"].tolist() == candidates["member"].tolist()
     assert selection.groupby("budget")["selected"].sum().eq(1).all()  # one member per budget
     contested = selection[selection.groupby("budget")["member"].transform("size") > 1]
@@ -109,7 +110,7 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "finetune")}
     assert {"finetune/selected_members.pt", "finetune/member_selection.csv"} <= artifacts
     assert metrics["finetune.selection.candidates_finetuned"] == len(contested)
-    report = pd.read_csv(tiny_project / "data/08_reporting/report_table.csv")
+    report = pd.read_csv(tiny_project / "data/tiny/08_reporting/report_table.csv")
     assert len(report) == 1 + len(chosen) * (len(VARIANTS) + 2)  # dense, members x variants, l1 + random
     assert set(report["method"]) == {"dense", *VARIANTS, "l1", "random"}
     assert (report.loc[report["kind"] != "dense", "flops_ratio"] < 1.0).all()
@@ -125,7 +126,7 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
         )
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, f"finetune/{variant}")}
         assert {f"finetune/{variant}/{variant}_results.csv", f"finetune/{variant}/{variant}_members.pt"} <= artifacts
-        exported = tiny_project / f"data/06_models/finetuned/{variant}_exported"
+        exported = tiny_project / f"data/tiny/06_models/finetuned/{variant}_exported"
         assert {p.name for p in exported.iterdir()} == {
             f"member{m}{suffix}" for m in chosen["member"] for suffix in (".onnx", ".torchscript.pt")
         }
@@ -148,22 +149,22 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
 
 def test_same_seed_same_model_through_the_session(tiny_project):
     _run(tiny_project)
-    first = torch.load(tiny_project / "data/06_models/dense_model.pt", weights_only=True)["state_dict"]
+    first = torch.load(tiny_project / "data/tiny/06_models/dense_model.pt", weights_only=True)["state_dict"]
     _run(tiny_project)
-    second = torch.load(tiny_project / "data/06_models/dense_model.pt", weights_only=True)["state_dict"]
+    second = torch.load(tiny_project / "data/tiny/06_models/dense_model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_bad_parameters_stop_the_run_before_any_node(tiny_project):
     with pytest.raises(Exception, match=r"train_dense[\s\S]*learning_rate"):
         _run(tiny_project, runtime_params={"train_dense": {"training": {"learning_rate": -1.0}}})
-    assert not (tiny_project / "data/05_model_input/fashion_mnist_train_split.pt").exists()
+    assert not (tiny_project / "data/tiny/05_model_input/fashion_mnist_train.pt").exists()
 
 
 def test_exit_after_a_missing_stage_stops_the_run_before_training(tiny_project):
     with pytest.raises(ValueError, match=r"build_exits.exit_after.*no stage \[2\]"):
         _run(tiny_project, runtime_params={"build_exits": {"exit_after": [1, 2]}})
-    assert not (tiny_project / "data/06_models/dense_model.pt").exists()
+    assert not (tiny_project / "data/tiny/06_models/dense_model.pt").exists()
 
 
 def test_thresholds_outside_the_unit_interval_are_refused(tiny_project):
