@@ -51,7 +51,8 @@ clean-data:
 
 bench: setup
 	$(BIN)/python benchmarks/mask_evaluation.py
-	@if [ -f data/06_models/finetuned/keep_members.pt ]; then $(BIN)/python benchmarks/pruned_latency.py; \
+	@if [ -f data/06_models/finetuned/keep_members.pt ]; then $(BIN)/python benchmarks/pruned_latency.py && \
+		$(BIN)/python benchmarks/latency_model.py; \
 	else echo "pruned_latency.py: run 'make prune' first (it times the fine-tuned members)"; fi
 
 notebook: setup
