@@ -41,6 +41,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 1000])
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile'd copies (inductor, frozen weights; needs a C++ compiler)",
+    )
     args = parser.parse_args()
     loaded = FinetunedMembersDataset(filepath=args.members.format(variant=args.variant)).load()
     images = TensorDictDataset(filepath=args.data).load()["images"]
@@ -80,6 +85,8 @@ def main() -> None:
                 f"| {s['nchw']:.2f}x | {s['channels_last']:.2f}x | {s['nchw'] * ratio:.2f} | {s['channels_last'] * ratio:.2f} |"
             )
     _first_stage_floor(models, flops, images, max(args.batch_sizes), args.repeats, device)
+    if args.compile:
+        _compiled(models, flops, images, max(args.batch_sizes), args.repeats, device)
     _input_conv_sweep(dense, images, max(args.batch_sizes), args.repeats, device)
 
 
@@ -111,6 +118,34 @@ def _first_stage_floor(models, flops, images, batch, repeats, device) -> None:
         print(
             f"| {name} | {ratio:.3f} | {ms[name]:.2f} | {ms[f'{name}.stage1']:.2f} | {ms[f'{name}.stage1'] / ms[name]:.0%} "
             f"| {bound:.2f}x | {bound * ratio:.2f} |"
+        )
+
+
+def _compiled(models, flops, images, batch, repeats, device) -> None:
+    """The same models through torch.compile (inductor, frozen weights), timed interleaved."""
+    import copy
+
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    x = images_to_float(images[:batch]).to(device)
+    compiled = {n: torch.compile(copy.deepcopy(m).to(device)) for n, m in models.items()}
+    with torch.inference_mode():
+        for m in compiled.values():
+            m(x)  # compiles
+        ms = {
+            n: 1e3 * t
+            for n, t in interleaved_median_seconds(
+                {n: (lambda m=m: m(x)) for n, m in compiled.items()}, repeats
+            ).items()
+        }
+    print(f"\n# torch.compile (inductor, freezing), batch {batch}")
+    print("| model | FLOPs kept | ms | speed-up | speed-up/reduction |")
+    print("|---|---|---|---|---|")
+    for name in models:
+        ratio = flops[name] / flops["dense"]
+        print(
+            f"| {name} | {ratio:.3f} | {ms[name]:.2f} | {ms['dense'] / ms[name]:.2f}x | {ms['dense'] / ms[name] * ratio:.2f} |"
         )
 
 
