@@ -115,3 +115,14 @@ def test_multi_exit_spec_rebuilds_the_network():
     again.load_state_dict(net.state_dict())
     x = torch.randn(3, 1, 28, 28)
     assert all(torch.equal(a, b) for a, b in zip(net(x), again.eval()(x), strict=True))
+
+
+def test_final_exit_key_goes_by_exit_number():
+    from evoprune.core.exits import final_exit_key
+
+    columns = ["member", "exit9_accuracy", "exit10_accuracy", "exit2_accuracy", "flops_ratio"]
+    assert final_exit_key(columns, "_accuracy") == "exit10_accuracy"  # not the lexicographic max, not the last
+    measured = {"exit1.test_accuracy": 0.8, "exit2.test_accuracy": 0.9, "early_exit.test_accuracy": 0.85}
+    assert final_exit_key(measured, ".test_accuracy") == "exit2.test_accuracy"
+    with pytest.raises(KeyError, match="no exit<k>_accuracy"):
+        final_exit_key(["flops_ratio"], "_accuracy")

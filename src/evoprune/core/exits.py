@@ -9,6 +9,8 @@ samples still in flight are computed by the next stage.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
@@ -163,6 +165,16 @@ def confidence(logits: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         return probs.max(-1).values
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
     return 1.0 - entropy / math.log(logits.shape[-1])
+
+
+def final_exit_key(keys: Iterable[str], suffix: str) -> str:
+    """The name of the last exit's figure among names like ``exit<k><suffix>`` (``exit3_accuracy`` in the
+    search's tables, ``exit2.test_accuracy`` in measurements), chosen by exit number, not by position."""
+    keys = list(keys)
+    numbered = {int(m.group(1)): k for k in keys if (m := re.fullmatch(rf"exit(\d+){re.escape(suffix)}", k))}
+    if not numbered:
+        raise KeyError(f"no exit<k>{suffix} among {keys}")
+    return numbered[max(numbered)]
 
 
 def input_shape(model: nn.Module) -> tuple[int, int, int]:

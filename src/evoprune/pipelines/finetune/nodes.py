@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 from torch import nn
 
-from evoprune.core.exits import input_shape
+from evoprune.core.exits import final_exit_key, input_shape
 from evoprune.core.finetune import MemoryFormat, finetune_member, measure
 from evoprune.core.reinit import VARIANTS, Variant
 from evoprune.core.runtime import resolve_device
@@ -109,7 +109,7 @@ def select_members(
     chosen = chosen_members.set_index("member").loc[ids]
     if "budget" not in chosen.columns:
         chosen = chosen.assign(budget=np.nan)
-    final = [c for c in chosen.columns if c.startswith("exit") and c.endswith("_accuracy")][-1]
+    final = final_exit_key(chosen.columns, "_accuracy")
     table = pd.DataFrame(
         {
             "member": ids,
@@ -177,7 +177,7 @@ def member_row(
     row["units_ratio"] = float(mask.mean())
     for g in layout.groups:
         row[f"kept.{g.name}"] = int(mask[g.offset : g.offset + g.size].sum())
-    final = max(k for k in metrics if k.startswith("exit") and k.endswith(".test_accuracy"))
+    final = final_exit_key(metrics, ".test_accuracy")
     row["test_accuracy"] = metrics[final]
     row["accuracy_drop_pt"] = 100.0 * (dense[final] - metrics[final])
     for key in [k for k in metrics if k.startswith("speedup_batch")]:  # dense timed alternately with the member

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from evoprune.core import plots
+from evoprune.core.exits import final_exit_key
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
 from evoprune.core.search.roulette_branch import RouletteBranchConfig
@@ -114,7 +115,7 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
     skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
     evenly along the FLOPs axis of the front (nearest to evenly spaced targets; ``budget`` empty)."""
     if params.member_budgets:
-        final = [c for c in pareto_set.columns if c.startswith("exit") and c.endswith("_accuracy")][-1]
+        final = final_exit_key(pareto_set.columns, "_accuracy")
         budget_of: dict[int, float] = {}
         for budget in sorted(set(params.member_budgets)):
             within = pareto_set[(pareto_set["flops_ratio"] <= budget) & ~pareto_set.index.isin(list(budget_of))]

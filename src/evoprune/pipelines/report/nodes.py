@@ -6,13 +6,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from evoprune.core import plots
+from evoprune.core.exits import final_exit_key
 from evoprune.tracking import to_mlflow_metrics
 
 LEADING = ["kind", "method", "member", "flops_ratio", "params_ratio", "test_accuracy", "accuracy_drop_pt"]
-
-
-def _final_exit(columns: pd.Index) -> str:
-    return [c for c in columns if c.startswith("exit") and c.endswith(".test_accuracy")][-1]
 
 
 def build_report(
@@ -32,13 +29,13 @@ def build_report(
         flops_ratio=1.0,
         params_ratio=1.0,
         accuracy_drop_pt=0.0,
-        test_accuracy=dense_measurements[_final_exit(pd.Index(dense_measurements))],
+        test_accuracy=dense_measurements[final_exit_key(dense_measurements, ".test_accuracy")],
     )
     members = [t.rename(columns={"variant": "method"}).assign(kind="member") for t in variant_results if len(t)]
     baselines = baseline_results.rename(columns={"criterion": "method"}).assign(kind="baseline")
     table = pd.concat([pd.DataFrame([dense]), *members, baselines], ignore_index=True)
     before = chosen_members.set_index("member")
-    final_before = [c for c in before.columns if c.startswith("exit") and c.endswith("_accuracy")][-1]
+    final_before = final_exit_key(before.columns, "_accuracy")
     table["val_accuracy_before_finetune"] = table["member"].map(before[final_before])
     table = table[LEADING + [c for c in table.columns if c not in LEADING]]
 
@@ -62,7 +59,7 @@ def build_report(
 
 def plot_accuracy_vs_flops(report_table: pd.DataFrame, pareto_set: pd.DataFrame) -> Figure:
     """Accuracy vs FLOPs: front before fine-tuning, members after fine-tuning per variant, baselines."""
-    before_col = [c for c in pareto_set.columns if c.startswith("exit") and c.endswith("_accuracy")][-1]
+    before_col = final_exit_key(pareto_set.columns, "_accuracy")
 
     def series(kind: str) -> dict[str, plots.Series]:
         rows = report_table[report_table["kind"] == kind]
