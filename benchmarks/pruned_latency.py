@@ -27,10 +27,23 @@ from evoprune.core.exits import input_shape
 from evoprune.datasets import FinetunedMembersDataset, TensorDictDataset
 
 
-def _median_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _median_ms(fns: dict, repeats: int) -> dict:
+    """Median milliseconds of each ``fn()`` in ``inference_mode``, timed interleaved."""
     with torch.inference_mode():
-        seconds = interleaved_median_seconds({n: (lambda m=m: m(x)) for n, m in models.items()}, repeats)
+        seconds = interleaved_median_seconds(fns, repeats)
     return {name: 1e3 * s for name, s in seconds.items()}
+
+
+def _calls(models: dict[str, torch.nn.Module], x: torch.Tensor) -> dict:
+    return {n: (lambda m=m: m(x)) for n, m in models.items()}
 
 
 def main() -> None:
@@ -69,21 +82,32 @@ def main() -> None:
         "speed-up/reduction nchw",
         "speed-up/reduction ch_last",
     ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    rows = []
     for batch in args.batch_sizes:
         x = images_to_float(images[:batch]).to(device)
         layouts = {}
         for layout, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
             placed = {n: m.to(device=device, memory_format=fmt) for n, m in models.items()}
-            layouts[layout] = _median_ms(placed, x.contiguous(memory_format=fmt), args.repeats)
+            layouts[layout] = _median_ms(_calls(placed, x.contiguous(memory_format=fmt)), args.repeats)
         for name in models:
             ratio = flops[name] / flops["dense"]
             s = {k: layouts[k]["dense"] / layouts[k][name] for k in layouts}
-            print(
-                f"| {name} | {ratio:.3f} | {batch} | {layouts['nchw'][name]:.2f} | {layouts['channels_last'][name]:.2f} "
-                f"| {s['nchw']:.2f}x | {s['channels_last']:.2f}x | {s['nchw'] * ratio:.2f} | {s['channels_last'] * ratio:.2f} |"
+            rows.append(
+                [
+                    name,
+                    f"{ratio:.3f}",
+                    str(batch),
+                    f"{layouts['nchw'][name]:.2f}",
+                    f"{layouts['channels_last'][name]:.2f}",
+                ]
+                + [
+                    f"{s['nchw']:.2f}x",
+                    f"{s['channels_last']:.2f}x",
+                    f"{s['nchw'] * ratio:.2f}",
+                    f"{s['channels_last'] * ratio:.2f}",
+                ]
             )
+    _print_table(header, rows)
     _first_stage_floor(models, flops, images, max(args.batch_sizes), args.repeats, device)
     if args.compile:
         _compiled(models, flops, images, max(args.batch_sizes), args.repeats, device)
@@ -96,10 +120,9 @@ def _first_stage_floor(models, flops, images, batch, repeats, device) -> None:
     bounds the member's speed-up, whatever the later layers cost."""
     x = images_to_float(images[:batch]).to(device).contiguous(memory_format=torch.channels_last)
     placed = {n: m.to(device=device, memory_format=torch.channels_last) for n, m in models.items()}
-    fns = {n: (lambda m=m: m(x)) for n, m in placed.items()}
+    fns = _calls(placed, x)
     fns.update({f"{n}.stage1": (lambda m=m: m.backbone.stages[0](x)) for n, m in placed.items()})
-    with torch.inference_mode():
-        ms = {k: 1e3 * v for k, v in interleaved_median_seconds(fns, repeats).items()}
+    ms = _median_ms(fns, repeats)
     print(f"\n# first backbone stage alone, channels_last, batch {batch}: its share of the time bounds the speed-up")
     header = [
         "model",
@@ -110,15 +133,16 @@ def _first_stage_floor(models, flops, images, batch, repeats, device) -> None:
         "max speed-up",
         "max speed-up/reduction",
     ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    rows = []
     for name in models:
         ratio = flops[name] / flops["dense"]
-        bound = ms["dense"] / ms[f"{name}.stage1"]
-        print(
-            f"| {name} | {ratio:.3f} | {ms[name]:.2f} | {ms[f'{name}.stage1']:.2f} | {ms[f'{name}.stage1'] / ms[name]:.0%} "
-            f"| {bound:.2f}x | {bound * ratio:.2f} |"
+        stage1 = ms[f"{name}.stage1"]
+        bound = ms["dense"] / stage1
+        rows.append(
+            [name, f"{ratio:.3f}", f"{ms[name]:.2f}", f"{stage1:.2f}", f"{stage1 / ms[name]:.0%}"]
+            + [f"{bound:.2f}x", f"{bound * ratio:.2f}"]
         )
+    _print_table(header, rows)
 
 
 def _compiled(models, flops, images, batch, repeats, device) -> None:
@@ -130,23 +154,14 @@ def _compiled(models, flops, images, batch, repeats, device) -> None:
     inductor_config.freezing = True
     x = images_to_float(images[:batch]).to(device)
     compiled = {n: torch.compile(copy.deepcopy(m).to(device)) for n, m in models.items()}
-    with torch.inference_mode():
-        for m in compiled.values():
-            m(x)  # compiles
-        ms = {
-            n: 1e3 * t
-            for n, t in interleaved_median_seconds(
-                {n: (lambda m=m: m(x)) for n, m in compiled.items()}, repeats
-            ).items()
-        }
+    ms = _median_ms(_calls(compiled, x), repeats)  # the warm-up run compiles
     print(f"\n# torch.compile (inductor, freezing), batch {batch}")
-    print("| model | FLOPs kept | ms | speed-up | speed-up/reduction |")
-    print("|---|---|---|---|---|")
+    rows = []
     for name in models:
         ratio = flops[name] / flops["dense"]
-        print(
-            f"| {name} | {ratio:.3f} | {ms[name]:.2f} | {ms['dense'] / ms[name]:.2f}x | {ms['dense'] / ms[name] * ratio:.2f} |"
-        )
+        speedup = ms["dense"] / ms[name]
+        rows.append([name, f"{ratio:.3f}", f"{ms[name]:.2f}", f"{speedup:.2f}x", f"{speedup * ratio:.2f}"])
+    _print_table(["model", "FLOPs kept", "ms", "speed-up", "speed-up/reduction"], rows)
 
 
 def _input_conv_sweep(dense: torch.nn.Module, images, batch, repeats, device) -> None:
@@ -159,15 +174,12 @@ def _input_conv_sweep(dense: torch.nn.Module, images, batch, repeats, device) ->
     for c in widths:
         conv = torch.nn.Conv2d(first.in_channels, c, first.kernel_size, first.stride, first.padding).to(device).eval()
         fns[c] = lambda conv=conv: conv(x)
-    with torch.inference_mode():
-        ms = {k: 1e3 * v for k, v in interleaved_median_seconds(fns, repeats).items()}
+    ms = _median_ms(fns, repeats)
     print(
         f"\n# the first conv alone ({first.in_channels} input channel(s), {first.kernel_size[0]}x{first.kernel_size[1]}), batch {batch}"
     )
-    print("| output channels | FLOPs vs all | ms |")
-    print("|---|---|---|")
-    for c in widths:
-        print(f"| {c} | {c / first.out_channels:.2f} | {ms[c]:.2f} |")
+    rows = [[str(c), f"{c / first.out_channels:.2f}", f"{ms[c]:.2f}"] for c in widths]
+    _print_table(["output channels", "FLOPs vs all", "ms"], rows)
 
 
 if __name__ == "__main__":

@@ -119,10 +119,9 @@ def select_members(
             "val_accuracy_after_finetune": np.nan,
         }
     )
-    group = [
+    table["group"] = [
         f"budget{b}" if np.isfinite(b) else f"member{m}" for m, b in zip(table["member"], table["budget"], strict=True)
     ]
-    table["group"] = group
     dev = resolve_device(device)
     layout = build_layout(trained, input_shape(trained))
     contested = table["group"].map(table["group"].value_counts()) > 1
@@ -145,8 +144,8 @@ def select_members(
     score = table["val_accuracy_after_finetune"].fillna(table["val_accuracy_before_finetune"])
     order = table.assign(score=-score).sort_values(["score", "flops_ratio"], kind="stable")
     winners = set(order.groupby("group", sort=False).head(1).index)
-    table["selected"] = [i in winners for i in table.index]
-    keep = [i for i in range(len(ids)) if i in winners]
+    table["selected"] = table.index.isin(winners)
+    keep = sorted(winners)  # the table's rows are the members in pareto_members order
     for _, row in table[contested].iterrows():
         logger.info(
             "select_members: member %d (budget %.2f, %.1f%% FLOPs): validation accuracy %.4f after fine-tuning%s",
