@@ -4,8 +4,9 @@ Unit scores come from torch-pruning's importance criteria (``GroupMagnitudeImpor
 norm over each pruning group, i.e. the unit's own filter and every coupled slice such as its BatchNorm
 and its consumers' input weights, normalised per group as torch-pruning's global pruner does;
 ``RandomImportance``). Units are then removed globally, least important first, until the analytic
-FLOPs of the mask fit the budget, never emptying a layer (or pruning more of it than ``max_pruning_ratio``). The result is a mask in the same chromosome
-layout as the searched members, so baselines go through the same physical pruning and fine-tuning.
+FLOPs of the mask fit the budget, never emptying a layer (or pruning more of it than
+``max_pruning_ratio``). The result is a mask in the same chromosome layout as the searched members, so
+baselines go through the same physical pruning and fine-tuning.
 """
 
 from __future__ import annotations
