@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from torch import nn
 
 from evoprune.core.models import ModelSpec, StagedNet, build_model, parse_model_spec
+from evoprune.core.models.base import image_shape
 
 Criterion = Literal["max_softmax", "entropy"]
 
@@ -180,7 +181,7 @@ def final_exit_key(keys: Iterable[str], suffix: str) -> str:
 def input_shape(model: nn.Module) -> tuple[int, int, int]:
     """One sample's shape (C, H, W) for a backbone or a multi-exit network."""
     spec = model.backbone.spec if isinstance(model, MultiExitNet) else model.spec
-    return spec["in_channels"], spec["input_size"], spec["input_size"]
+    return image_shape(spec["in_channels"], spec["input_size"])
 
 
 def attach_exits(backbone: StagedNet, exit_after: list[int], head: ExitHeadSpec | dict | None = None) -> MultiExitNet:

@@ -8,6 +8,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
+InputSize = PositiveInt | tuple[PositiveInt, PositiveInt]  # pixels: square side, or (height, width)
+
+
+def image_shape(in_channels: int, input_size: int | tuple[int, int] | list[int]) -> tuple[int, int, int]:
+    """One sample's shape (C, H, W) from ``in_channels`` and ``input_size`` (a side or (H, W))."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return int(in_channels), int(h), int(w)
+
 
 class BaseSpec(BaseModel):
     """Fields every architecture spec has."""
@@ -16,7 +24,12 @@ class BaseSpec(BaseModel):
 
     num_classes: PositiveInt = 10
     in_channels: PositiveInt = 1
-    input_size: PositiveInt = 28  # pixels, square images
+    input_size: InputSize = 28  # pixels: a side (square images) or [height, width]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One sample's shape (C, H, W)."""
+        return image_shape(self.in_channels, self.input_size)
 
 
 class StagedNet(nn.Module):
@@ -33,7 +46,7 @@ class StagedNet(nn.Module):
         """Shape (C, H, W) after the first ``upto`` stages, from one zero image in eval mode."""
         was_training = self.training
         self.eval()
-        x = torch.zeros(1, self.spec["in_channels"], self.spec["input_size"], self.spec["input_size"])
+        x = torch.zeros(1, *image_shape(self.spec["in_channels"], self.spec["input_size"]))
         for stage in self.stages[:upto]:
             x = stage(x)
         self.train(was_training)

@@ -33,7 +33,7 @@ class VGGSpec(BaseSpec):
 
     @model_validator(mode="after")
     def _fits_the_input(self) -> VGGSpec:
-        if self.input_size < 2 ** len(self.stages):
+        if min(self.input_shape[1:]) < 2 ** len(self.stages):
             raise ValueError(
                 f"{len(self.stages)} pooling stages shrink a {self.input_size}px input to nothing; "
                 "use fewer `stages` in train_dense.model"
