@@ -161,10 +161,68 @@ def test_bad_parameters_stop_the_run_before_any_node(tiny_project):
     assert not (tiny_project / "data/tiny/05_model_input/fashion_mnist_train.pt").exists()
 
 
-def test_exit_after_a_missing_stage_stops_the_run_before_training(tiny_project):
-    with pytest.raises(ValueError, match=r"build_exits.exit_after.*no stage \[2\]"):
-        _run(tiny_project, runtime_params={"build_exits": {"exit_after": [1, 2]}})
+@pytest.mark.parametrize(
+    ("runtime_params", "message"),
+    [
+        ({"build_exits": {"exit_after": ["stages.0", "conv9"]}}, r"build_exits.exit_after.*no module \['conv9'\]"),
+        ({"train_dense": {"model": {"source": "torchvision", "name": "resnet19"}}}, r"'resnet19' is not a torchvision"),
+        (
+            {"train_dense": {"model": {"source": "factory", "factory": "my_lab.nets:tiny"}}},
+            r"train_dense.model.factory.*cannot import 'my_lab.nets'",
+        ),
+        ({"train_dense": {"checkpoint": {"path": "elsewhere/vgg.pt"}}}, r"train_dense.checkpoint.path.*no checkpoint file"),
+    ],
+    ids=["exit_after_a_missing_module", "unknown_torchvision_name", "factory_that_does_not_import", "missing_checkpoint"],
+)
+def test_bad_model_configuration_stops_the_run_before_training(tiny_project, runtime_params, message):
+    with pytest.raises(Exception, match=message):
+        _run(tiny_project, runtime_params=runtime_params)
+    assert not (tiny_project / "data/tiny/05_model_input/fashion_mnist_train.pt").exists()
+
+
+def test_a_checkpoint_of_another_architecture_stops_the_run_before_training(tiny_project):
+    from evoprune.core.models import build_model
+
+    torch.save(build_model({"name": "lenet5", "conv_channels": [8, 16]}).state_dict(), tiny_project / "wide.pt")
+    with pytest.raises(Exception, match=r"wide.pt does not fit the model lenet5.*shapes differ.*stages.0.0.weight"):
+        _run(tiny_project, runtime_params={"train_dense": {"checkpoint": {"path": str(tiny_project / "wide.pt")}}})
     assert not (tiny_project / "data/tiny/06_models/dense_model.pt").exists()
+
+
+FOREIGN_MODELS = {
+    "torchvision_mobilenet_v2": (
+        {"source": "torchvision", "name": "mobilenet_v2", "kwargs": {"width_mult": 0.25}},
+        ["features.3"],
+    ),
+    "factory": ({"source": "factory", "factory": "tests.core.test_any_model:two_branch_net", "kwargs": {"num_classes": 10}}, ["stem"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN_MODELS))
+def test_prune_runs_on_a_model_from_elsewhere(tiny_project, name):
+    from evoprune.datasets import TorchModelDataset
+
+    model, exits = FOREIGN_MODELS[name]
+    _run(
+        tiny_project,
+        runtime_params={
+            "train_dense": {"model": model},
+            "build_exits": {"exit_after": exits},
+            "finetune": {"variants": ["keep"]},
+        },
+    )
+    dense = TorchModelDataset(filepath=str(tiny_project / "data/tiny/06_models/dense_model.pt")).load()
+    assert dense.spec["source"] == model["source"]
+    multi = TorchModelDataset(filepath=str(tiny_project / "data/tiny/06_models/multi_exit_model.pt")).load()
+    assert multi.exit_points == [*exits, "output"]
+    report = pd.read_csv(tiny_project / "data/tiny/08_reporting/report_table.csv")
+    members = report[report["kind"] == "member"]
+    assert set(members["method"]) == {"keep"} and len(members) >= 1
+    assert (report.loc[report["kind"] != "dense", "flops_ratio"] < 1.0).all()
+    assert (report.loc[report["kind"] != "dense", "params_ratio"] < 1.0).all()
+    assert set(report.loc[report["kind"] == "baseline", "method"]) == {"l1", "random"}
+    exported = tiny_project / "data/tiny/06_models/finetuned/keep_exported"
+    assert {p.suffix for p in exported.iterdir()} == {".onnx", ".pt"}
 
 
 def test_thresholds_outside_the_unit_interval_are_refused(tiny_project):

@@ -22,19 +22,26 @@ def flatten_params(prefix: str, value: Any, sep: str = ".") -> dict[str, Any]:
 
 
 class ConfigConsistencyHook:
-    """Checks parameters that span stages before any node runs (e.g. exits after stages that exist)."""
+    """Checks the model configuration before any node runs: the model builds (torchvision name, factory),
+    the checkpoint fits it, and the exits name modules it can be cut after."""
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
         inputs = pipeline.inputs()
-        if {"params:train_dense", "params:build_exits"} <= inputs:
-            from evoprune.core.exits import check_exit_positions
+        if "params:train_dense" in inputs:
+            from evoprune.core.exits import check_network_config
             from evoprune.pipelines.build_exits.nodes import BuildExitsParams
             from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 
             dense = TrainDenseParams.model_validate(_as_dict(catalog.load("params:train_dense")))
-            exits = BuildExitsParams.model_validate(_as_dict(catalog.load("params:build_exits")))
-            check_exit_positions(exits.exit_after, dense.model.num_stages)
+            exits = None
+            if "params:build_exits" in inputs:
+                exits = BuildExitsParams.model_validate(_as_dict(catalog.load("params:build_exits")))
+            check_network_config(
+                dense.model,
+                exits.exit_after if exits else None,
+                dense.checkpoint.path if dense.checkpoint else None,
+            )
 
 
 def _as_dict(value: Any) -> Any:

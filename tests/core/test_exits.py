@@ -3,7 +3,9 @@ import torch
 
 from evoprune.core.cost import count_flops
 from evoprune.core.early_exit import choose_operating_point, exit_costs, simulate_early_exit, sweep_thresholds
-from evoprune.core.exits import MultiExitNet, attach_exits, build_network, check_exit_positions, confidence
+from evoprune.core.exits import MultiExitNet, attach_exits, build_network, check_network_config, confidence
+from evoprune.core.models.adapter import input_shape
+from evoprune.core.models.segments import SplitError
 from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig, train
 from tests.conftest import make_images
@@ -51,11 +53,63 @@ def test_real_early_exit_matches_the_simulation_from_all_exits(criterion):
     assert 0 < int((real_used == 0).sum()) < 64
 
 
-def test_exits_after_missing_stages_are_refused():
-    with pytest.raises(ValueError, match=r"no stage \[2\].*2 stages"):
-        check_exit_positions([2], num_stages=2)
-    with pytest.raises(ValueError, match="stage"):
+def test_exits_after_missing_modules_are_refused_naming_the_module():
+    with pytest.raises(SplitError, match=r"no module \['stages.2'\].*top-level modules are \['stages', 'head'\]"):
         attach_exits(build_model(BACKBONES[0]), [3])
+    with pytest.raises(ValueError, match=r"build_exits.exit_after = \['layer9'\].*no module \['layer9'\]"):
+        check_network_config({"name": "resnet_cifar", "width": 4}, ["layer9"])
+
+
+def test_an_exit_where_a_skip_connection_crosses_is_refused_with_the_reason():
+    resnet = build_model({"name": "resnet_cifar", "width": 4})
+    with pytest.raises(SplitError, match=r"after 'layer1.0.conv1'.*skip connection crosses"):
+        attach_exits(resnet, ["layer1.0.conv1"])
+    with pytest.raises(SplitError, match="in the order the forward runs them"):
+        attach_exits(resnet, ["layer2", "layer1"])
+
+
+class _DataDependent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0:  # data-dependent control flow: not traceable
+            x = -x
+        return self.fc(x.mean((2, 3)))
+
+
+def test_an_untraceable_model_gets_a_clear_error():
+    model = build_model({"source": "factory", "factory": "tests.core.test_exits:_DataDependent"})
+    with pytest.raises(SplitError, match="torch.fx could not trace"):
+        attach_exits(model, ["conv"])
+
+
+EARLY_EXIT_MODELS = [
+    ({"name": "alexnet_small", "conv_channels": [8, 8, 8, 8, 8], "fc_features": [16]}, [1, 2]),
+    ({"name": "resnet_cifar", "width": 4, "in_channels": 1, "input_size": 28}, ["layer1", "layer2"]),
+    ({"source": "torchvision", "name": "resnet18", "in_channels": 1, "input_size": 28}, ["layer2"]),
+    ({"source": "torchvision", "name": "vgg11_bn", "in_channels": 1, "input_size": 32}, ["features.14"]),
+    ({"source": "torchvision", "name": "mobilenet_v2", "in_channels": 1, "input_size": 28, "kwargs": {"width_mult": 0.25}},
+     ["features.3", "features.10"]),
+]
+
+
+@pytest.mark.parametrize(("spec", "exit_after"), EARLY_EXIT_MODELS, ids=lambda v: str(v.get("name")) if isinstance(v, dict) else "")
+def test_real_early_exit_on_batches_for_built_in_and_torchvision_models(spec, exit_after):
+    net = _net(spec, exit_after)
+    x = torch.randn(24, *input_shape(net))
+    with torch.no_grad():
+        logits = torch.stack(net(x))
+        direct = net.backbone(x)
+    torch.testing.assert_close(logits[-1], direct)  # the segments together are the backbone
+    threshold = confidence(logits[0], "max_softmax").median().item()
+    real_preds, real_used = net.early_exit_predict(x, threshold)
+    sim_preds, sim_used = simulate_early_exit(logits, threshold, "max_softmax")
+    assert torch.equal(real_used, sim_used) and torch.equal(real_preds, sim_preds)
+    assert 0 < int((real_used == 0).sum()) < 24
 
 
 def test_exit_costs_come_from_the_counter_and_add_up():
@@ -63,7 +117,7 @@ def test_exit_costs_come_from_the_counter_and_add_up():
     costs = exit_costs(net)
     assert costs[-1]["flops"] == count_flops(net.backbone, (1, 28, 28))
     assert costs[0]["flops"] < costs[1]["flops"] < costs[2]["flops"]
-    head0 = count_flops(net.exit_heads[0], net.backbone.stage_output_shape(1))
+    head0 = count_flops(net.exit_heads[0], net.feature_shapes()[0])
     assert costs[1]["flops_policy"] == costs[1]["flops"] + head0
     assert costs[0]["flops_policy"] == costs[0]["flops"]
 

@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from evoprune.core.units import ChromosomeLayout, sum_of_exit_outputs
+from evoprune.core.units import ChromosomeLayout, dependency_graph
 
 Criterion = Literal["l1", "random"]
 CRITERIA: tuple[str, ...] = ("l1", "random")
@@ -39,10 +39,7 @@ def unit_scores(
     importance = _importance(criterion)
     torch.manual_seed(seed)  # RandomImportance draws from torch's global generator
     model = model.eval()
-    example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example, forward_fn=sum_of_exit_outputs, verbose=False
-    )
+    graph = dependency_graph(model, input_shape)
     modules = dict(model.named_modules())
     scores = np.zeros(layout.num_bits)
     for g in layout.groups:

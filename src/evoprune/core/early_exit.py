@@ -20,8 +20,7 @@ def exit_costs(model: MultiExitNet) -> list[dict[str, float]]:
     """
     image = input_shape(model)
     head_flops = [
-        count_flops(head, model.backbone.stage_output_shape(k))
-        for k, head in zip(model.exit_after, model.exit_heads, strict=True)
+        count_flops(head, shape) for shape, head in zip(model.feature_shapes(), model.exit_heads, strict=True)
     ]
     rows = []
     for e in range(model.num_exits):

@@ -17,13 +17,12 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from evoprune.core.data import images_to_float
-from evoprune.core.exits import input_shape
+from evoprune.core.models.adapter import input_shape
 from evoprune.core.train import as_exit_list
-from evoprune.core.units import ChromosomeLayout, sum_of_exit_outputs
+from evoprune.core.units import ChromosomeLayout, dependency_graph
 
 
 @contextmanager
@@ -41,7 +40,7 @@ def population_masks(model: nn.Module, layout: ChromosomeLayout, masks: torch.Te
             scale = block.to(output.device, output.dtype).view(k, 1, -1, *([1] * (output.dim() - 2)))
             return (tiles * scale).view(output.shape)
 
-        handles.append(modules[group.mask_module].register_forward_hook(hook))
+        handles += [modules[name].register_forward_hook(hook) for name in group.mask_modules]
     try:
         yield
     finally:
@@ -98,10 +97,7 @@ def prune_physically(
     if any(not mask[g.offset : g.offset + g.size].any() for g in layout.groups):
         raise ValueError("mask removes every unit of a layer; repair it first (ChromosomeLayout.repair)")
     pruned = copy.deepcopy(model).eval()
-    example = torch.zeros(1, *input_shape, device=next(pruned.parameters()).device)
-    graph = tp.DependencyGraph().build_dependency(
-        pruned, example_inputs=example, forward_fn=sum_of_exit_outputs, verbose=False
-    )
+    graph = dependency_graph(pruned, input_shape)
     modules = dict(pruned.named_modules())
     for g in layout.groups:
         drop = np.flatnonzero(~mask[g.offset : g.offset + g.size]).tolist()
@@ -132,6 +128,7 @@ class SlicedEvaluator:
         self.model = model.eval().to(device)
         self.device = device
         self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels]
         self.calibration = None
         if calibration_images is not None and self.norms:
             self.calibration = [
@@ -208,6 +205,17 @@ class SlicedEvaluator:
                 params[f"{prefix}.weight"] = params[f"{prefix}.weight"].index_select(1, in_idx)
         return params
 
+    @torch.no_grad()
+    def logits(self, mask: np.ndarray | torch.Tensor, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's logits of the sub-network ``mask`` (num_bits,) keeps, on float images (B, C, H, W),
+        computed from sliced weights (no input-block cache; BatchNorm statistics as the model holds them
+        unless calibration images were given)."""
+        params = self.params_for(torch.as_tensor(np.asarray(mask, dtype=bool), device=self.device))
+        if self.calibration is not None:
+            self._recalibrate(params)
+        with _depthwise_follows_weights(self.depthwise):
+            return as_exit_list(torch.func.functional_call(self.model, params, (images.to(self.device),)))
+
     def accuracy(
         self, masks: np.ndarray | torch.Tensor, split: dict[str, torch.Tensor], batch_size: int = 5000
     ) -> np.ndarray:
@@ -242,7 +250,7 @@ class SlicedEvaluator:
                 self._recalibrate(params)
             correct, policy_correct, used_counts = 0, 0, 0
             for (x, y), dense in zip(batches, cached, strict=True):
-                with self._input_from_cache(block, dense, mask):
+                with self._input_from_cache(block, dense, mask), _depthwise_follows_weights(self.depthwise):
                     logits = torch.stack(as_exit_list(torch.func.functional_call(self.model, params, (x,))))
                 correct = correct + (logits.argmax(-1) == y).sum(-1)
                 if policy is not None:
@@ -288,9 +296,30 @@ class SlicedEvaluator:
             m.momentum = None  # cumulative moving average
             m.train()
         try:
-            for x in self.calibration:
-                torch.func.functional_call(self.model, params, (x,))
+            with _depthwise_follows_weights(self.depthwise):
+                for x in self.calibration:
+                    torch.func.functional_call(self.model, params, (x,))
         finally:
             for m, momentum in saved:
                 m.momentum = momentum
                 m.eval()
+
+
+@contextmanager
+def _depthwise_follows_weights(convs: list[nn.Conv2d]) -> Iterator[None]:
+    """While active, each depthwise conv runs with as many groups as its (sliced) weight has channels,
+    so a candidate's sliced weights need no module surgery."""
+
+    def forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        groups = self.weight.shape[0]
+        return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, groups)
+
+    for conv in convs:
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"the sliced evaluator needs zero padding in depthwise convs, got {conv.padding_mode!r}")
+        conv.forward = forward.__get__(conv)
+    try:
+        yield
+    finally:
+        for conv in convs:
+            del conv.forward

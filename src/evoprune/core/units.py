@@ -22,6 +22,8 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from evoprune.core.models.adapter import input_shape, logit_layers
+
 
 @dataclass(frozen=True)
 class UnitGroup:
@@ -30,7 +32,9 @@ class UnitGroup:
     name: str  # root module name, e.g. "backbone.stages.0.0"
     size: int  # number of units (channels or neurons)
     offset: int  # index of its first bit
-    mask_module: str  # module whose output is multiplied by the mask (the BatchNorm after a conv, else the root)
+    # modules whose outputs are multiplied by the mask: every coupled BatchNorm, and every coupled conv/linear
+    # not followed by one (a residual group masks all the branches that add into it)
+    mask_modules: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -133,20 +137,42 @@ class ChromosomeLayout:
         return torch.stack([flops[:, torch.as_tensor(p, dtype=torch.long)].sum(1) for p in paths], 1).numpy()
 
 
-def _output_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers whose outputs are logits (never pruned): the last linear of every exit."""
-    heads = [model.backbone.head, *model.exit_heads] if hasattr(model, "exit_heads") else [model.head]
-    return [[m for m in head.modules() if isinstance(m, nn.Linear)][-1] for head in heads]
-
-
 def sum_of_exit_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Forward function for torch-pruning's dependency graph: one scalar over every exit's logits."""
     out = model(x)
     return sum(o.sum() for o in out) if isinstance(out, (list, tuple)) else out.sum()
 
 
+def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model`` (any network; every exit's logits traced), built
+    in eval mode. The one place evoprune builds it: layout, importance and physical pruning use it."""
+    was_training = model.training
+    model.eval()
+    example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    try:
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example, forward_fn=sum_of_exit_outputs, verbose=False
+        )
+    finally:
+        model.train(was_training)
+
+
+def prunable_groups(model: nn.Module, graph: tp.DependencyGraph) -> list:
+    """torch-pruning's pruning groups of every conv/linear output except the logit layers, in network order."""
+    groups = list(
+        graph.get_all_groups(ignored_layers=logit_layers(model), root_module_types=(nn.Conv2d, nn.Linear))
+    )
+    order = {m: i for i, m in enumerate(model.modules())}
+    groups.sort(key=lambda g: order[g[0].dep.target.module])
+    return groups
+
+
 def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLayout:
-    """Discover the prunable units of ``model`` (a StagedNet or MultiExitNet) and their costs.
+    """Discover the prunable units of ``model`` (any network the adapter serves) and their costs.
+
+    Every layer coupled to a group's channels takes its bits: the root's output, the other convs whose
+    outputs add into the same channels (residual shortcuts), depthwise convs (output = input channels),
+    BatchNorms, and the consumers' input channels.
 
     Args:
         model: the network; not modified.
@@ -155,9 +181,7 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
     was_training = model.training
     model.eval()
     example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example, forward_fn=sum_of_exit_outputs, verbose=False
-    )
+    graph = dependency_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     compute = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     out_bits = {m: np.full(_dims(m)[0], -1) for m in compute}
@@ -165,27 +189,24 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
     norms: dict[nn.Module, np.ndarray] = {}
     groups: list[UnitGroup] = []
     offset = 0
-    raw_groups = list(
-        graph.get_all_groups(ignored_layers=_output_layers(model), root_module_types=(nn.Conv2d, nn.Linear))
-    )
-    order = {m: i for i, m in enumerate(model.modules())}
-    raw_groups.sort(key=lambda g: order[g[0].dep.target.module])  # network order
-    for group in raw_groups:
+    for group in prunable_groups(model, graph):
         root = group[0].dep.target.module
         size = _dims(root)[0]
-        mask_module = root
+        outputs, group_norms = [], []
         for item in group:
             target, handler = item.dep.target.module, item.dep.handler
             bits = offset + np.asarray(item.root_idxs, dtype=np.int64)
             idxs = np.asarray(item.idxs, dtype=np.int64)
-            if target in in_bits and handler == graph.get_pruner_of_module(target).prune_in_channels:
-                in_bits[target][idxs] = bits
-            elif target in out_bits and target is root:
+            if target in out_bits and (_is_depthwise(target) or handler == graph.get_pruner_of_module(target).prune_out_channels):
                 out_bits[target][idxs] = bits
+                outputs.append(target)
+            elif target in in_bits and handler == graph.get_pruner_of_module(target).prune_in_channels:
+                in_bits[target][idxs] = bits
             elif isinstance(target, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 norms.setdefault(target, np.full(target.num_features, -1))[idxs] = bits
-                mask_module = target
-        groups.append(UnitGroup(names[root], size, offset, names[mask_module]))
+                group_norms.append(target)
+        masked = group_norms + [m for m in outputs if not _feeds_norm(m, group_norms, graph)]
+        groups.append(UnitGroup(names[root], size, offset, tuple(dict.fromkeys(names[m] for m in masked))))
         offset += size
     flops = _flops_per_layer(model, example)
     layers = tuple(
@@ -215,21 +236,51 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
     )
 
 
+def _is_depthwise(m: nn.Module) -> bool:
+    """A conv whose every output channel reads its own input channel (its outputs = its inputs)."""
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+
+def _feeds_norm(layer: nn.Module, norms: list[nn.Module], graph: tp.DependencyGraph) -> bool:
+    """Whether ``layer``'s output goes straight into one of ``norms`` (then masking the norm suffices)."""
+    node = graph.module2node.get(layer)
+    return node is not None and any(out.module in norms for out in node.outputs)
+
+
+@torch.no_grad()
 def _exit_paths(model: nn.Module, layers: tuple[LayerCost, ...]) -> tuple[np.ndarray, ...]:
-    """Which layers a sample leaving at each exit has run (multi-exit networks; one path otherwise)."""
+    """Which layers a sample leaving at each exit has run (multi-exit networks; one path otherwise):
+    those called by the backbone's segments up to the exit, plus the exit heads evaluated on the way."""
     if not hasattr(model, "exit_heads"):
         return (np.arange(len(layers)),)
-    paths = []
-    for e in range(model.num_exits):
-        if e < model.num_exits - 1:
-            prefixes = [f"backbone.stages.{i}." for i in range(model.exit_after[e])] + [
-                f"exit_heads.{j}." for j in range(e + 1)
-            ]
-        else:
-            prefixes = ["backbone.", "exit_heads."]
-        paths.append(
-            np.array([i for i, layer in enumerate(layers) if layer.name.startswith(tuple(prefixes))], dtype=np.int64)
-        )
+    index = {name: i for i, layer in enumerate(layers) for name in [layer.name]}
+    names = {m: n for n, m in model.named_modules()}
+    called: list[set[int]] = []
+    handles = [
+        m.register_forward_pre_hook(lambda mod, _i: called[-1].add(index[names[mod]]))
+        for m in model.modules()
+        if m in names and names[m] in index
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, *input_shape(model), device=next(model.parameters()).device)
+        per_step = []
+        for e, segment in enumerate(model.segments):
+            called.append(set())
+            x = segment(x)
+            if e < len(model.exit_heads):
+                model.exit_heads[e](x)
+            per_step.append(called[-1])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    paths, seen = [], set()
+    for step in per_step:
+        seen |= step
+        paths.append(np.array(sorted(seen), dtype=np.int64))
+    paths[-1] = np.arange(len(layers))  # the final exit: everything ran
     return tuple(paths)
 
 
@@ -239,16 +290,24 @@ def _dims(m: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def _flops_per_layer(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, float]:
-    """FLOPs of each conv/linear layer in one forward, from torch's FlopCounterMode."""
+    """FLOPs of each conv/linear layer in one forward, from torch's FlopCounterMode: the counter's total
+    before and after each layer's call (any module structure, segments included)."""
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(example)
-    per_module = counter.get_flop_counts()
-    names = {n: m for n, m in model.named_modules()}
     out: dict[nn.Module, float] = {}
-    for key, counts in per_module.items():
-        name = key.split(".", 1)[1] if "." in key else ""
-        module = names.get(name)
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            out[module] = float(sum(counts.values()))
+    started: dict[nn.Module, int] = {}
+
+    def before(module: nn.Module, _inputs) -> None:
+        started[module] = counter.get_total_flops()
+
+    def after(module: nn.Module, _inputs, _output) -> None:
+        out[module] = out.get(module, 0.0) + float(counter.get_total_flops() - started[module])
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_pre_hook(before) for m in layers] + [m.register_forward_hook(after) for m in layers]
+    try:
+        with counter:
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt
@@ -22,6 +22,7 @@ class BaseSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    source: Literal["builtin"] = "builtin"  # builtin | torchvision | factory (evoprune.core.models)
     num_classes: PositiveInt = 10
     in_channels: PositiveInt = 1
     input_size: InputSize = 28  # pixels: a side (square images) or [height, width]

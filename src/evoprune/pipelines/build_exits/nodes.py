@@ -33,7 +33,8 @@ class BuildExitsParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    exit_after: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)  # 1-based stage indices
+    # module names of the backbone (model.named_modules(), e.g. layer1); an integer k = stage k of lenet5/vgg/alexnet_small
+    exit_after: list[PositiveInt | str] = Field(default_factory=lambda: [1], min_length=1)
     head: ExitHeadSpec = Field(default_factory=ExitHeadSpec)
     mode: Literal["heads_only", "joint"] = "heads_only"
     loss_weights: list[PositiveFloat] | None = None  # one per exit, final exit last; default 1 each
@@ -108,7 +109,7 @@ def evaluate_exits(
         [
             {
                 "exit": e + 1,
-                "after_stage": (model.exit_after + [len(model.backbone.stages)])[e],
+                "after": model.exit_points[e],
                 "val_accuracy": acc["val"][e],
                 "test_accuracy": acc["test"][e],
                 **costs[e],
@@ -178,7 +179,7 @@ def measure_latency(
 def plot_exit_accuracy(exit_summary: pd.DataFrame) -> Figure:
     """Per-exit test accuracy vs FLOPs to reach the exit."""
     labels = [
-        f"exit {e} (after stage {s})" for e, s in zip(exit_summary["exit"], exit_summary["after_stage"], strict=True)
+        f"exit {e} (after {s})" for e, s in zip(exit_summary["exit"], exit_summary["after"], strict=True)
     ]
     return plots.exit_accuracy_vs_flops(
         exit_summary["flops"].tolist(), exit_summary["test_accuracy"].tolist(), labels, "build_exits: per-exit accuracy"
