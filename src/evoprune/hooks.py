@@ -27,6 +27,16 @@ class ConfigConsistencyHook:
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        try:
+            self._check(pipeline, catalog)
+        except Exception:
+            # kedro-mlflow may already have opened the run: close it as FAILED rather than leave it RUNNING
+            # (and active, so that the next session in this process would log into it)
+            if mlflow.active_run() is not None:
+                mlflow.end_run(status="FAILED")
+            raise
+
+    def _check(self, pipeline: Any, catalog: Any) -> None:
         inputs = pipeline.inputs()
         if "params:train_dense" in inputs:
             from evoprune.core.exits import check_network_config

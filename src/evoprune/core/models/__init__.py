@@ -22,6 +22,7 @@ from evoprune.core.models.lenet5 import LeNet5, LeNet5Spec
 from evoprune.core.models.resnet_cifar import ResNetCifar, ResNetCifarSpec
 from evoprune.core.models.sources import (
     FactorySpec,
+    BUILTIN_NAMES,
     ModelSourceError,
     TorchvisionSpec,
     build_factory,
@@ -60,6 +61,7 @@ ModelSpec = Annotated[
     ),
 ]
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelSpec)
+assert set(BUILTIN_NAMES) == set(BUILTIN_CLASSES), "sources.BUILTIN_NAMES must list every built-in model"
 
 
 def parse_model_spec(spec: dict[str, Any] | AnySpec) -> AnySpec:

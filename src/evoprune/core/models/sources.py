@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from evoprune.core.models.base import BaseSpec
@@ -33,11 +33,23 @@ class TorchvisionSpec(BaseSpec):
     logits: str | None = None  # module whose output is the logits; None: the last conv/linear to run
 
 
+BUILTIN_NAMES = ("lenet5", "vgg", "resnet_cifar", "alexnet_small")
+
+
 class FactorySpec(BaseSpec):
     source: Literal["factory"] = "factory"
     factory: str  # "package.module:function", importable from the Python path
+    name: str | None = None  # a label for plots and MLflow; default: the function's name
     kwargs: dict[str, Any] = Field(default_factory=dict)
     logits: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label(cls, data: Any) -> Any:
+        """A built-in name comes from conf/base through the environments' soft merge: not a label."""
+        if isinstance(data, dict) and data.get("name") in (*BUILTIN_NAMES, None) and isinstance(data.get("factory"), str):
+            data = {**data, "name": data["factory"].rpartition(":")[2] or None}
+        return data
 
     @field_validator("factory")
     @classmethod

@@ -89,5 +89,5 @@ def plot_training_history(history: dict[str, object], params: TrainDenseParams) 
     return training_curves(
         metric_series(history, "train_loss"),
         metric_series(history, "val_accuracy"),
-        f"train_dense: {params.model.name if params.model.source != 'factory' else params.model.factory}",
+        f"train_dense: {params.model.name}",
     )
