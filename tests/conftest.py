@@ -1,16 +1,20 @@
-"""Shared fixtures: tiny generated MNIST-like IDX files and a throwaway copy of the project."""
+"""Shared fixtures: tiny generated MNIST-like IDX files and CIFAR python batches, and a throwaway copy of
+the project."""
 
 from __future__ import annotations
 
 import gzip
+import io
+import pickle
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from evoprune.core.data import IDX_FILES
+from evoprune.core.data import CIFAR_CLASSES, IDX_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +55,64 @@ def write_fake_dataset(folder: Path, n_train: int = 600, n_test: int = 200, comp
     for name, arr in zip(IDX_FILES, (train_x, train_y, test_x, test_y), strict=True):
         write_idx(folder / name, arr, compress)
     return folder
+
+
+class Py2StylePickler(pickle._Pickler):
+    """Writes ``bytes`` as Python 2 ``str`` (SHORT_BINSTRING/BINSTRING), as Python 2's cPickle wrote the CIFAR
+    originals (protocol 2); read back with ``encoding="latin1"`` they become ``str``, as torchvision reads them."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def cifar_pickle(obj: object, py2_style: bool = False) -> bytes:
+    """``obj`` pickled with protocol 2: as Python 3 writes it, or like the Python 2 originals (str as
+    BINSTRING, arrays rebuilt by ``numpy.core.multiarray._reconstruct``)."""
+    if not py2_style:
+        return pickle.dumps(obj, protocol=2)
+    buffer = io.BytesIO()
+    Py2StylePickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def write_fake_cifar(folder: Path, dataset: str, per_batch: int = 6, n_test: int = 10, py2_style: bool = False) -> Path:
+    """Tiny CIFAR python batches in ``<folder>/<base_folder>/`` (5 training batches of ``per_batch`` images
+    for CIFAR-10, one of ``5 * per_batch`` for CIFAR-100), in the real format; returns ``folder``."""
+    cls, _, labels_key = CIFAR_CLASSES[dataset]
+    num_classes = 10 if dataset == "cifar10" else 100
+    out = folder / cls.base_folder
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    text = (lambda s: s.encode("latin1")) if py2_style else (lambda s: s)
+    train_names = [name for name, _ in cls.train_list]
+    sizes = [per_batch] * len(train_names) if len(train_names) > 1 else [5 * per_batch]
+    for name, n in [*zip(train_names, sizes, strict=True), (cls.test_list[0][0], n_test)]:
+        batch = {
+            text("batch_label"): text(f"{name} of the fake {dataset}"),
+            text(labels_key): [int(v) for v in rng.integers(0, num_classes, n)],
+            text("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            text("filenames"): [text(f"img_{i}.png") for i in range(n)],
+        }
+        if dataset == "cifar100":
+            batch[text("coarse_labels")] = [v // 5 for v in batch[text(labels_key)]]
+        (out / name).write_bytes(cifar_pickle(batch, py2_style))
+    meta = {text(cls.meta["key"]): [text(f"class_{i}") for i in range(num_classes)]}
+    (out / cls.meta["filename"]).write_bytes(cifar_pickle(meta, py2_style))
+    return folder
+
+
+def read_fake_cifar_batch(path: Path) -> dict:
+    """A batch the test wrote (trusted: it is our own file), as torchvision reads it."""
+    with path.open("rb") as handle:
+        return pickle.load(handle, encoding="latin1")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@ import torch
 from kedro.io import DatasetError
 
 from evoprune.core.models import build_model
-from evoprune.datasets import MNISTLikeDataset, TensorDictDataset, TorchModelDataset
+from evoprune.datasets import RawImagesDataset, TensorDictDataset, TorchModelDataset
+from tests.conftest import write_fake_cifar
 
 
 def test_model_round_trip_gives_equal_tensors(tmp_path):
@@ -50,11 +51,19 @@ def test_tensor_dict_round_trip(tmp_path):
     assert ds.exists() and all(torch.equal(loaded[k], data[k]) for k in data)
 
 
-def test_mnist_like_dataset_is_read_only(fake_idx_dir, tmp_path):
-    ds = MNISTLikeDataset(path=str(tmp_path), dataset="fashion_mnist", source_dir=str(fake_idx_dir))
+def test_raw_images_dataset_is_read_only(fake_idx_dir, tmp_path):
+    ds = RawImagesDataset(path=str(tmp_path), dataset="fashion_mnist", source_dir=str(fake_idx_dir))
     assert ds.load()["train_images"].shape == (600, 28, 28)
     with pytest.raises(DatasetError, match="read-only"):
         ds.save({"train_images": torch.zeros(1)})
+
+
+def test_raw_images_dataset_reads_cifar10(tmp_path):
+    source = write_fake_cifar(tmp_path / "src", "cifar10", per_batch=4, n_test=6)
+    ds = RawImagesDataset(path=str(tmp_path / "raw"), dataset="cifar10", source_dir=str(source))
+    data = ds.load()
+    assert data["train_images"].shape == (20, 3, 32, 32) and data["test_labels"].shape == (6,)
+    assert ds._describe()["dataset"] == "cifar10"
 
 
 def _pruned_members(k: int = 2):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
@@ -22,6 +23,7 @@ from evoprune.pipelines.train_dense.nodes import (
     plot_training_history,
     train_dense_model,
 )
+from tests.conftest import PROJECT_ROOT
 
 TINY_TRAIN = {
     "model": {"name": "lenet5"},
@@ -37,13 +39,44 @@ def raw(fake_idx_dir, tmp_path):
 def test_split_dataset_sizes(raw):
     train, val, test = split_dataset(raw, DataPreparationParams(validation_size=100), seed=0)
     assert (train["labels"].numel(), val["labels"].numel(), test["labels"].numel()) == (500, 100, 200)
+    assert train["images"].shape == (500, 28, 28)  # the defaults change nothing
     metrics = summarise_splits(train, val, test)
     assert metrics["validation_size"] == {"value": 100.0, "step": 0}
+    assert metrics["image_channels"]["value"] == 1.0 and metrics["image_width"]["value"] == 28.0
+
+
+def test_split_dataset_pads_and_replicates_for_a_colour_32px_model(raw):
+    params = DataPreparationParams(validation_size=100, image_size=32, resize_mode="pad", channels=3)
+    train, val, test = split_dataset(raw, params, seed=0)
+    assert train["images"].shape == (500, 3, 32, 32) and test["images"].shape == (200, 3, 32, 32)
+    assert torch.equal(test["images"][:, 1, 2:30, 2:30], raw["test_images"])
+    metrics = summarise_splits(train, val, test)
+    assert [metrics[f"image_{k}"]["value"] for k in ("channels", "height", "width")] == [3.0, 32.0, 32.0]
 
 
 def test_data_preparation_params_refuse_zero():
     with pytest.raises(ValidationError, match="validation_size"):
         DataPreparationParams(validation_size=0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("resize_mode", "crop"), ("channels", 2), ("image_size", [32, 32, 3]), ("image_size", 0)]
+)
+def test_data_preparation_params_refuse_bad_shapes(key, value):
+    with pytest.raises(ValidationError, match=key):
+        DataPreparationParams(**{key: value})
+
+
+def test_data_preparation_yaml_defaults_equal_the_model_defaults():
+    text = (PROJECT_ROOT / "conf" / "base" / "parameters_data_preparation.yml").read_text()
+    from_yaml = DataPreparationParams.model_validate(yaml.safe_load(text)["data_preparation"])
+    assert from_yaml == DataPreparationParams()
+    assert from_yaml.model_dump() == {
+        "validation_size": 5000,
+        "image_size": None,
+        "resize_mode": "pad",
+        "channels": None,
+    }
 
 
 def test_train_dense_nodes_learn_and_keep_theta0(raw):

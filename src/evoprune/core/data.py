@@ -1,19 +1,29 @@
-"""MNIST-like image datasets: stage the raw IDX files, read them with torchvision, split them.
+"""Image datasets: stage and validate the raw files, read them with torchvision, adapt their shape, split them.
 
-Offline, the raw files come from a local folder (Debian's ``dataset-fashion-mnist`` puts them in
-/usr/share/datasets/fashion-mnist as .gz files whose checksums torchvision does not know).
-torchvision reads the *unzipped* files from ``<root>/<ClassName>/raw/``, so we validate each file,
-decompress it there, and let torchvision's dataset class do the reading.
+Offline, the raw files come from a local folder the user points ``dataset.source_dir`` at:
+
+- MNIST-like IDX files (Debian's ``dataset-fashion-mnist`` puts them in /usr/share/datasets/fashion-mnist
+  as .gz files whose checksums torchvision does not know). torchvision reads the *unzipped* files from
+  ``<root>/<ClassName>/raw/``, so we validate each file, decompress it there, and let torchvision's
+  dataset class do the reading.
+- CIFAR-10/100 python batches (pickles). Each one is validated with a restricted unpickler (no code can run,
+  see ``core.safe_pickle``) and its validated bytes are written to ``<root>/<base_folder>/``; only then does
+  torchvision unpickle them (see ``_ValidatedCIFAR10``).
 """
 
 from __future__ import annotations
 
 import gzip
-import shutil
+import os
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision import datasets as tv_datasets
+
+from evoprune.core.safe_pickle import ForbiddenGlobalError, restricted_loads
 
 # dataset name -> torchvision class; every one of them uses the same four IDX files.
 DATASET_CLASSES: dict[str, type[tv_datasets.MNIST]] = {
@@ -26,17 +36,23 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
 _HOW_TO_GET = {
     "fashion_mnist": "install Debian's package (`apt-get install dataset-fashion-mnist`, files land in "
     "/usr/share/datasets/fashion-mnist)",
     "mnist": "copy the four MNIST IDX files (.gz or unzipped) into one folder",
+    "cifar10": "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it "
+    "(it holds cifar-10-batches-py/)",
+    "cifar100": "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it "
+    "(it holds cifar-100-python/)",
 }
 # IDX type byte -> bytes per element (uint8, int8, int16, int32, float32, float64)
 _IDX_ITEMSIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+_PARAMS_FILE = "conf/base/parameters_data_preparation.yml"
 
 
 class DataFileError(RuntimeError):
-    """A raw data file is missing, truncated or not an IDX file."""
+    """A raw data file is missing, truncated, corrupt or holds values it cannot hold."""
 
 
 def _fix_hint(dataset: str) -> str:
@@ -45,6 +61,32 @@ def _fix_hint(dataset: str) -> str:
         "(or conf/local/globals.yml) to that folder, or set `dataset.download: true` on a machine "
         "with internet access."
     )
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_labels(labels: np.ndarray, name: str, dataset: str) -> None:
+    """Labels must lie in [0, number of classes of ``dataset``)."""
+    num_classes = NUM_CLASSES[dataset]
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise DataFileError(
+            f"{name} holds {bad.size} label(s) outside 0..{num_classes - 1} (e.g. {int(bad[0])}): it is not a "
+            f"{dataset} label file, or it is corrupt."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- IDX files
 
 
 def parse_idx_header(payload: bytes, name: str) -> tuple[int, ...]:
@@ -76,6 +118,15 @@ def parse_idx_header(payload: bytes, name: str) -> tuple[int, ...]:
     return shape
 
 
+def _validate_idx(payload: bytes, name: str, dataset: str) -> None:
+    """Header and length of every IDX file; a label file must also be 1-D uint8 with labels in range."""
+    shape = parse_idx_header(payload, name)
+    if "labels" in Path(name).name:
+        if len(shape) != 1 or payload[2] != 0x08:
+            raise DataFileError(f"{name} is not a label file: expected 1-D uint8 labels, header says shape {shape}.")
+        _check_labels(np.frombuffer(payload, np.uint8, offset=8), name, dataset)
+
+
 def _read_payload(path: Path) -> bytes:
     if path.suffix != ".gz":
         return path.read_bytes()
@@ -100,7 +151,7 @@ def stage_raw_files(source_dir: str | Path, raw_dir: str | Path, dataset: str) -
         target = raw_dir / name
         if target.exists():
             try:
-                parse_idx_header(target.read_bytes(), str(target))
+                _validate_idx(target.read_bytes(), str(target), dataset)
                 continue
             except DataFileError:
                 target.unlink()  # a broken copy of ours: stage it again from the source
@@ -112,41 +163,173 @@ def stage_raw_files(source_dir: str | Path, raw_dir: str | Path, dataset: str) -
             )
         payload = _read_payload(found)
         try:
-            parse_idx_header(payload, str(found))
+            _validate_idx(payload, str(found), dataset)
         except DataFileError as exc:
             raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(payload)
-        shutil.move(tmp, target)
+        _write_atomically(target, payload)
     return raw_dir
+
+
+# ---------------------------------------------------------------------------------- CIFAR python batches
+
+
+class _ValidatedCIFAR10(tv_datasets.CIFAR10):
+    """torchvision's CIFAR10 reading files that ``stage_cifar_files`` has just validated.
+
+    torchvision checks the md5 sum of each official file before unpickling it; our own copies (and the
+    tiny files the tests write) have other sums. Here the sums are ``None``, which makes torchvision's
+    ``check_integrity`` test only that the file exists. That is safe only because every file in
+    ``<root>/<base_folder>/`` was validated by ``_validate_cifar`` (restricted unpickler: no code runs;
+    keys, dtype, shape and label range checked) in the same ``load_raw_dataset`` call, and because it was
+    written there from the very bytes that were validated. With ``dataset.download: true`` the plain
+    torchvision classes run instead, with their md5 checks of the official files.
+    """
+
+    train_list = [[name, None] for name, _ in tv_datasets.CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in tv_datasets.CIFAR10.test_list]
+    meta = {**tv_datasets.CIFAR10.meta, "md5": None}
+
+
+class _ValidatedCIFAR100(tv_datasets.CIFAR100):
+    """torchvision's CIFAR100 without md5 sums; see ``_ValidatedCIFAR10`` for why that is safe."""
+
+    train_list = [[name, None] for name, _ in tv_datasets.CIFAR100.train_list]
+    test_list = [[name, None] for name, _ in tv_datasets.CIFAR100.test_list]
+    meta = {**tv_datasets.CIFAR100.meta, "md5": None}
+
+
+# dataset name -> (torchvision class, class used on validated copies, key of the labels in a batch)
+CIFAR_CLASSES: dict[str, tuple[type[tv_datasets.CIFAR10], type[tv_datasets.CIFAR10], str]] = {
+    "cifar10": (tv_datasets.CIFAR10, _ValidatedCIFAR10, "labels"),
+    "cifar100": (tv_datasets.CIFAR100, _ValidatedCIFAR100, "fine_labels"),
+}
+
+
+def cifar_files(dataset: str) -> tuple[str, ...]:
+    """File names of a CIFAR dataset: training batches, test batch(es), then the meta file."""
+    cls = CIFAR_CLASSES[dataset][0]
+    return (*(name for name, _ in cls.train_list + cls.test_list), cls.meta["filename"])
+
+
+def _validate_cifar(payload: bytes, name: str, dataset: str) -> None:
+    """Unpickle a CIFAR file without running code and check it holds what torchvision will read.
+
+    A batch: ``data`` uint8 (N, 3072), labels (``labels`` or ``fine_labels``) a list of N ints in range.
+    The meta file: the class names torchvision reads (``label_names`` or ``fine_label_names``).
+    """
+    cls, _, labels_key = CIFAR_CLASSES[dataset]
+    try:
+        content = restricted_loads(payload)
+    except ForbiddenGlobalError as exc:
+        raise DataFileError(
+            f"{name} is not a CIFAR file: {exc} (a CIFAR batch needs only numpy arrays); refused."
+        ) from None
+    except Exception as exc:  # truncated or malformed pickles raise many kinds of errors
+        raise DataFileError(
+            f"{name} is truncated or corrupt: it does not unpickle ({type(exc).__name__}: {exc})."
+        ) from exc
+    if not isinstance(content, dict):
+        raise DataFileError(f"{name} is not a CIFAR file: it holds a {type(content).__name__}, not a dict.")
+    if Path(name).name == cls.meta["filename"]:
+        names = content.get(cls.meta["key"])
+        if not (
+            isinstance(names, list) and len(names) == NUM_CLASSES[dataset] and all(isinstance(n, str) for n in names)
+        ):
+            raise DataFileError(f"{name} is not a {dataset} meta file: no list of {NUM_CLASSES[dataset]} class names.")
+        return
+    labels_key = "labels" if "labels" in content else labels_key  # the key torchvision reads
+    data, labels = content.get("data"), content.get(labels_key)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataFileError(f"{name} is not a {dataset} batch: `data` must be uint8 (N, 3072), got {found}.")
+    if not (isinstance(labels, list) and len(labels) == data.shape[0] and all(type(v) is int for v in labels)):
+        raise DataFileError(f"{name} is not a {dataset} batch: `{labels_key}` must be a list of {data.shape[0]} ints.")
+    _check_labels(np.asarray(labels, dtype=np.int64), name, dataset)
+
+
+def _cifar_source(source_dir: Path, base_folder: str) -> Path:
+    """``source_dir`` may be the unpacked archive's folder (``cifar-10-batches-py``) or the folder above it."""
+    return source_dir / base_folder if (source_dir / base_folder).is_dir() else source_dir
+
+
+def stage_cifar_files(source_dir: str | Path, root: str | Path, dataset: str) -> Path:
+    """Validate the CIFAR python batches in ``source_dir`` and copy them into ``<root>/<base_folder>/``.
+
+    Files already staged are validated again and kept, or staged again from the source if broken.
+
+    Returns:
+        The folder torchvision reads, holding the validated files.
+    """
+    base_folder = CIFAR_CLASSES[dataset][0].base_folder
+    source, staged = _cifar_source(Path(source_dir), base_folder), Path(root) / base_folder
+    staged.mkdir(parents=True, exist_ok=True)
+    for name in cifar_files(dataset):
+        target = staged / name
+        if target.exists():
+            try:
+                _validate_cifar(target.read_bytes(), str(target), dataset)
+                continue
+            except DataFileError:
+                target.unlink()  # a broken copy of ours: stage it again from the source
+        found = source / name
+        if not found.is_file():
+            raise DataFileError(
+                f"Missing raw data file {name} for dataset '{dataset}' in {source}. " + _fix_hint(dataset)
+            )
+        payload = found.read_bytes()
+        try:
+            _validate_cifar(payload, str(found), dataset)
+        except DataFileError as exc:
+            raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
+        _write_atomically(target, payload)
+    return staged
+
+
+# ------------------------------------------------------------------------------------------- any dataset
+
+
+def _read_split(dataset: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split through torchvision: images uint8 (N, H, W) or (N, 3, H, W), labels int64 (N,)."""
+    if dataset in DATASET_CLASSES:
+        ds = DATASET_CLASSES[dataset](root=str(root), train=train, download=download)
+        return ds.data.to(torch.uint8), ds.targets.to(torch.int64)
+    official, validated, _ = CIFAR_CLASSES[dataset]
+    ds = (official if download else validated)(root=str(root), train=train, download=download)
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # torchvision's (N, H, W, C) -> (N, C, H, W)
+    return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
 
 
 def load_raw_dataset(
     root: str | Path, dataset: str, source_dir: str | Path | None, download: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Read an MNIST-like dataset with torchvision's dataset class.
+    """Validate and stage the raw files, then read them with torchvision's dataset class.
 
     Args:
-        root: torchvision root; files live in ``<root>/<ClassName>/raw/``.
-        dataset: one of ``DATASET_CLASSES``.
-        source_dir: folder with the four IDX files (plain or .gz), staged into the root first;
-            ignored when ``download`` is true.
+        root: torchvision root; IDX files live in ``<root>/<ClassName>/raw/``, CIFAR batches in
+            ``<root>/cifar-10-batches-py/`` or ``<root>/cifar-100-python/``.
+        dataset: one of ``NUM_CLASSES`` (``fashion_mnist``, ``mnist``, ``cifar10``, ``cifar100``).
+        source_dir: folder with the raw files (the four IDX files, plain or .gz; or the unpacked CIFAR
+            folder or the folder above it), staged into the root first; ignored when ``download`` is true.
         download: let torchvision download the files (needs internet).
 
     Returns:
-        ``train_images`` (N, 28, 28) uint8, ``train_labels`` (N,) int64, ``test_images``, ``test_labels``.
+        ``train_images`` uint8 (N, 28, 28) for the MNIST family or (N, 3, 32, 32) for CIFAR,
+        ``train_labels`` (N,) int64, ``test_images``, ``test_labels``.
     """
-    if dataset not in DATASET_CLASSES:
-        raise ValueError(f"Unknown dataset '{dataset}'; choose one of {sorted(DATASET_CLASSES)}.")
-    cls = DATASET_CLASSES[dataset]
+    if dataset not in NUM_CLASSES:
+        raise ValueError(
+            f"`dataset.name` must be one of {sorted(NUM_CLASSES)}, got '{dataset}' (conf/base/globals.yml)."
+        )
     if not download:
         if source_dir is None:
             raise DataFileError(f"No `dataset.source_dir` given for '{dataset}'. " + _fix_hint(dataset))
-        stage_raw_files(source_dir, Path(root) / cls.__name__ / "raw", dataset)
+        if dataset in DATASET_CLASSES:
+            stage_raw_files(source_dir, Path(root) / DATASET_CLASSES[dataset].__name__ / "raw", dataset)
+        else:
+            stage_cifar_files(source_dir, root, dataset)
     out: dict[str, torch.Tensor] = {}
     for split, train in (("train", True), ("test", False)):
-        ds = cls(root=str(root), train=train, download=download)
-        images, labels = ds.data.to(torch.uint8), ds.targets.to(torch.int64)
+        images, labels = _read_split(dataset, Path(root), train, download)
         if images.shape[0] != labels.shape[0]:
             raise DataFileError(
                 f"{dataset} {split}: {images.shape[0]} images but {labels.shape[0]} labels; "
@@ -156,8 +339,87 @@ def load_raw_dataset(
     return out
 
 
+# ------------------------------------------------------------------------------------------ image shapes
+
+
+def _size_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"`data_preparation.image_size` must be positive pixels, got {image_size} ({_PARAMS_FILE}).")
+    return int(h), int(w)
+
+
+def pad_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre uint8 images (N, C, H, W) on a zero canvas (N, C, height, width); an odd margin's extra
+    pixel goes to the bottom/right. E.g. 28 -> 32 adds 2 pixels on each side."""
+    n, c, h, w = images.shape
+    if height < h or width < w:
+        raise ValueError(
+            f"`data_preparation.image_size` [{height}, {width}] is smaller than the images ({h}x{w}) and "
+            f"`data_preparation.resize_mode` is 'pad', which cannot shrink them: set `resize_mode: resize` "
+            f"or an `image_size` of at least [{h}, {w}] ({_PARAMS_FILE})."
+        )
+    top, left = (height - h) // 2, (width - w) // 2
+    out = images.new_zeros(n, c, height, width)
+    out[:, :, top : top + h, left : left + w] = images
+    return out
+
+
+def resize_images(images: torch.Tensor, height: int, width: int, chunk_size: int = 4096) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 images (N, C, H, W) to (N, C, height, width), rounded back to
+    uint8; ``chunk_size`` images at a time bound the float copy's memory."""
+    out = images.new_empty(images.shape[0], images.shape[1], height, width)
+    for start in range(0, images.shape[0], chunk_size):
+        chunk = images[start : start + chunk_size].float()
+        resized = F.interpolate(chunk, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        out[start : start + chunk_size] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def adapt_images(
+    images: torch.Tensor,
+    image_size: int | tuple[int, int] | list[int] | None = None,
+    resize_mode: str = "pad",
+    channels: int | None = None,
+) -> torch.Tensor:
+    """Bring uint8 images to the model's input shape, on the CPU, without a per-image loop.
+
+    Args:
+        images: uint8 (N, H, W) or (N, C, H, W).
+        image_size: ``None`` keeps the size; a side, or (height, width), in pixels.
+        resize_mode: ``pad`` (centre zero-padding; cannot shrink) or ``resize`` (antialiased bilinear).
+        channels: ``None`` keeps the channels; 1, or 3 (a grey image is replicated to 3 equal channels).
+
+    Returns:
+        uint8 (N, C, H', W') when ``channels`` is set or the images have a channel axis, else (N, H', W').
+        ``images`` itself when nothing is asked.
+    """
+    if resize_mode not in ("pad", "resize"):
+        raise ValueError(
+            f"`data_preparation.resize_mode` must be 'pad' or 'resize', got {resize_mode!r} ({_PARAMS_FILE})."
+        )
+    if image_size is None and channels is None:
+        return images
+    x = images if images.dim() == 4 else images.unsqueeze(1)  # (N, C, H, W)
+    have = x.shape[1]
+    if channels is not None and channels != have and not (have == 1 and channels == 3):
+        fix = "set `channels: null` to keep them" if have == 3 else "set `channels: null` or `channels: 3`"
+        raise ValueError(
+            f"`data_preparation.channels` is {channels} but the images have {have} channel(s); only grey images "
+            f"can be replicated to 3 channels, and colour images are never turned grey: {fix} ({_PARAMS_FILE})."
+        )
+    if image_size is not None and (hw := _size_hw(image_size)) != tuple(x.shape[2:]):
+        x = pad_images(x, *hw) if resize_mode == "pad" else resize_images(x, *hw)
+    if channels is not None and channels != have:
+        x = x.expand(-1, channels, -1, -1)
+    return x.contiguous() if channels is not None or images.dim() == 4 else x.squeeze(1).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
 def make_split(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One split as a dict of tensors: ``images`` (N, H, W) uint8 and ``labels`` (N,) int64."""
+    """One split as a dict of tensors: ``images`` uint8 (N, H, W) or (N, C, H, W) and ``labels`` (N,) int64."""
     return {"images": images.contiguous(), "labels": labels.contiguous()}
 
 

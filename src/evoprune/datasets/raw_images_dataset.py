@@ -1,4 +1,4 @@
-"""Read-only dataset: an MNIST-like dataset (Fashion-MNIST, MNIST) read through torchvision."""
+"""Read-only dataset: raw image files (Fashion-MNIST, MNIST, CIFAR-10, CIFAR-100) read through torchvision."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from kedro.io import AbstractDataset, DatasetError
 from evoprune.core.data import load_raw_dataset
 
 
-class MNISTLikeDataset(AbstractDataset[None, dict[str, torch.Tensor]]):
-    """Loads ``train_images/labels`` and ``test_images/labels`` tensors.
+class RawImagesDataset(AbstractDataset[None, dict[str, torch.Tensor]]):
+    """Loads ``train_images/labels`` and ``test_images/labels`` tensors, validating the raw files first.
 
     Args:
-        path: torchvision root (files are staged into ``<path>/<ClassName>/raw/``).
-        dataset: ``fashion_mnist`` or ``mnist``.
-        source_dir: folder with the four IDX files (.gz or plain), used when ``download`` is false.
+        path: torchvision root (IDX files are staged into ``<path>/<ClassName>/raw/``, CIFAR batches into
+            ``<path>/cifar-10-batches-py/`` or ``<path>/cifar-100-python/``).
+        dataset: ``fashion_mnist``, ``mnist``, ``cifar10`` or ``cifar100``.
+        source_dir: folder with the raw files (the four IDX files, .gz or plain; the unpacked CIFAR
+            folder), used when ``download`` is false.
         download: let torchvision download the files (machines with internet only).
     """
 
@@ -36,7 +38,7 @@ class MNISTLikeDataset(AbstractDataset[None, dict[str, torch.Tensor]]):
         return load_raw_dataset(self._path, self._dataset, self._source_dir, self._download)
 
     def save(self, data: None) -> None:
-        raise DatasetError("MNISTLikeDataset is read-only: it reads the raw IDX files.")
+        raise DatasetError("RawImagesDataset is read-only: it reads the raw image files.")
 
     def _describe(self) -> dict[str, Any]:
         return {
