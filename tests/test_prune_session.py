@@ -24,8 +24,14 @@ def _assert_stage_tracked(client, run, stage: str, metric_names: tuple[str, ...]
 
 def _run(project, **kwargs):
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
-        return session.run(pipeline_names=["prune"])
+    try:
+        with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
+            return session.run(pipeline_names=["prune"])
+    finally:
+        # kedro-mlflow 2.0.3 leaves the session's run active in this process (a `kedro run` ends with its
+        # process); close it so that the next session of this test process opens its own run
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
 
 
 def test_prune_run_is_tracked_in_mlflow(tiny_project):
@@ -170,9 +176,17 @@ def test_bad_parameters_stop_the_run_before_any_node(tiny_project):
             {"train_dense": {"model": {"source": "factory", "factory": "my_lab.nets:tiny"}}},
             r"train_dense.model.factory.*cannot import 'my_lab.nets'",
         ),
-        ({"train_dense": {"checkpoint": {"path": "elsewhere/vgg.pt"}}}, r"train_dense.checkpoint.path.*no checkpoint file"),
+        (
+            {"train_dense": {"checkpoint": {"path": "elsewhere/vgg.pt"}}},
+            r"train_dense.checkpoint.path.*no checkpoint file",
+        ),
     ],
-    ids=["exit_after_a_missing_module", "unknown_torchvision_name", "factory_that_does_not_import", "missing_checkpoint"],
+    ids=[
+        "exit_after_a_missing_module",
+        "unknown_torchvision_name",
+        "factory_that_does_not_import",
+        "missing_checkpoint",
+    ],
 )
 def test_bad_model_configuration_stops_the_run_before_training(tiny_project, runtime_params, message):
     with pytest.raises(Exception, match=message):
@@ -194,7 +208,10 @@ FOREIGN_MODELS = {
         {"source": "torchvision", "name": "mobilenet_v2", "kwargs": {"width_mult": 0.25}},
         ["features.3"],
     ),
-    "factory": ({"source": "factory", "factory": "tests.core.test_any_model:two_branch_net", "kwargs": {"num_classes": 10}}, ["stem"]),
+    "factory": (
+        {"source": "factory", "factory": "tests.core.test_any_model:two_branch_net", "kwargs": {"num_classes": 10}},
+        ["stem"],
+    ),
 }
 
 
@@ -251,3 +268,12 @@ def test_kedro_viz_build_succeeds(tiny_project):
     assert set(VARIANTS) <= set(finetune["modular_pipelines"])  # one box per variant, side by side in Viz
     tasks = [n for n in finetune["nodes"] if n["type"] == "task" and n["name"] == "finetune_members"]
     assert sorted(m for n in tasks for m in n["modular_pipelines"]) == sorted(VARIANTS)
+
+
+def test_images_that_do_not_fit_the_model_stop_the_run_before_training(tiny_project):
+    model = {"name": "resnet_cifar", "width": 4, "in_channels": 1, "input_size": 32}
+    with pytest.raises(
+        ValueError, match=r"gives fashion_mnist images of shape \(1, 28, 28\).*expects \(1, 32, 32\).*image_size: 32"
+    ):
+        _run(tiny_project, runtime_params={"train_dense": {"model": model}, "build_exits": {"exit_after": ["layer1"]}})
+    assert not (tiny_project / "data/tiny/05_model_input/fashion_mnist_train.pt").exists()

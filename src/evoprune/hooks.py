@@ -22,6 +22,16 @@ def flatten_params(prefix: str, value: Any, sep: str = ".") -> dict[str, Any]:
 
 
 class ConfigConsistencyHook:
+    dataset: str | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        try:
+            globals_ = context.config_loader["globals"]
+        except Exception:  # noqa: BLE001 - a project without globals: nothing to check
+            globals_ = {}
+        self.dataset = (globals_.get("dataset") or {}).get("name")
+
     """Checks the model configuration before any node runs: the model builds (torchvision name, factory),
     the checkpoint fits it, and the exits name modules it can be cut after."""
 
@@ -39,6 +49,7 @@ class ConfigConsistencyHook:
     def _check(self, pipeline: Any, catalog: Any) -> None:
         inputs = pipeline.inputs()
         if "params:train_dense" in inputs:
+            from evoprune.core.data import NATIVE_SHAPE, check_data_fits_model
             from evoprune.core.exits import check_network_config
             from evoprune.pipelines.build_exits.nodes import BuildExitsParams
             from evoprune.pipelines.train_dense.nodes import TrainDenseParams
@@ -52,6 +63,12 @@ class ConfigConsistencyHook:
                 exits.exit_after if exits else None,
                 dense.checkpoint.path if dense.checkpoint else None,
             )
+            if "params:data_preparation" in inputs and self.dataset in NATIVE_SHAPE:
+                from evoprune.pipelines.data_preparation.nodes import DataPreparationParams
+
+                data = DataPreparationParams.model_validate(_as_dict(catalog.load("params:data_preparation")))
+                spec = dense.model
+                check_data_fits_model(self.dataset, data.image_size, data.channels, spec.input_shape, spec.num_classes)
 
 
 def _as_dict(value: Any) -> Any:

@@ -21,7 +21,9 @@ class TwoBranchNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, width: int = 6, num_classes: int = 5) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.conv_a = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False)
         self.bn_a = nn.BatchNorm2d(2 * width)
         self.conv_b = nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False)
@@ -46,11 +48,22 @@ MODELS = {
     "resnet20": ({"name": "resnet_cifar", "depth": 20, "width": 4, "in_channels": 3, "input_size": 16}, ["layer1"]),
     "tv_resnet18": ({"source": "torchvision", "name": "resnet18", "in_channels": 3, "input_size": 32}, ["layer2"]),
     "tv_mobilenet_v2": (
-        {"source": "torchvision", "name": "mobilenet_v2", "in_channels": 3, "input_size": 32, "kwargs": {"width_mult": 0.5}},
+        {
+            "source": "torchvision",
+            "name": "mobilenet_v2",
+            "in_channels": 3,
+            "input_size": 32,
+            "kwargs": {"width_mult": 0.5},
+        },
         ["features.6"],
     ),
     "factory": (
-        {"source": "factory", "factory": "tests.core.test_any_model:two_branch_net", "input_size": [20, 28], "num_classes": 5},
+        {
+            "source": "factory",
+            "factory": "tests.core.test_any_model:two_branch_net",
+            "input_size": [20, 28],
+            "num_classes": 5,
+        },
         ["stem"],
     ),
 }
@@ -111,7 +124,7 @@ def test_masked_equals_sliced_equals_physically_pruned(net):
         physical = as_exit_list(pruned(x))
         dense = as_exit_list(net(x))
     assert len(masked) == len(sliced) == len(physical) == 2
-    for a, b, c, d in zip(masked, sliced, physical, dense, strict=True):
+    for a, b, c in zip(masked, sliced, physical, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(dense[-1], masked[-1], atol=1e-3)  # the mask did change the output
@@ -123,8 +136,11 @@ def test_a_residual_group_drives_every_coupled_layer():
     stem = next(g for g in layout.groups if g.name == "backbone.stem.0")
     # the stem's channels are added to by every block of layer1: all their second BatchNorms are masked too
     assert {f"backbone.layer1.{b}.bn2" for b in range(3)} | {"backbone.stem.1"} <= set(stem.mask_modules)
-    outputs = [layer.name for layer in layout.layers if (layer.out_bits >= stem.offset).all()
-               and (layer.out_bits < stem.offset + stem.size).all()]
+    outputs = [
+        layer.name
+        for layer in layout.layers
+        if (layer.out_bits >= stem.offset).all() and (layer.out_bits < stem.offset + stem.size).all()
+    ]
     assert {"backbone.stem.0", "backbone.layer1.0.conv2", "backbone.layer1.2.conv2"} <= set(outputs)
 
 

@@ -4,9 +4,9 @@ import torch
 from evoprune.core.cost import count_flops
 from evoprune.core.early_exit import choose_operating_point, exit_costs, simulate_early_exit, sweep_thresholds
 from evoprune.core.exits import MultiExitNet, attach_exits, build_network, check_network_config, confidence
+from evoprune.core.models import build_model
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.models.segments import SplitError
-from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig, train
 from tests.conftest import make_images
 
@@ -92,12 +92,22 @@ EARLY_EXIT_MODELS = [
     ({"name": "resnet_cifar", "width": 4, "in_channels": 1, "input_size": 28}, ["layer1", "layer2"]),
     ({"source": "torchvision", "name": "resnet18", "in_channels": 1, "input_size": 28}, ["layer2"]),
     ({"source": "torchvision", "name": "vgg11_bn", "in_channels": 1, "input_size": 32}, ["features.14"]),
-    ({"source": "torchvision", "name": "mobilenet_v2", "in_channels": 1, "input_size": 28, "kwargs": {"width_mult": 0.25}},
-     ["features.3", "features.10"]),
+    (
+        {
+            "source": "torchvision",
+            "name": "mobilenet_v2",
+            "in_channels": 1,
+            "input_size": 28,
+            "kwargs": {"width_mult": 0.25},
+        },
+        ["features.3", "features.10"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("spec", "exit_after"), EARLY_EXIT_MODELS, ids=lambda v: str(v.get("name")) if isinstance(v, dict) else "")
+@pytest.mark.parametrize(
+    ("spec", "exit_after"), EARLY_EXIT_MODELS, ids=lambda v: str(v.get("name")) if isinstance(v, dict) else ""
+)
 def test_real_early_exit_on_batches_for_built_in_and_torchvision_models(spec, exit_after):
     net = _net(spec, exit_after)
     x = torch.randn(24, *input_shape(net))

@@ -94,7 +94,9 @@ def test_torchvision_model_gets_a_stem_for_small_grey_images():
 def test_unknown_torchvision_name_is_refused_naming_the_key():
     from evoprune.core.models.sources import ModelSourceError
 
-    with pytest.raises(ModelSourceError, match=r"`train_dense.model.name`: 'resnet19' is not a torchvision.*'resnet18'"):
+    with pytest.raises(
+        ModelSourceError, match=r"`train_dense.model.name`: 'resnet19' is not a torchvision.*'resnet18'"
+    ):
         build_model({"source": "torchvision", "name": "resnet19"})
 
 
@@ -133,7 +135,9 @@ def test_checkpoints_that_do_not_fit_are_refused_listing_what_differs(tmp_path):
     lenet = build_model({"name": "lenet5"})
     wider = build_model({"name": "lenet5", "conv_channels": [8, 16]})
     torch.save(wider.state_dict(), tmp_path / "wider.pt")
-    with pytest.raises(CheckpointMismatchError, match=r"shapes differ.*stages.0.0.weight: \(8, 1, 5, 5\) vs \(6, 1, 5, 5\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"shapes differ.*stages.0.0.weight: \(8, 1, 5, 5\) vs \(6, 1, 5, 5\)"
+    ):
         load_weights(lenet, read_state_dict(tmp_path / "wider.pt"), "wider.pt")
     vgg = build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [32]})
     with pytest.raises(CheckpointMismatchError, match=r"missing keys.*unexpected keys"):

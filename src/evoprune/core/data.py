@@ -37,6 +37,42 @@ IDX_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 NUM_CLASSES = {"fashion_mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+NATIVE_SHAPE = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+
+
+def prepared_shape(
+    dataset: str, image_size: int | tuple[int, int] | list[int] | None, channels: int | None
+) -> tuple[int, int, int]:
+    """One prepared image's shape (C, H, W): the dataset's own, changed by data_preparation's
+    ``image_size`` and ``channels``."""
+    c, h, w = NATIVE_SHAPE[dataset]
+    if image_size is not None:
+        h, w = _size_hw(image_size)
+    return (channels or c), h, w
+
+
+def check_data_fits_model(
+    dataset: str,
+    image_size: int | tuple[int, int] | list[int] | None,
+    channels: int | None,
+    model_shape: tuple[int, int, int],
+    model_classes: int,
+) -> None:
+    """Fail before any training if the prepared images or labels do not fit ``train_dense.model``."""
+    shape = prepared_shape(dataset, image_size, channels)
+    if tuple(shape) != tuple(model_shape):
+        raise ValueError(
+            f"data_preparation gives {dataset} images of shape {shape} (C, H, W) but train_dense.model expects "
+            f"{tuple(model_shape)} (in_channels, input_size). Set data_preparation.image_size / channels "
+            f"(e.g. image_size: {model_shape[1]}, channels: {model_shape[0]}) or the model's in_channels / input_size."
+        )
+    if model_classes != NUM_CLASSES[dataset]:
+        raise ValueError(
+            f"{dataset} has {NUM_CLASSES[dataset]} classes but train_dense.model.num_classes is {model_classes}; "
+            "set num_classes to match."
+        )
+
+
 _HOW_TO_GET = {
     "fashion_mnist": "install Debian's package (`apt-get install dataset-fashion-mnist`, files land in "
     "/usr/share/datasets/fashion-mnist)",

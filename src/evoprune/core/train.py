@@ -39,6 +39,8 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # share of steps spent warming up (onecycle)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train_subset: PositiveInt | None = None  # train on the first N images of the (seeded, shuffled) split; None: all
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"  # channels_last: NHWC, faster convs on CPU
 
 
 def as_exit_list(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -140,9 +142,11 @@ def train(
     """
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    model.to(device).train()
-    images = train_split["images"].to(device)  # (N, H, W) uint8, stays uint8 until batched
-    labels = train_split["labels"].to(device)
+    fmt = torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
+    model.to(device=device, memory_format=fmt).train()
+    keep = slice(0, cfg.train_subset)  # the split is a seeded random permutation: its head is a random subset
+    images = train_split["images"][keep].to(device)  # (N, H, W) or (N, C, H, W) uint8, stays uint8 until batched
+    labels = train_split["labels"][keep].to(device)
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -155,7 +159,7 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for first in range(0, n, cfg.batch_size):
             idx = order[first : first + cfg.batch_size]
-            x = augment_batch(images_to_float(images[idx]), cfg.augment, generator)
+            x = augment_batch(images_to_float(images[idx]), cfg.augment, generator).contiguous(memory_format=fmt)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
             with _autocast(device):

@@ -159,9 +159,7 @@ def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.Depen
 
 def prunable_groups(model: nn.Module, graph: tp.DependencyGraph) -> list:
     """torch-pruning's pruning groups of every conv/linear output except the logit layers, in network order."""
-    groups = list(
-        graph.get_all_groups(ignored_layers=logit_layers(model), root_module_types=(nn.Conv2d, nn.Linear))
-    )
+    groups = list(graph.get_all_groups(ignored_layers=logit_layers(model), root_module_types=(nn.Conv2d, nn.Linear)))
     order = {m: i for i, m in enumerate(model.modules())}
     groups.sort(key=lambda g: order[g[0].dep.target.module])
     return groups
@@ -197,7 +195,9 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
             target, handler = item.dep.target.module, item.dep.handler
             bits = offset + np.asarray(item.root_idxs, dtype=np.int64)
             idxs = np.asarray(item.idxs, dtype=np.int64)
-            if target in out_bits and (_is_depthwise(target) or handler == graph.get_pruner_of_module(target).prune_out_channels):
+            if target in out_bits and (
+                _is_depthwise(target) or handler == graph.get_pruner_of_module(target).prune_out_channels
+            ):
                 out_bits[target][idxs] = bits
                 outputs.append(target)
             elif target in in_bits and handler == graph.get_pruner_of_module(target).prune_in_channels:

@@ -21,8 +21,8 @@ from evoprune.core.models.base import StagedNet
 from evoprune.core.models.lenet5 import LeNet5, LeNet5Spec
 from evoprune.core.models.resnet_cifar import ResNetCifar, ResNetCifarSpec
 from evoprune.core.models.sources import (
-    FactorySpec,
     BUILTIN_NAMES,
+    FactorySpec,
     ModelSourceError,
     TorchvisionSpec,
     build_factory,

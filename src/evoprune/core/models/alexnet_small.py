@@ -26,7 +26,9 @@ class AlexNetSmall(StagedNet):
         super().__init__(spec)
         c1, c2, c3, c4, c5 = spec.conv_channels
         pool = dict(kernel_size=3, stride=2, padding=1)
-        self.stages.append(nn.Sequential(nn.Conv2d(spec.in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(**pool)))
+        self.stages.append(
+            nn.Sequential(nn.Conv2d(spec.in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(**pool))
+        )
         self.stages.append(nn.Sequential(nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(**pool)))
         self.stages.append(
             nn.Sequential(

@@ -47,7 +47,11 @@ class FactorySpec(BaseSpec):
     @classmethod
     def _label(cls, data: Any) -> Any:
         """A built-in name comes from conf/base through the environments' soft merge: not a label."""
-        if isinstance(data, dict) and data.get("name") in (*BUILTIN_NAMES, None) and isinstance(data.get("factory"), str):
+        if (
+            isinstance(data, dict)
+            and data.get("name") in (*BUILTIN_NAMES, None)
+            and isinstance(data.get("factory"), str)
+        ):
             data = {**data, "name": data["factory"].rpartition(":")[2] or None}
         return data
 
@@ -79,7 +83,9 @@ def build_torchvision(spec: TorchvisionSpec) -> nn.Module:
     try:
         model = models.get_model(spec.name, weights=None, num_classes=spec.num_classes, **spec.kwargs)
     except TypeError as exc:
-        raise ModelSourceError(f"`train_dense.model.kwargs` {spec.kwargs} do not fit torchvision's {spec.name}: {exc}")
+        raise ModelSourceError(
+            f"`train_dense.model.kwargs` {spec.kwargs} do not fit torchvision's {spec.name}: {exc}"
+        ) from exc
     c, h, w = spec.input_shape
     small = spec.small_input if spec.small_input is not None else min(h, w) <= 64
     name, first = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))

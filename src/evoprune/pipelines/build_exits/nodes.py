@@ -178,9 +178,7 @@ def measure_latency(
 
 def plot_exit_accuracy(exit_summary: pd.DataFrame) -> Figure:
     """Per-exit test accuracy vs FLOPs to reach the exit."""
-    labels = [
-        f"exit {e} (after {s})" for e, s in zip(exit_summary["exit"], exit_summary["after"], strict=True)
-    ]
+    labels = [f"exit {e} (after {s})" for e, s in zip(exit_summary["exit"], exit_summary["after"], strict=True)]
     return plots.exit_accuracy_vs_flops(
         exit_summary["flops"].tolist(), exit_summary["test_accuracy"].tolist(), labels, "build_exits: per-exit accuracy"
     )

@@ -62,7 +62,9 @@ def train_dense_model(
     """
     model = copy.deepcopy(initial_model)
     if params.checkpoint is not None:
-        load_weights(model, read_state_dict(params.checkpoint.path), f"train_dense.checkpoint.path = {params.checkpoint.path}")
+        load_weights(
+            model, read_state_dict(params.checkpoint.path), f"train_dense.checkpoint.path = {params.checkpoint.path}"
+        )
         if params.checkpoint.then == "skip":
             return model.cpu(), {}
     history = train(model, train_split, validation_split, params.training, resolve_device(device), seed, "train_dense")
