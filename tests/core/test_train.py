@@ -91,3 +91,16 @@ def test_invalid_training_config_names_the_key():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="learning_rate"):
         TrainConfig(learning_rate=-0.1)
+
+
+def test_train_subset_uses_only_the_head_of_the_split_and_channels_last_keeps_its_layout():
+    split = _split(40, seed=0)
+    split["labels"][16:] = 99  # out of range: training on any of these images would raise
+    model = build_model({"name": "vgg", "stages": [[4], [8]], "fc_features": [8]})
+    cfg = TrainConfig(epochs=1, batch_size=8, train_subset=16, memory_format="channels_last")
+    history = train(model, split, None, cfg, torch.device("cpu"), seed=0)
+    assert len(history["train_loss"]) == 1 and history["train_loss"][0] > 0
+    conv = model.stages[0][0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(IndexError):
+        train(model, split, None, TrainConfig(epochs=1, batch_size=8), torch.device("cpu"), seed=0)

@@ -34,7 +34,11 @@ def test_model_dataset_refuses_a_checkpoint_of_another_architecture(tmp_path):
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
     ckpt["spec"]["conv_channels"] = [8, 16]
     torch.save(ckpt, tmp_path / "m.pt")
-    with pytest.raises(DatasetError, match="does not match its architecture spec"):
+    with pytest.raises(DatasetError, match=r"m.pt does not fit the model lenet5: .*shapes differ.*re-run the stage"):
+        ds.load()
+    ckpt["spec"] = {"source": "factory", "factory": "gone_package.nets:net"}
+    torch.save(ckpt, tmp_path / "m.pt")
+    with pytest.raises(DatasetError, match=r"Cannot rebuild the model.*cannot import 'gone_package.nets'"):
         ds.load()
 
 

@@ -253,7 +253,7 @@ def _exit_paths(model: nn.Module, layers: tuple[LayerCost, ...]) -> tuple[np.nda
     those called by the backbone's segments up to the exit, plus the exit heads evaluated on the way."""
     if not hasattr(model, "exit_heads"):
         return (np.arange(len(layers)),)
-    index = {name: i for i, layer in enumerate(layers) for name in [layer.name]}
+    index = {layer.name: i for i, layer in enumerate(layers)}
     names = {m: n for n, m in model.named_modules()}
     called: list[set[int]] = []
     handles = [

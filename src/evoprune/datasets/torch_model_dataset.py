@@ -8,6 +8,7 @@ from kedro.io.core import DatasetError
 from torch import nn
 
 from evoprune.core.exits import build_network
+from evoprune.core.models.adapter import CheckpointMismatchError, load_weights
 from evoprune.datasets._file_dataset import TorchFileDataset
 
 CHECKPOINT_FORMAT = "evoprune.model/1"
@@ -28,11 +29,16 @@ class TorchModelDataset(TorchFileDataset):
             )
         try:
             model = build_network(ckpt["spec"])
-            model.load_state_dict(ckpt["state_dict"], strict=True)
         except Exception as exc:
             raise DatasetError(
-                f"Checkpoint {self._filepath} does not match its architecture spec {ckpt.get('spec')}: {exc}. "
-                "It was written by an incompatible evoprune version; re-run the stage that trains it."
+                f"Cannot rebuild the model of checkpoint {self._filepath} from its spec {ckpt.get('spec')}: {exc}. "
+                "A factory model needs its package importable; otherwise re-run the stage that trains it."
+            ) from exc
+        try:
+            load_weights(model, ckpt["state_dict"], f"checkpoint {self._filepath}")
+        except CheckpointMismatchError as exc:
+            raise DatasetError(
+                f"{exc} It was written by an incompatible evoprune version; re-run the stage that trains it."
             ) from exc
         return model
 
@@ -41,7 +47,8 @@ class TorchModelDataset(TorchFileDataset):
         if not isinstance(spec, dict):
             raise DatasetError(
                 f"TorchModelDataset({self._filepath}) saves models built by evoprune.core.models.build_model "
-                f"or evoprune.core.exits (they carry a `spec`); got {type(model).__name__} without one."
+                f"(built-in, torchvision or factory) or evoprune.core.exits (they carry a `spec`); got "
+                f"{type(model).__name__} without one."
             )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         self._write({"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state})
