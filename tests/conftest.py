@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from evoprune.core.data import CIFAR_CLASSES, IDX_FILES
+from evoprune.core.cifar import CIFAR_CLASSES
+from evoprune.core.data import IDX_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
