@@ -95,6 +95,27 @@ def test_train_dense_nodes_learn_and_keep_theta0(raw):
     assert list(fig.axes[0].lines[0].get_ydata()) == [p["value"] for p in history["train_loss"]]
 
 
+def test_train_dense_starts_from_a_checkpoint_trained_elsewhere(raw, tmp_path):
+    train, val, _ = split_dataset(raw, DataPreparationParams(validation_size=100), seed=0)
+    elsewhere = initialise_model(TrainDenseParams.model_validate(TINY_TRAIN), seed=7)
+    torch.save(elsewhere.state_dict(), tmp_path / "elsewhere.pt")
+    init = initialise_model(TrainDenseParams.model_validate(TINY_TRAIN), seed=1)
+    skip = TrainDenseParams.model_validate(
+        {**TINY_TRAIN, "checkpoint": {"path": str(tmp_path / "elsewhere.pt"), "then": "skip"}}
+    )
+    model, history = train_dense_model(init, train, val, skip, seed=1, device="cpu")
+    assert history == {} and all(torch.equal(v, model.state_dict()[k]) for k, v in elsewhere.state_dict().items())
+    finetune = skip.model_copy(update={"checkpoint": skip.checkpoint.model_copy(update={"then": "finetune"})})
+    tuned, history = train_dense_model(init, train, val, finetune, seed=1, device="cpu")
+    assert len(history["train_loss"]) == 2
+    moved = [k for k, v in elsewhere.state_dict().items() if not torch.equal(v, tuned.state_dict()[k])]
+    assert moved  # trained from the checkpoint's weights...
+    scratch, _ = train_dense_model(init, train, val, TrainDenseParams.model_validate(TINY_TRAIN), seed=1, device="cpu")
+    assert not torch.equal(
+        scratch.state_dict()["stages.0.0.weight"], tuned.state_dict()["stages.0.0.weight"]
+    )  # ...not θ0's
+
+
 def test_training_plot_reads_history_as_mlflow_loads_it_back():
     params = TrainDenseParams.model_validate(TINY_TRAIN)
     loaded = {  # MlflowMetricsHistoryDataset.load(): prefixed keys, steps in any order, one step as a dict
