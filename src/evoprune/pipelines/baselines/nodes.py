@@ -9,8 +9,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from evoprune.core.baselines import Criterion, mask_within_budget, unit_scores
+from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
+from evoprune.core.importance import BaselineCriterion, baseline_criterion
 from evoprune.core.masking import prune_physically
 from evoprune.core.runtime import resolve_device
 from evoprune.core.train import train
@@ -26,7 +27,8 @@ class BaselinesParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    criteria: list[Criterion] = Field(default_factory=lambda: ["l1", "random"])
+    # l1: Torch-Pruning's GroupMagnitudeImportance(p=1) | random: RandomImportance (evoprune.core.importance)
+    criteria: list[BaselineCriterion] = Field(default_factory=lambda: ["l1", "random"])
 
 
 def prune_baselines(
@@ -57,7 +59,7 @@ def prune_baselines(
     budgets = layout.cost(np.asarray(selected_members["masks"], dtype=bool))["flops"] / layout.dense_flops
     rows, metrics = [], {}
     for criterion in params.criteria:
-        scores = unit_scores(trained, layout, shape, criterion, seed)
+        scores = baseline_criterion(criterion, shape, seed)(trained, layout)
         for member, budget in zip(members, budgets, strict=True):
             mask = mask_within_budget(layout, scores, float(budget), max_pruning_ratio)
             model = prune_physically(trained, layout, mask, shape)
