@@ -14,6 +14,7 @@ from torch import nn
 
 from evoprune.core import plots
 from evoprune.core.exits import final_exit_key
+from evoprune.core.mask_codec import decode_masks, encode_masks
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
 from evoprune.core.search.roulette_branch import RouletteBranchConfig
@@ -81,7 +82,7 @@ def _rows(outcome: SearchOutcome, X: np.ndarray, accuracy: np.ndarray) -> pd.Dat
     for g in outcome.layout.groups:
         table[f"kept.{g.name}"] = X[:, g.offset : g.offset + g.size].sum(1)
     table["units_kept"] = X.sum(1)
-    table["mask"] = ["".join("1" if b else "0" for b in row) for row in X]
+    table["mask"] = encode_masks(X)
     return table
 
 
@@ -132,8 +133,11 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
 
 
 def export_members(multi_exit_model: nn.Module, chosen_members: pd.DataFrame) -> dict[str, object]:
-    """The chosen members as one portable file (spec + weights + masks)."""
-    masks = np.array([[c == "1" for c in m] for m in chosen_members["mask"]], dtype=bool)
+    """The chosen members as one portable file (spec + weights + masks).
+
+    Returns: ``{"model": the multi-exit network, "masks": (K, num_bits) bool, "member_ids": K ids}``.
+    """
+    masks = decode_masks(chosen_members["mask"])
     return {"model": multi_exit_model, "masks": masks, "member_ids": chosen_members["member"].tolist()}
 
 
