@@ -34,7 +34,7 @@ def trained():
 def test_evaluate_exits_tables_are_consistent(trained):
     model, params, history = trained
     summary, table, operating, metrics = evaluate_exits(model, _split(100, 1), _split(100, 2), params, device="cpu")
-    assert summary["exit"].tolist() == [1, 2] and summary["after_stage"].tolist() == [1, 2]
+    assert summary["exit"].tolist() == [1, 2] and summary["after"].tolist() == ["1", "output"]
     assert table["threshold"].tolist() == [0.3, 0.6, 0.9, 1.0]
     shares = table[["test_share_exit1", "test_share_exit2"]].to_numpy()
     expected = shares @ summary["flops_policy"].to_numpy()
