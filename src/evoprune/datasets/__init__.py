@@ -1,9 +1,11 @@
 """Custom Kedro datasets, only where kedro-datasets has none: torch models and tensor dicts stored
 without pickle (loaded with ``torch.load(..., weights_only=True)``), and a read-only MNIST-like
-dataset that reads raw IDX files through torchvision."""
+dataset that reads raw IDX files through torchvision; and nested MLflow runs (kedro-mlflow has no dataset
+for them)."""
 
 from evoprune.datasets.exported_models_dataset import ExportedModelsDataset
 from evoprune.datasets.members_dataset import FinetunedMembersDataset, PrunedMembersDataset
+from evoprune.datasets.mlflow_child_runs_dataset import MlflowChildRunsDataset
 from evoprune.datasets.mnist_dataset import MNISTLikeDataset
 from evoprune.datasets.tensor_dataset import TensorDictDataset
 from evoprune.datasets.torch_model_dataset import TorchModelDataset
@@ -12,6 +14,7 @@ __all__ = [
     "ExportedModelsDataset",
     "FinetunedMembersDataset",
     "MNISTLikeDataset",
+    "MlflowChildRunsDataset",
     "PrunedMembersDataset",
     "TensorDictDataset",
     "TorchModelDataset",

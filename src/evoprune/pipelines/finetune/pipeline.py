@@ -33,7 +33,7 @@ def variant_pipeline(variant: str) -> Pipeline:
             Node(
                 run_variant,
                 [*SHARED_INPUTS, *SHARED_PARAMETERS],
-                ["finetune_results", "finetuned_members", "finetune_metrics"],
+                ["finetune_results", "finetuned_members", "finetune_metrics", "finetune_runs"],
                 name="finetune_members",
             ),
             Node(export_members, "finetuned_members", "exported_members", name="export_members"),
