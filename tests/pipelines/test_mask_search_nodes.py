@@ -27,6 +27,7 @@ PARAMS = MaskSearchParams(
     adaptive_bn_images=64,
     random_masks=5,
     chosen_members=3,
+    member_budgets=None,
     checkpoint_dir=None,
     search={"pop_size": 8, "generations": 3, "max_accuracy_drop": 0.9},
     roulette_branch={"branch_size": 4, "max_levels": 2},

@@ -108,6 +108,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
             "params:mask_search": MemoryDataset(
                 MaskSearchParams(
                     validation_subset=50,
+                    member_budgets=None,
                     random_masks=2,
                     checkpoint_dir=None,
                     roulette_branch=None,

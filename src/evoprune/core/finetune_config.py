@@ -1,7 +1,7 @@
 """How pruned networks are fine-tuned and measured (conf/base/parameters_finetune.yml, key ``finetune``).
 
 One budget for every re-init variant, for the fine-tune-aware member selection and for the baselines, so
-that their accuracies compare.
+that their accuracies compare. Defaults equal conf/base (``tests/test_params_defaults.py`` checks it).
 """
 
 from __future__ import annotations

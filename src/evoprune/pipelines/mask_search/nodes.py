@@ -26,22 +26,30 @@ logger = logging.getLogger(__name__)
 
 
 class MaskSearchParams(BaseModel):
-    """conf/base/parameters_mask_search.yml"""
+    """conf/base/parameters_mask_search.yml (the defaults are conf/base's; ``tests/test_params_defaults.py``)"""
 
     model_config = ConfigDict(extra="forbid")
 
     validation_subset: PositiveInt = 2000  # validation images scoring each candidate
     adaptive_bn_images: NonNegativeInt = 1024  # training images re-estimating BatchNorm per candidate; 0 = off
-    search: SearchConfig = Field(default_factory=SearchConfig)
+    # conf/base's search (SearchConfig's own defaults serve library use of the core)
+    search: SearchConfig = Field(
+        default_factory=lambda: SearchConfig(
+            pop_size=48, generations=60, max_accuracy_drop=0.75, max_pruning_ratio=0.7, seed_with_l1=8
+        )
+    )
     roulette_branch: RouletteBranchConfig | None = Field(default_factory=RouletteBranchConfig)  # null: skip
     random_masks: NonNegativeInt = 60  # random masks evaluated for contrast in the plot
-    chosen_members: PositiveInt = 3  # members for fine-tuning, spread evenly along the FLOPs axis
-    # or, when set: per FLOPs budget (ratio), the front member within it with the best final-exit accuracy
-    member_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
+    chosen_members: PositiveInt = 3  # without member_budgets: members spread evenly along the FLOPs axis
+    # per FLOPs budget (ratio), the front member within it with the best final-exit accuracy (null: spread)
+    member_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(
+        default_factory=lambda: [0.5, 0.35, 0.25]
+    )
     # with member_budgets: the best `candidates_per_budget` members per budget (by final-exit accuracy before
     # fine-tuning); finetune's select_members fine-tunes them and keeps the best on validation data per budget
-    candidates_per_budget: PositiveInt = 1
-    checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"  # null: no checkpoints
+    candidates_per_budget: PositiveInt = 3
+    # conf/base writes it under ${globals:outputs} (data); null: no checkpoints
+    checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"
     checkpoints_kept: PositiveInt = 3  # searches whose checkpoints stay (newest first, this one included)
 
 
