@@ -29,6 +29,8 @@ class FinetuneParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # one Kedro namespace each (read when the pipelines are registered); a variant listed here only by an
+    # environment or --params must be one of them
     variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
     training: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5))
     loss_weights: list[PositiveFloat] | None = None  # per exit, final exit last (null: 1 each)
