@@ -14,9 +14,10 @@ import statistics
 
 import torch
 
-from evoprune.core.baselines import mask_within_budget, unit_scores
+from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune import finetune_member
+from evoprune.core.importance import GroupL1
 from evoprune.core.train import TrainConfig, accuracy_per_exit
 from evoprune.core.units import build_layout
 from evoprune.datasets import PrunedMembersDataset, TensorDictDataset, TorchModelDataset
@@ -41,7 +42,7 @@ def main() -> None:
     model, cpu = members["model"], torch.device("cpu")
     layout = build_layout(model, input_shape(model))
     dense = accuracy_per_exit(model, splits["test"], cpu)[-1]
-    scores = unit_scores(model, layout, input_shape(model), "l1", 0)
+    scores = GroupL1(input_shape(model))(model, layout)
     cfg = TrainConfig(epochs=args.epochs)
     print(f"# dense final-exit test accuracy {100 * dense:.2f}%; drops in points; keep weights, {args.epochs} epochs")
     print("| member | FLOPs kept | seed | member drop | L1 drop | member better by |")

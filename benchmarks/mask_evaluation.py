@@ -21,16 +21,17 @@ import numpy as np
 import torch
 
 from evoprune.core.exits import attach_exits, input_shape
+from evoprune.core.importance import own_filter_l1
 from evoprune.core.masking import SlicedEvaluator, population_accuracy
 from evoprune.core.models import build_model
-from evoprune.core.search.operators import RouletteSampling, l1_importance, rank_within_layers
+from evoprune.core.search.operators import RouletteSampling, rank_within_layers
 from evoprune.core.units import build_layout
 
 
 def _population(layout, model, size: int, seed: int) -> np.ndarray:
     from pymoo.core.problem import Problem
 
-    rank = rank_within_layers(l1_importance(model, layout), layout)
+    rank = rank_within_layers(own_filter_l1(model, layout), layout)
     problem = Problem(n_var=layout.num_bits, xl=0, xu=1, vtype=bool)
     X = RouletteSampling(rank).do(problem, size, random_state=np.random.default_rng(seed)).get("X")
     return layout.repair(X)

@@ -75,6 +75,31 @@ def _as_dict(value: Any) -> Any:
     return value.model_dump() if isinstance(value, BaseModel) else value
 
 
+class VariantNamespacesHook:
+    """Refuses, before any node runs, a run whose ``finetune.variants`` (after its environment and ``--params``)
+    names a variant that has no ``finetune`` namespace (those come from conf/base + conf/local, see
+    ``evoprune.pipeline_config``)."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        if "params:finetune" not in pipeline.inputs():
+            return
+        from kedro.framework.project import pipelines
+
+        from evoprune.core.finetune_config import FinetuneParams
+
+        variants = FinetuneParams.model_validate(_as_dict(catalog.load("params:finetune"))).variants
+        namespaces = {n.namespace for n in pipelines["finetune"].nodes if n.namespace}
+        missing = [v for v in variants if v not in namespaces]
+        if missing:
+            raise ValueError(
+                f"finetune.variants lists {missing}, which have no finetune namespace (the pipelines have "
+                f"{sorted(namespaces)}): the namespaces are built from finetune.variants in "
+                "conf/base/parameters_finetune.yml merged with conf/local; list the variants there, and narrow "
+                "them per environment or with --params"
+            )
+
+
 class TypedParamsLoggingHook:
     """Logs typed (pydantic) node parameters to MLflow as flat keys (``train_dense.training.epochs``).
 

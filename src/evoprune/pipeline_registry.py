@@ -10,8 +10,8 @@ from kedro.pipeline import Pipeline
 
 from evoprune.pipelines import baselines, build_exits, data_preparation, finetune, mask_search, report, train_dense
 
-# Stages of `prune`, in order. `finetune` holds one namespace per re-init variant
-# (`kedro run --pipeline=finetune --namespaces=rewind` runs one alone).
+# Stages of `prune`, in order. `finetune` holds one namespace per variant of `finetune.variants`
+# (evoprune.pipeline_config; `kedro run --pipeline=finetune --namespaces=rewind` runs one alone).
 PRUNE_STAGES = {
     "data_preparation": data_preparation.create_pipeline,
     "train_dense": train_dense.create_pipeline,

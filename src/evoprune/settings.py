@@ -11,6 +11,6 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {"globals": ["globals*", "globals*/**"]},
 }
 
-from evoprune.hooks import ConfigConsistencyHook, TypedParamsLoggingHook  # noqa: E402
+from evoprune.hooks import ConfigConsistencyHook, TypedParamsLoggingHook, VariantNamespacesHook  # noqa: E402
 
-HOOKS = (ConfigConsistencyHook(), TypedParamsLoggingHook())
+HOOKS = (ConfigConsistencyHook(), VariantNamespacesHook(), TypedParamsLoggingHook())

@@ -1,9 +1,13 @@
 """MLflow plumbing outside the core: metric dicts shaped for kedro-mlflow's MlflowMetricsHistoryDataset
-(the core returns plain dicts), and nested runs per fine-tuned model."""
+(the core returns plain dicts), and the records of nested runs (one per fine-tuned model) that nodes return
+and ``evoprune.datasets.MlflowChildRunsDataset`` logs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from evoprune.core.comparison import MeasuredModel
 
 
 def to_mlflow_metrics(values: Mapping[str, float | int | Sequence[float]]) -> dict[str, object]:
@@ -32,22 +36,24 @@ def metric_series(metrics: Mapping[str, object], name: str) -> list[float]:
     return []
 
 
-def log_child_run(
-    run_name: str, tags: Mapping[str, object], metrics: Mapping[str, float | Sequence[float]]
-) -> str | None:
-    """One nested MLflow run under the active run (the ``kedro run``), tagged so that runs can be filtered
-    and compared side by side in the MLflow UI (e.g. ``tags.variant = 'rewind'``). Sequences are logged
-    as steps 1..n. Returns the run id, or None when no run is active (nodes called outside Kedro)."""
-    import mlflow
+@dataclass(frozen=True)
+class ChildRun:
+    """One nested MLflow run, as a node returns it: logged under the active run (the ``kedro run``) by
+    ``MlflowChildRunsDataset``, tagged so that runs can be filtered and compared side by side in the MLflow
+    UI (e.g. ``tags.variant = 'rewind'``)."""
 
-    if mlflow.active_run() is None:
-        return None
-    with mlflow.start_run(run_name=run_name, nested=True, tags={k: str(v) for k, v in tags.items()}) as run:
-        scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, Sequence)}
-        if scalars:
-            mlflow.log_metrics(scalars)
-        for key, values in metrics.items():
-            if isinstance(values, Sequence):
-                for step, value in enumerate(values, start=1):
-                    mlflow.log_metric(key, float(value), step=step)
-        return run.info.run_id
+    name: str
+    tags: dict[str, str]
+    metrics: dict[str, float]  # logged at step 0
+    series: dict[str, list[float]] = field(default_factory=dict)  # logged as steps 1..n (one per epoch)
+
+
+def measured_child_run(name: str, tags: Mapping[str, object], measured: MeasuredModel) -> ChildRun:
+    """The nested run of a fine-tuned pruned model: ``tags`` plus its FLOPs ratio, the numbers of its report
+    row, and its validation accuracy and training loss per epoch."""
+    return ChildRun(
+        name,
+        {**{k: str(v) for k, v in tags.items()}, "flops_ratio": f"{measured.row['flops_ratio']:.3f}"},
+        {k: float(v) for k, v in measured.scalars.items()},
+        {k: [float(v) for v in measured.history[k]] for k in ("val_accuracy", "train_loss")},
+    )

@@ -37,9 +37,9 @@ def test_candidates_per_budget_are_the_most_accurate_and_not_shared():
     }
     assert chosen["flops_ratio"].is_monotonic_increasing
     assert (chosen["flops_ratio"] <= chosen["budget"]).all()
-    one = choose_members(front, MaskSearchParams(member_budgets=[0.5, 0.25, 0.35]))
-    assert one["member"].tolist() == [2, 4, 5]  # the default: one member per budget, the most accurate
-    spread = choose_members(front, MaskSearchParams(chosen_members=3))
+    one = choose_members(front, MaskSearchParams(member_budgets=[0.5, 0.25, 0.35], candidates_per_budget=1))
+    assert one["member"].tolist() == [2, 4, 5]  # one member per budget, the most accurate
+    spread = choose_members(front, MaskSearchParams(member_budgets=None, chosen_members=3))
     assert spread["budget"].isna().all() and len(spread) == 3
 
 

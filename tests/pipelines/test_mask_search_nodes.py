@@ -6,6 +6,7 @@ from matplotlib.figure import Figure
 from pydantic import ValidationError
 
 from evoprune.core.exits import attach_exits
+from evoprune.core.mask_codec import decode_masks
 from evoprune.core.masking import population_masks, prune_physically
 from evoprune.core.models import build_model
 from evoprune.core.train import as_exit_list
@@ -26,6 +27,7 @@ PARAMS = MaskSearchParams(
     adaptive_bn_images=64,
     random_masks=5,
     chosen_members=3,
+    member_budgets=None,
     checkpoint_dir=None,
     search={"pop_size": 8, "generations": 3, "max_accuracy_drop": 0.9},
     roulette_branch={"branch_size": 4, "max_levels": 2},
@@ -48,7 +50,7 @@ def test_tables_agree_with_the_search(searched):
     assert len(history) == outcome.evaluations and set(history["generation"]) == {1, 2, 3}
     assert len(random) == 5 and summary["evaluations"]["value"] == outcome.evaluations
     assert [p["step"] for p in per_generation["hypervolume"]] == [1, 2, 3]
-    bits = np.array([[c == "1" for c in m] for m in pareto["mask"]])
+    bits = decode_masks(pareto["mask"])
     np.testing.assert_array_equal(
         bits, outcome.result.front_X[np.argsort(outcome.layout.cost(outcome.result.front_X)["flops"], kind="stable")]
     )

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from evoprune.core.data import load_raw_dataset
 from evoprune.core.reinit import VARIANTS
+from evoprune.pipeline_config import finetune_variants
 from evoprune.pipeline_registry import register_pipelines
 from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
@@ -162,6 +163,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
             "params:mask_search": MemoryDataset(
                 MaskSearchParams(
                     validation_subset=50,
+                    member_budgets=None,
                     random_masks=2,
                     checkpoint_dir=None,
                     roulette_branch=None,
@@ -216,10 +218,12 @@ def test_registry_has_every_stage_and_prune_is_default():
     assert {n.name for n in pipelines["prune"].nodes} == {n.name for s in stages for n in pipelines[s].nodes}
 
 
-def test_finetune_has_one_namespace_per_variant():
-    finetune = register_pipelines()["finetune"]
+def test_finetune_has_one_namespace_per_configured_variant():
+    pipelines = register_pipelines()
+    finetune = pipelines["finetune"]
     namespaces = {n.namespace for n in finetune.nodes if n.namespace}
-    assert namespaces == set(VARIANTS)
+    assert namespaces == set(finetune_variants()) == set(VARIANTS)  # conf/base lists all six
+    assert {f"{v}.finetune_results" for v in VARIANTS} <= pipelines["report"].inputs()
     rewind = finetune.only_nodes_with_namespaces(["rewind"])
     assert "rewind.finetune_results" in rewind.outputs()
     assert {"selected_members", "multi_exit_model_init", "params:finetune"} <= rewind.inputs()

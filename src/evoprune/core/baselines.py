@@ -1,8 +1,7 @@
 """Pruning baselines at a FLOPs budget: global L1-norm filter pruning and random pruning.
 
-Unit scores come from torch-pruning's importance criteria (``GroupMagnitudeImportance(p=1)``: the L1
-norm over each pruning group, i.e. the unit's own filter and every coupled slice such as its BatchNorm
-and its consumers' input weights, normalised per group as torch-pruning's global pruner does;
+Unit scores come from a criterion of ``evoprune.core.importance`` (``GroupL1``: torch-pruning's
+``GroupMagnitudeImportance(p=1)``, the L1 norm over each pruning group; ``GroupRandom``:
 ``RandomImportance``). Units are then removed globally, least important first, until the analytic
 FLOPs of the mask fit the budget, never emptying a layer (or pruning more of it than
 ``max_pruning_ratio``). The result is a mask in the same chromosome layout as the searched members, so
@@ -11,42 +10,9 @@ baselines go through the same physical pruning and fine-tuning.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
-import torch
-import torch_pruning as tp
-from torch import nn
 
-from evoprune.core.units import ChromosomeLayout, dependency_graph
-
-Criterion = Literal["l1", "random"]
-CRITERIA: tuple[str, ...] = ("l1", "random")
-
-
-def _importance(criterion: str) -> tp.importance.Importance:
-    if criterion == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1)
-    if criterion == "random":
-        return tp.importance.RandomImportance()
-    raise ValueError(f"unknown baseline criterion '{criterion}'; choose from {list(CRITERIA)}")
-
-
-def unit_scores(
-    model: nn.Module, layout: ChromosomeLayout, input_shape: tuple[int, ...], criterion: str, seed: int
-) -> np.ndarray:
-    """One score per bit of ``layout`` from torch-pruning's ``criterion`` importance (higher = keep)."""
-    importance = _importance(criterion)
-    torch.manual_seed(seed)  # RandomImportance draws from torch's global generator
-    model = model.eval()
-    graph = dependency_graph(model, input_shape)
-    modules = dict(model.named_modules())
-    scores = np.zeros(layout.num_bits)
-    for g in layout.groups:
-        root = modules[g.name]
-        group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, list(range(g.size)))
-        scores[g.offset : g.offset + g.size] = importance(group).detach().float().cpu().numpy()
-    return scores
+from evoprune.core.units import ChromosomeLayout
 
 
 def mask_within_budget(

@@ -1,9 +1,11 @@
 """Custom Kedro datasets, only where kedro-datasets has none: torch models and tensor dicts stored
-without pickle (loaded with ``torch.load(..., weights_only=True)``), and a read-only dataset that
-reads raw image files (IDX, CIFAR python batches) through torchvision."""
+without pickle (loaded with ``torch.load(..., weights_only=True)``), a read-only dataset that reads raw
+image files (IDX, CIFAR python batches) through torchvision, and nested MLflow runs (kedro-mlflow has
+no dataset for them)."""
 
 from evoprune.datasets.exported_models_dataset import ExportedModelsDataset
 from evoprune.datasets.members_dataset import FinetunedMembersDataset, PrunedMembersDataset
+from evoprune.datasets.mlflow_child_runs_dataset import MlflowChildRunsDataset
 from evoprune.datasets.raw_images_dataset import RawImagesDataset
 from evoprune.datasets.tensor_dataset import TensorDictDataset
 from evoprune.datasets.torch_model_dataset import TorchModelDataset
@@ -11,6 +13,7 @@ from evoprune.datasets.torch_model_dataset import TorchModelDataset
 __all__ = [
     "ExportedModelsDataset",
     "FinetunedMembersDataset",
+    "MlflowChildRunsDataset",
     "PrunedMembersDataset",
     "RawImagesDataset",
     "TensorDictDataset",

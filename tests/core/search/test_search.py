@@ -3,14 +3,14 @@ import pytest
 import torch
 from pymoo.core.problem import Problem
 
-from evoprune.core.baselines import mask_within_budget, unit_scores
+from evoprune.core.baselines import mask_within_budget
+from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.models import build_model
 from evoprune.core.search.operators import (
     RouletteMutation,
     RouletteSampling,
     drop_probability,
-    l1_importance,
     rank_within_layers,
 )
 from evoprune.core.search.problem import MaskSearchProblem
@@ -38,7 +38,7 @@ def setup():
     layout = build_layout(model, (1, 28, 28))
     val = _split(150, 1)
     evaluator = SlicedEvaluator(model, layout, CPU)
-    importance = l1_importance(model, layout)
+    importance = own_filter_l1(model, layout)
     rank = rank_within_layers(importance, layout)
     reference = evaluator.accuracy(np.ones((1, layout.num_bits), bool), val)[0]
     problem = MaskSearchProblem(layout, lambda X: evaluator.accuracy(X, val), ["error", "flops_ratio"], reference, 0.5)
@@ -70,7 +70,7 @@ def test_roulette_sampling_starts_dense_and_prunes_small_units_more(setup):
 
 def test_seed_masks_join_the_first_population_and_the_front_is_never_worse_than_them(setup):
     model, layout, _, importance, rank, _, problem, _ = setup
-    scores = unit_scores(model, layout, (1, 28, 28), "l1", 0)
+    scores = GroupL1((1, 28, 28))(model, layout)
     seeds = np.stack([mask_within_budget(layout, scores, b) for b in (0.3, 0.6)])
     problem_ = Problem(n_var=layout.num_bits, xl=0, xu=1, vtype=bool)
     X = RouletteSampling(rank, seeds=seeds).do(problem_, 10, random_state=np.random.default_rng(0)).get("X")

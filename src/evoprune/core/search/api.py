@@ -14,10 +14,11 @@ import torch
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from torch import nn
 
-from evoprune.core.baselines import mask_within_budget, unit_scores
+from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
+from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.masking import SlicedEvaluator
-from evoprune.core.search.operators import l1_importance, rank_within_layers
+from evoprune.core.search.operators import rank_within_layers
 from evoprune.core.search.problem import POLICY_OBJECTIVES, MaskSearchProblem
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, SearchResult, run_search
@@ -119,7 +120,7 @@ def search_pruning_masks(
     def score(X: np.ndarray) -> dict[str, np.ndarray]:
         return evaluator.evaluate(X, validation_split, policy)
 
-    importance = l1_importance(model, layout)
+    importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
     rank = rank_within_layers(importance, layout)
     reference = score(np.ones((1, layout.num_bits), dtype=bool))
     problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop)
@@ -146,7 +147,7 @@ def search_pruning_masks(
     else:
         seeds = None
         if cfg.seed_with_l1:
-            scores = unit_scores(model, layout, input_shape(model), "l1", seed)
+            scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
             budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
             seeds = np.stack([mask_within_budget(layout, scores, b, cfg.max_pruning_ratio) for b in budgets])
         result = run_search(problem, cfg, rank, importance, seed, checkpoint_dir, seeds=seeds)

@@ -1,7 +1,8 @@
 """Roulette-wheel operators (Chan et al. 2024): a unit is dropped with a probability that falls with its
 importance; small units are likely, never certainly, pruned and large ones likely, never certainly, kept.
 
-Importance is each unit's L1 norm ranked within its layer: ``rank`` 0 is the smallest unit, 1 the largest.
+Importance (``evoprune.core.importance``, the unit's own filter L1 norm by default) is ranked within each
+layer: ``rank`` 0 is the least important unit, 1 the most important.
 """
 
 from __future__ import annotations
@@ -10,19 +11,8 @@ import numpy as np
 from pymoo.core.mutation import Mutation
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
-from torch import nn
 
 from evoprune.core.units import ChromosomeLayout
-
-
-def l1_importance(model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
-    """L1 norm of each unit's outgoing weights (its row of the root layer), per bit."""
-    modules = dict(model.named_modules())
-    out = np.zeros(layout.num_bits)
-    for g in layout.groups:
-        weight = modules[g.name].weight.detach().float().cpu()
-        out[g.offset : g.offset + g.size] = weight.abs().reshape(g.size, -1).sum(1).numpy()
-    return out
 
 
 def rank_within_layers(importance: np.ndarray, layout: ChromosomeLayout) -> np.ndarray:

@@ -3,20 +3,16 @@ fine-tuned with the same budget as the members."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from evoprune.core.baselines import Criterion, mask_within_budget, unit_scores
+from evoprune.core.comparison import MeasuredModel, early_exit_policy, prune_to_member_budgets, unpack_members
 from evoprune.core.exits import input_shape
-from evoprune.core.masking import prune_physically
+from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.importance import BaselineCriterion, baseline_criterion
 from evoprune.core.runtime import resolve_device
-from evoprune.core.train import train
-from evoprune.core.units import build_layout
-from evoprune.pipelines.finetune.nodes import FinetuneParams, track_model
-from evoprune.tracking import to_mlflow_metrics
+from evoprune.tracking import ChildRun, measured_child_run, to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
 
@@ -26,7 +22,8 @@ class BaselinesParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    criteria: list[Criterion] = Field(default_factory=lambda: ["l1", "random"])
+    # l1: Torch-Pruning's GroupMagnitudeImportance(p=1) | random: RandomImportance (evoprune.core.importance)
+    criteria: list[BaselineCriterion] = Field(default_factory=lambda: ["l1", "random"])
 
 
 def prune_baselines(
@@ -41,51 +38,26 @@ def prune_baselines(
     max_pruning_ratio: float,
     seed: int,
     device: str,
-) -> tuple[pd.DataFrame, dict[str, object]]:
+) -> tuple[pd.DataFrame, dict[str, object], list[ChildRun]]:
     """For each criterion and each selected member's FLOPs ratio: prune the trained network to that budget,
     fine-tune it exactly like the members (``finetune.training``) and measure it. No layer loses more
     than ``max_pruning_ratio`` of its units, the limit the search obeyed.
 
-    Returns: one row per (criterion, budget) and MLflow metrics (``<criterion>.member<id>.<metric>``);
-    each row also gets a nested MLflow run tagged with stage, criterion and member.
+    Returns: one row per (criterion, budget), MLflow metrics (``<criterion>.member<id>.<metric>``) and one
+    nested MLflow run per row (tags stage, criterion, member, flops_budget).
     """
-    trained: nn.Module = selected_members["model"]
-    dev = resolve_device(device)
-    shape = input_shape(trained)
-    layout = build_layout(trained, shape)
-    members = [int(i) for i in selected_members["member_ids"]]
-    budgets = layout.cost(np.asarray(selected_members["masks"], dtype=bool))["flops"] / layout.dense_flops
-    rows, metrics = [], {}
-    for criterion in params.criteria:
-        scores = unit_scores(trained, layout, shape, criterion, seed)
-        for member, budget in zip(members, budgets, strict=True):
-            mask = mask_within_budget(layout, scores, float(budget), max_pruning_ratio)
-            model = prune_physically(trained, layout, mask, shape)
-            history = train(
-                model,
-                train_split,
-                validation_split,
-                finetune.training,
-                dev,
-                seed,
-                f"baseline[{criterion}] budget of member {member}",
-                finetune.loss_weights,
-            )
-            row, scalars = track_model(
-                model,
-                history,
-                trained,
-                mask,
-                layout,
-                test_split,
-                early_exit_operating_point,
-                finetune.measurement,
-                dense_measurements,
-                dev,
-                {"criterion": criterion, "member": int(member), "flops_budget": float(budget)},
-                f"baselines/{criterion}/member{member}",
-                {"stage": "baselines", "criterion": criterion, "member": int(member), "flops_budget": f"{budget:.3f}"},
-            )
-            rows.append(row)
-            metrics.update({f"{criterion}.member{member}.{k}": v for k, v in scalars.items()})
-    return pd.DataFrame(rows), to_mlflow_metrics(metrics)
+    trained, masks, ids = unpack_members(selected_members)
+    criteria = {name: baseline_criterion(name, input_shape(trained), seed) for name in params.criteria}
+    splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
+    dense, dev = dense_measurements, resolve_device(device)
+    measured = prune_to_member_budgets(
+        trained, masks, ids, criteria, splits, policy, dense, finetune, max_pruning_ratio, seed, dev
+    )
+    metrics = {f"{m.labels['criterion']}.member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()}
+    return pd.DataFrame([m.row for m in measured]), to_mlflow_metrics(metrics), [_run(m) for m in measured]
+
+
+def _run(measured: MeasuredModel) -> ChildRun:
+    labels = measured.labels
+    tags = {"stage": "baselines", **labels, "flops_budget": f"{labels['flops_budget']:.3f}"}
+    return measured_child_run(f"baselines/{labels['criterion']}/member{measured.member}", tags, measured)

@@ -23,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:seed",
                     "params:device",
                 ],
-                ["baseline_results", "baseline_metrics"],
+                ["baseline_results", "baseline_metrics", "baseline_runs"],
                 name="prune_baselines",
             )
         ]

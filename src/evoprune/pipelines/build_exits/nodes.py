@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 from torch import nn
 
 from evoprune.core import plots
-from evoprune.core.early_exit import choose_operating_point, early_exit_latency, exit_costs, sweep_thresholds
+from evoprune.core.early_exit import early_exit_latency
+from evoprune.core.exit_summary import summarise_exits
 from evoprune.core.exits import Criterion, ExitHeadSpec, MultiExitNet, attach_exits
 from evoprune.core.runtime import resolve_device
-from evoprune.core.train import TrainConfig, predict_exit_logits, train
+from evoprune.core.train import TrainConfig, train
 from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
@@ -90,67 +91,15 @@ def train_exit_heads(
 def evaluate_exits(
     model: MultiExitNet, validation_split: Split, test_split: Split, params: BuildExitsParams, device: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float], dict[str, object]]:
-    """Per-exit accuracy and cost, the threshold sweep and the operating point.
+    """Per-exit accuracy and cost, the threshold sweep and the operating point (``evoprune.core.exit_summary``).
 
     Returns:
         exit_summary (one row per exit), early_exit_table (one row per threshold),
         operating_point (threshold and its figures) and MLflow metrics.
     """
-    dev = resolve_device(device)
-    costs = exit_costs(model)
-    policy_flops = [c["flops_policy"] for c in costs]
-    logits = {
-        name: predict_exit_logits(model, s["images"], dev)
-        for name, s in (("val", validation_split), ("test", test_split))
-    }
-    labels = {"val": validation_split["labels"], "test": test_split["labels"]}
-    acc = {n: (logits[n].argmax(-1).cpu() == labels[n]).double().mean(1).tolist() for n in logits}
-    summary = pd.DataFrame(
-        [
-            {
-                "exit": e + 1,
-                "after": model.exit_points[e],
-                "val_accuracy": acc["val"][e],
-                "test_accuracy": acc["test"][e],
-                **costs[e],
-            }
-            for e in range(model.num_exits)
-        ]
-    )
-    sweep = {
-        n: sweep_thresholds(logits[n], labels[n], params.thresholds, params.criterion, policy_flops) for n in logits
-    }
-    table = pd.DataFrame(
-        [
-            {
-                "threshold": v["threshold"],
-                "val_accuracy": v["accuracy"],
-                "test_accuracy": t["accuracy"],
-                "val_expected_flops": v["expected_flops"],
-                "test_expected_flops": t["expected_flops"],
-                "test_flops_saving": 1.0 - t["expected_flops"] / costs[-1]["flops"],
-                **{k.replace("share", "test_share"): t[k] for k in t if k.startswith("share")},
-            }
-            for v, t in zip(sweep["val"], sweep["test"], strict=True)
-        ]
-    )
-    chosen = choose_operating_point(sweep["val"], acc["val"][-1], params.max_accuracy_drop)
-    row = table.loc[table["threshold"] == chosen["threshold"]].iloc[0]
-    operating = {
-        "threshold": float(row["threshold"]),
-        "test_accuracy": float(row["test_accuracy"]),
-        "test_expected_flops": float(row["test_expected_flops"]),
-        "test_flops_saving": float(row["test_flops_saving"]),
-        "test_accuracy_drop": acc["test"][-1] - float(row["test_accuracy"]),
-        "criterion": params.criterion,
-    }
-    metrics = {
-        f"exit{e + 1}.{k}": summary.iloc[e][k]
-        for e in range(model.num_exits)
-        for k in ("val_accuracy", "test_accuracy", "flops", "flops_policy", "params")
-    }
-    metrics.update({f"operating.{k}": v for k, v in operating.items() if k != "criterion"})
-    return summary, table, operating, to_mlflow_metrics(metrics)
+    thresholds, criterion, max_drop = params.thresholds, params.criterion, params.max_accuracy_drop
+    ev = summarise_exits(model, validation_split, test_split, thresholds, criterion, max_drop, resolve_device(device))
+    return ev.summary, ev.table, ev.operating_point, to_mlflow_metrics(ev.metrics)
 
 
 def measure_latency(
@@ -177,8 +126,11 @@ def measure_latency(
 
 
 def plot_exit_accuracy(exit_summary: pd.DataFrame) -> Figure:
-    """Per-exit test accuracy vs FLOPs to reach the exit."""
-    labels = [f"exit {e} (after {s})" for e, s in zip(exit_summary["exit"], exit_summary["after"], strict=True)]
+    """Per-exit test accuracy vs FLOPs to reach the exit.
+
+    Returns: the figure (one point per exit, labelled with where the exit hangs).
+    """
+    labels = [f"exit {e} (after {a})" for e, a in zip(exit_summary["exit"], exit_summary["after"], strict=True)]
     return plots.exit_accuracy_vs_flops(
         exit_summary["flops"].tolist(), exit_summary["test_accuracy"].tolist(), labels, "build_exits: per-exit accuracy"
     )

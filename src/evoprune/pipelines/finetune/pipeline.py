@@ -3,13 +3,15 @@
 ``kedro run --pipeline=finetune`` measures the dense reference, selects one member per FLOPs budget
 (``select_members``: candidates fine-tuned, best on validation data kept) and runs every variant on them;
 ``kedro run --pipeline=finetune --namespaces=rewind`` runs one variant alone from saved artifacts.
+The namespaces are the variants of ``finetune.variants`` (conf/base + conf/local, see ``evoprune.pipeline_config``).
 """
 
+from collections.abc import Sequence
 from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from evoprune.core.reinit import VARIANTS
+from evoprune.pipeline_config import finetune_variants
 from evoprune.pipelines.finetune.nodes import export_members, finetune_variant, measure_dense, select_members
 
 # Inputs and parameters shared by every variant (not namespaced), in the order finetune_variant takes them.
@@ -33,7 +35,7 @@ def variant_pipeline(variant: str) -> Pipeline:
             Node(
                 run_variant,
                 [*SHARED_INPUTS, *SHARED_PARAMETERS],
-                ["finetune_results", "finetuned_members", "finetune_metrics"],
+                ["finetune_results", "finetuned_members", "finetune_metrics", "finetune_runs"],
                 name="finetune_members",
             ),
             Node(export_members, "finetuned_members", "exported_members", name="export_members"),
@@ -47,7 +49,12 @@ def variant_pipeline(variant: str) -> Pipeline:
     )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(variants: Sequence[str] | None = None, **kwargs) -> Pipeline:
+    """The reference measurement, the member selection and one namespace per variant.
+
+    Args:
+        variants: the namespaces; default ``finetune.variants`` of the project's conf/base + conf/local.
+    """
     reference = Pipeline(
         [
             Node(
@@ -73,4 +80,5 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
-    return sum((variant_pipeline(v) for v in VARIANTS), reference)
+    variants = finetune_variants() if variants is None else variants
+    return sum((variant_pipeline(v) for v in variants), reference)

@@ -14,6 +14,7 @@ from torch import nn
 
 from evoprune.core import plots
 from evoprune.core.exits import final_exit_key
+from evoprune.core.mask_codec import decode_masks, encode_masks
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
 from evoprune.core.search.roulette_branch import RouletteBranchConfig
@@ -25,22 +26,30 @@ logger = logging.getLogger(__name__)
 
 
 class MaskSearchParams(BaseModel):
-    """conf/base/parameters_mask_search.yml"""
+    """conf/base/parameters_mask_search.yml (the defaults are conf/base's; ``tests/test_params_defaults.py``)"""
 
     model_config = ConfigDict(extra="forbid")
 
     validation_subset: PositiveInt = 2000  # validation images scoring each candidate
     adaptive_bn_images: NonNegativeInt = 1024  # training images re-estimating BatchNorm per candidate; 0 = off
-    search: SearchConfig = Field(default_factory=SearchConfig)
+    # conf/base's search (SearchConfig's own defaults serve library use of the core)
+    search: SearchConfig = Field(
+        default_factory=lambda: SearchConfig(
+            pop_size=48, generations=60, max_accuracy_drop=0.75, max_pruning_ratio=0.7, seed_with_l1=8
+        )
+    )
     roulette_branch: RouletteBranchConfig | None = Field(default_factory=RouletteBranchConfig)  # null: skip
     random_masks: NonNegativeInt = 60  # random masks evaluated for contrast in the plot
-    chosen_members: PositiveInt = 3  # members for fine-tuning, spread evenly along the FLOPs axis
-    # or, when set: per FLOPs budget (ratio), the front member within it with the best final-exit accuracy
-    member_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = None
+    chosen_members: PositiveInt = 3  # without member_budgets: members spread evenly along the FLOPs axis
+    # per FLOPs budget (ratio), the front member within it with the best final-exit accuracy (null: spread)
+    member_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(
+        default_factory=lambda: [0.5, 0.35, 0.25]
+    )
     # with member_budgets: the best `candidates_per_budget` members per budget (by final-exit accuracy before
     # fine-tuning); finetune's select_members fine-tunes them and keeps the best on validation data per budget
-    candidates_per_budget: PositiveInt = 1
-    checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"  # null: no checkpoints
+    candidates_per_budget: PositiveInt = 3
+    # conf/base writes it under ${globals:outputs} (data); null: no checkpoints
+    checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"
     checkpoints_kept: PositiveInt = 3  # searches whose checkpoints stay (newest first, this one included)
 
 
@@ -81,7 +90,7 @@ def _rows(outcome: SearchOutcome, X: np.ndarray, accuracy: np.ndarray) -> pd.Dat
     for g in outcome.layout.groups:
         table[f"kept.{g.name}"] = X[:, g.offset : g.offset + g.size].sum(1)
     table["units_kept"] = X.sum(1)
-    table["mask"] = ["".join("1" if b else "0" for b in row) for row in X]
+    table["mask"] = encode_masks(X)
     return table
 
 
@@ -132,8 +141,11 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
 
 
 def export_members(multi_exit_model: nn.Module, chosen_members: pd.DataFrame) -> dict[str, object]:
-    """The chosen members as one portable file (spec + weights + masks)."""
-    masks = np.array([[c == "1" for c in m] for m in chosen_members["mask"]], dtype=bool)
+    """The chosen members as one portable file (spec + weights + masks).
+
+    Returns: ``{"model": the multi-exit network, "masks": (K, num_bits) bool, "member_ids": K ids}``.
+    """
+    masks = decode_masks(chosen_members["mask"])
     return {"model": multi_exit_model, "masks": masks, "member_ids": chosen_members["member"].tolist()}
 
 

@@ -7,9 +7,8 @@ from matplotlib.figure import Figure
 
 from evoprune.core import plots
 from evoprune.core.exits import final_exit_key
+from evoprune.core.report_table import comparison_table, summary_metrics
 from evoprune.tracking import to_mlflow_metrics
-
-LEADING = ["kind", "method", "member", "flops_ratio", "params_ratio", "test_accuracy", "accuracy_drop_pt"]
 
 
 def build_report(
@@ -18,43 +17,14 @@ def build_report(
     chosen_members: pd.DataFrame,
     *variant_results: pd.DataFrame,
 ) -> tuple[pd.DataFrame, dict[str, object]]:
-    """The comparison table (one row per model) and summary metrics.
+    """The comparison table and its summary (``evoprune.core.report_table``).
 
-    Summary metrics per member: the best variant's accuracy drop and its margin over each baseline
-    (points, positive = the member is better); per variant: its mean drop over members; and the best
-    drop among members keeping at most 25% of the FLOPs.
+    Returns: one row per model (dense, every member x variant, baselines) and summary metrics: per member,
+    the best variant's accuracy drop and its margin over each baseline (points, positive = the member is
+    better); per variant, its mean drop over members; the best drop among members within 25% of the FLOPs.
     """
-    dense = {"kind": "dense", "method": "dense", "member": -1, **dense_measurements}
-    dense.update(
-        flops_ratio=1.0,
-        params_ratio=1.0,
-        accuracy_drop_pt=0.0,
-        test_accuracy=dense_measurements[final_exit_key(dense_measurements, ".test_accuracy")],
-    )
-    members = [t.rename(columns={"variant": "method"}).assign(kind="member") for t in variant_results if len(t)]
-    baselines = baseline_results.rename(columns={"criterion": "method"}).assign(kind="baseline")
-    table = pd.concat([pd.DataFrame([dense]), *members, baselines], ignore_index=True)
-    before = chosen_members.set_index("member")
-    final_before = final_exit_key(before.columns, "_accuracy")
-    table["val_accuracy_before_finetune"] = table["member"].map(before[final_before])
-    table = table[LEADING + [c for c in table.columns if c not in LEADING]]
-
-    summary: dict[str, float] = {}
-    tuned = table[table["kind"] == "member"]
-    for member, rows in tuned.groupby("member"):
-        best = rows.loc[rows["accuracy_drop_pt"].idxmin()]
-        summary[f"member{member}.flops_ratio"] = best["flops_ratio"]
-        summary[f"member{member}.best_drop_pt"] = best["accuracy_drop_pt"]
-        for criterion, b in table[(table["kind"] == "baseline") & (table["member"] == member)].groupby("method"):
-            summary[f"member{member}.margin_over_{criterion}_pt"] = float(
-                b["accuracy_drop_pt"].iloc[0] - best["accuracy_drop_pt"]
-            )
-    for variant, rows in tuned.groupby("method"):
-        summary[f"variant.{variant}.mean_drop_pt"] = rows["accuracy_drop_pt"].mean()
-    small = tuned[tuned["flops_ratio"] <= 0.25]
-    if len(small):
-        summary["best_drop_pt_within_25pct_flops"] = small["accuracy_drop_pt"].min()
-    return table, to_mlflow_metrics(summary)
+    table = comparison_table(dense_measurements, baseline_results, chosen_members, variant_results)
+    return table, to_mlflow_metrics(summary_metrics(table))
 
 
 def plot_accuracy_vs_flops(report_table: pd.DataFrame, pareto_set: pd.DataFrame) -> Figure:

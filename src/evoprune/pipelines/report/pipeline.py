@@ -1,22 +1,28 @@
 """report: every variant's results + baselines + dense reference -> table, summary metrics, plots."""
 
 import warnings
+from collections.abc import Sequence
 
 from kedro.pipeline import Node, Pipeline
 
-from evoprune.core.reinit import VARIANTS
+from evoprune.pipeline_config import finetune_variants
 from evoprune.pipelines.report.nodes import build_report, plot_accuracy_vs_flops, plot_variant_comparison
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(variants: Sequence[str] | None = None, **kwargs) -> Pipeline:
+    """Table, summary and plots over the results of every finetune namespace.
+
+    Args:
+        variants: the finetune namespaces read; default ``finetune.variants`` (see ``evoprune.pipeline_config``).
+    """
     with warnings.catch_warnings():
         # `<variant>.finetune_results` are names Kedro's namespacing gave the finetune outputs; reading
         # them from outside the namespace is intended, so Kedro's advice against dotted names does not apply.
         warnings.filterwarnings("ignore", message="One or more dataset names contain")
-        return _report()
+        return _report(finetune_variants() if variants is None else variants)
 
 
-def _report() -> Pipeline:
+def _report(variants: Sequence[str]) -> Pipeline:
     return Pipeline(
         [
             Node(
@@ -25,7 +31,7 @@ def _report() -> Pipeline:
                     "dense_measurements",
                     "baseline_results",
                     "chosen_members",
-                    *(f"{v}.finetune_results" for v in VARIANTS),
+                    *(f"{v}.finetune_results" for v in variants),
                 ],
                 ["report_table", "report_metrics"],
                 name="build_report",

@@ -1,0 +1,231 @@
+"""Pruned networks fine-tuned under one budget and measured against the dense one: the re-init variants of
+the chosen members and the baselines at the members' FLOPs, each one row of the comparison.
+
+A row holds what the model is (``labels``: variant or criterion, member, ...), its measurements (per-exit
+and early-exit test accuracy, FLOPs, params, latency timed alternately with the dense model) and the ratios
+against the dense model. The training history comes along for the tracking of each model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from evoprune.core.baselines import mask_within_budget
+from evoprune.core.exits import final_exit_key, input_shape
+from evoprune.core.finetune import finetune_member, measure
+from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
+from evoprune.core.importance import UnitImportance
+from evoprune.core.masking import prune_physically
+from evoprune.core.train import train
+from evoprune.core.units import ChromosomeLayout, build_layout
+
+Split = dict[str, torch.Tensor]
+
+
+@dataclass
+class MeasuredModel:
+    """One fine-tuned pruned model and its measurements."""
+
+    labels: dict[str, object]  # what it is, e.g. {"variant": "rewind", "member": 3}; the row's first keys
+    row: dict[str, object]  # labels, measurements, ratios against the dense model, train_seconds
+    history: dict[str, object]  # the fine-tuning's history (val_accuracy, train_loss per epoch, ...)
+    model: nn.Module  # pruned and fine-tuned
+
+    @property
+    def member(self) -> int:
+        return int(self.labels["member"])
+
+    @property
+    def scalars(self) -> dict[str, float]:
+        """The row's numbers except the member id (labels such as ``flops_budget`` included)."""
+        return {k: v for k, v in self.row.items() if isinstance(v, (int, float)) and k != "member"}
+
+
+def unpack_members(members: Mapping[str, object]) -> tuple[nn.Module, np.ndarray, list[int]]:
+    """``{"model", "masks", "member_ids"}`` (mask_search's ``pareto_members``, ``PrunedMembersDataset``) ->
+    the unpruned model, the (K, num_bits) bool masks and the K member ids."""
+    masks = np.asarray(members["masks"], dtype=bool)
+    return members["model"], masks, [int(i) for i in members["member_ids"]]
+
+
+def early_exit_policy(operating_point: Mapping[str, object]) -> tuple[float, str]:
+    """build_exits' operating point as the ``(threshold, criterion)`` policy ``measure`` takes."""
+    return float(operating_point["threshold"]), str(operating_point["criterion"])
+
+
+def member_row(
+    metrics: dict[str, float], dense: dict[str, float], mask: np.ndarray, layout: ChromosomeLayout
+) -> dict[str, float]:
+    """Measurements of a pruned model plus ratios against the dense model (the speed-ups come from
+    ``measure(..., reference=dense model)``, measured, not derived from FLOPs)."""
+    row = dict(metrics)
+    row["flops_ratio"] = metrics["flops"] / dense["flops"]
+    row["params_ratio"] = metrics["params"] / dense["params"]
+    row["units_kept"] = int(mask.sum())
+    row["units_ratio"] = float(mask.mean())
+    for g in layout.groups:
+        row[f"kept.{g.name}"] = int(mask[g.offset : g.offset + g.size].sum())
+    final = final_exit_key(metrics, ".test_accuracy")
+    row["test_accuracy"] = metrics[final]
+    row["accuracy_drop_pt"] = 100.0 * (dense[final] - metrics[final])
+    for key in [k for k in metrics if k.startswith("speedup_batch")]:  # dense timed alternately with the member
+        # 1.0 = the wall time falls exactly as the FLOPs do
+        row[key.replace("speedup", "speedup_per_flops_reduction")] = metrics[key] * row["flops_ratio"]
+    return row
+
+
+def measure_against_dense(
+    model: nn.Module,
+    history: dict[str, object],
+    trained: nn.Module,
+    mask: np.ndarray,
+    layout: ChromosomeLayout,
+    test_split: Split,
+    policy: tuple[float, str],
+    measurement: MeasurementParams,
+    dense_measurements: dict[str, float],
+    device: torch.device,
+    labels: dict[str, object],
+) -> MeasuredModel:
+    """Measure a fine-tuned pruned ``model`` against the dense ``trained`` one (timed alternately)."""
+    measured = measure(
+        model.eval(),
+        test_split,
+        policy,
+        device,
+        tuple(measurement.latency_batch_sizes),
+        measurement.latency_repeats,
+        memory_format=measurement.memory_format,
+        reference=trained,
+    )
+    row = {
+        **labels,
+        **member_row(measured, dense_measurements, mask, layout),
+        "train_seconds": history["train_seconds"],
+    }
+    return MeasuredModel(dict(labels), row, history, model)
+
+
+def finetune_with_variant(
+    trained: nn.Module,
+    initial: nn.Module,
+    masks: np.ndarray,
+    member_ids: Sequence[int],
+    variant: str,
+    splits: tuple[Split, Split, Split],
+    policy: tuple[float, str],
+    dense_measurements: dict[str, float],
+    params: FinetuneParams,
+    seed: int,
+    device: torch.device,
+) -> list[MeasuredModel]:
+    """Every member (``masks[k]`` of ``trained``) with the weights of ``variant`` (``initial`` = θ0),
+    physically pruned, fine-tuned as ``params.training`` says and measured on the test split.
+
+    Args:
+        splits: train, validation and test split.
+        policy: the early-exit policy measured on each member, see ``early_exit_policy``.
+    """
+    if not len(member_ids):
+        return []
+    train_split, validation_split, test_split = splits
+    layout = build_layout(trained, input_shape(trained))
+    out = []
+    for member, mask in zip(member_ids, masks, strict=True):
+        model, history = finetune_member(
+            trained,
+            initial,
+            layout,
+            mask,
+            variant,
+            train_split,
+            validation_split,
+            params.training,
+            device,
+            seed,
+            params.loss_weights,
+            f"finetune[{variant}] member {member}",
+        )
+        labels = {"variant": variant, "member": member}
+        out.append(
+            measure_against_dense(
+                model,
+                history,
+                trained,
+                mask,
+                layout,
+                test_split,
+                policy,
+                params.measurement,
+                dense_measurements,
+                device,
+                labels,
+            )
+        )
+    return out
+
+
+def prune_to_member_budgets(
+    trained: nn.Module,
+    masks: np.ndarray,
+    member_ids: Sequence[int],
+    criteria: Mapping[str, UnitImportance],
+    splits: tuple[Split, Split, Split],
+    policy: tuple[float, str],
+    dense_measurements: dict[str, float],
+    params: FinetuneParams,
+    max_pruning_ratio: float,
+    seed: int,
+    device: torch.device,
+) -> list[MeasuredModel]:
+    """For each criterion and each member's FLOPs ratio: the trained network pruned globally by that
+    criterion to the member's FLOPs (``mask_within_budget``; no layer loses more than
+    ``max_pruning_ratio`` of its units, the limit the search obeyed), fine-tuned exactly like the members
+    (``params.training``) and measured.
+
+    Args:
+        criteria: name -> importance criterion (``evoprune.core.importance``), e.g. ``{"l1": GroupL1(...)}``.
+        splits: train, validation and test split.
+    """
+    train_split, validation_split, test_split = splits
+    shape = input_shape(trained)
+    layout = build_layout(trained, shape)
+    budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
+    out = []
+    for name, criterion in criteria.items():
+        scores = criterion(trained, layout)
+        for member, budget in zip(member_ids, budgets, strict=True):
+            mask = mask_within_budget(layout, scores, float(budget), max_pruning_ratio)
+            model = prune_physically(trained, layout, mask, shape)
+            history = train(
+                model,
+                train_split,
+                validation_split,
+                params.training,
+                device,
+                seed,
+                f"baseline[{name}] budget of member {member}",
+                params.loss_weights,
+            )
+            labels = {"criterion": name, "member": int(member), "flops_budget": float(budget)}
+            out.append(
+                measure_against_dense(
+                    model,
+                    history,
+                    trained,
+                    mask,
+                    layout,
+                    test_split,
+                    policy,
+                    params.measurement,
+                    dense_measurements,
+                    device,
+                    labels,
+                )
+            )
+    return out

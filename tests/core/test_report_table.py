@@ -1,0 +1,48 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from evoprune.core.report_table import LEADING, comparison_table, summary_metrics
+
+DENSE = {"exit1.test_accuracy": 0.80, "exit2.test_accuracy": 0.90, "flops": 100.0, "params": 10.0}
+
+
+def _variant(name: str, drops: dict[int, float]) -> pd.DataFrame:
+    flops = {1: 0.5, 2: 0.2}
+    return pd.DataFrame(
+        [
+            {"variant": name, "member": m, "flops_ratio": flops[m], "params_ratio": 0.5, "test_accuracy": 0.9 - d / 100}
+            | {"accuracy_drop_pt": d}
+            for m, d in drops.items()
+        ]
+    )
+
+
+@pytest.fixture
+def table():
+    baselines = pd.DataFrame(
+        {"criterion": ["l1", "l1"], "member": [1, 2], "flops_budget": [0.5, 0.2], "accuracy_drop_pt": [2.0, 5.0]}
+    ).assign(flops_ratio=[0.5, 0.2], params_ratio=0.5, test_accuracy=0.85)
+    chosen = pd.DataFrame({"member": [1, 2], "exit1_accuracy": [0.7, 0.6], "exit2_accuracy": [0.88, 0.80]})
+    variants = [_variant("keep", {1: 1.0, 2: 4.0}), _variant("rewind", {1: 1.5, 2: 3.0}), _variant("sign", {})[:0]]
+    return comparison_table(DENSE, baselines, chosen, variants)
+
+
+def test_one_row_per_model_with_the_dense_reference_first(table):
+    assert list(table.columns[: len(LEADING)]) == LEADING
+    assert table["kind"].tolist() == ["dense"] + ["member"] * 4 + ["baseline"] * 2
+    assert table["method"].tolist() == ["dense", "keep", "keep", "rewind", "rewind", "l1", "l1"]
+    dense = table.iloc[0]
+    assert (dense["test_accuracy"], dense["flops_ratio"], dense["accuracy_drop_pt"]) == (0.90, 1.0, 0.0)
+    before = table.set_index(["method", "member"])["val_accuracy_before_finetune"]
+    assert before[("keep", 2)] == 0.80 and before[("l1", 1)] == 0.88 and np.isnan(before[("dense", -1)])
+
+
+def test_summary_compares_the_best_variant_with_each_baseline(table):
+    summary = summary_metrics(table)
+    assert summary["member1.best_drop_pt"] == 1.0 and summary["member2.best_drop_pt"] == 3.0
+    assert summary["member1.margin_over_l1_pt"] == pytest.approx(1.0)  # l1 lost 2.0, keep 1.0
+    assert summary["member2.margin_over_l1_pt"] == pytest.approx(2.0)  # l1 lost 5.0, rewind 3.0
+    assert summary["variant.keep.mean_drop_pt"] == pytest.approx(2.5)
+    assert summary["best_drop_pt_within_25pct_flops"] == 3.0  # member 2 keeps 20% of the FLOPs
+    assert not [k for k in summary if "sign" in k]  # a skipped variant adds nothing
