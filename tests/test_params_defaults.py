@@ -77,13 +77,7 @@ def test_every_parameters_section_has_a_class(base_parameters):
     [
         "data_preparation",
         "train_dense",
-        pytest.param(
-            "build_exits",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BuildExitsParams (training, thresholds) is being rewritten on main; align it after the merge",
-            ),
-        ),
+        "build_exits",
         "mask_search",
         "finetune",
         "baselines",

@@ -39,9 +39,16 @@ class BuildExitsParams(BaseModel):
     head: ExitHeadSpec = Field(default_factory=ExitHeadSpec)
     mode: Literal["heads_only", "joint"] = "heads_only"
     loss_weights: list[PositiveFloat] | None = None  # one per exit, final exit last; default 1 each
-    training: TrainConfig = Field(default_factory=TrainConfig)
+    training: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(
+            epochs=8, optimizer="adamw", learning_rate=3e-3, weight_decay=1e-4, schedule="onecycle"
+        )
+    )
     criterion: Criterion = "max_softmax"
-    thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.9, 0.95, 0.99, 1.0], min_length=1)
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0],
+        min_length=1,
+    )
     max_accuracy_drop: float = Field(0.005, ge=0.0, lt=1.0)  # operating point: within this of the final exit
     latency: LatencyParams = Field(default_factory=LatencyParams)
 
