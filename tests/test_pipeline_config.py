@@ -43,3 +43,17 @@ def test_one_namespace_per_variant_and_report_reads_each(variants):
     assert {f"{v}.finetune_runs" for v in variants} <= pipeline.outputs()
     reads = {i for i in report.create_pipeline(variants=variants).inputs() if i.endswith(".finetune_results")}
     assert reads == {f"{v}.finetune_results" for v in variants}
+
+
+def test_reading_the_variants_leaves_the_runs_globals_alone(project):
+    """Registering the pipelines must not re-point ${globals:outputs} of the run's own environment."""
+    from kedro.config import OmegaConfigLoader
+
+    from evoprune import settings
+
+    (project / "conf" / "mine").mkdir()
+    (project / "conf" / "mine" / "globals.yml").write_text("outputs: data/mine\n")
+    loader = OmegaConfigLoader(str(project / "conf"), env="mine", **settings.CONFIG_LOADER_ARGS)
+    finetune_variants(project)  # what registering the pipelines does, after the session's loader exists
+    filepath = loader["catalog"]["dense_model"]["dataset"]["filepath"]
+    assert filepath == "data/mine/06_models/dense_model.pt"

@@ -4,8 +4,9 @@
 ``<variant>.finetune_results`` and friends in the catalog) and which results ``report`` reads.
 
 Kedro registers pipelines before it knows a run's environment or ``--params`` (kedro-org/kedro#3093), so the
-list is read with the project's config loader from ``conf/base`` merged with ``conf/local``: what a plain
-``kedro run`` uses. A run's own parameters (``--env=vgg``, ``--params``) may list fewer variants: the nodes of
+list is read from the YAML of ``conf/base`` merged with ``conf/local``: what a plain ``kedro run`` uses. Not
+with an ``OmegaConfigLoader``: creating one re-registers the ``globals`` resolver for the whole process, and
+the run's catalog would then resolve ``${globals:outputs}`` to conf/base's folder instead of its environment's. A run's own parameters (``--env=vgg``, ``--params``) may list fewer variants: the nodes of
 the others are skipped. A variant that only they list has no namespace: ``VariantNamespacesHook`` refuses
 such a run before any node runs.
 """
@@ -14,10 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kedro.config import OmegaConfigLoader
+import yaml
 from kedro.utils import find_kedro_project
 
-from evoprune import settings
 from evoprune.core.finetune_config import FinetuneParams
 
 
@@ -30,5 +30,8 @@ def finetune_variants(project_path: str | Path | None = None) -> list[str]:
             f"no Kedro project holds {Path.cwd()}: the finetune namespaces are built from finetune.variants in "
             "the project's conf/; run Kedro (or register the pipelines) from inside the project"
         )
-    loader = OmegaConfigLoader(str(Path(project) / "conf"), **settings.CONFIG_LOADER_ARGS)
-    return list(FinetuneParams.model_validate(loader["parameters"].get("finetune", {})).variants)
+    finetune: dict = {}
+    for env in ("base", "local"):  # conf/local overrides conf/base key by key (the project's soft merge)
+        for path in sorted((Path(project) / "conf" / env).glob("parameters*.yml")):
+            finetune.update((yaml.safe_load(path.read_text()) or {}).get("finetune") or {})
+    return list(FinetuneParams.model_validate(finetune).variants)
