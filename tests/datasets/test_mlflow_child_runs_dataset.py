@@ -52,3 +52,4 @@ def test_nothing_is_logged_without_an_active_run(tracking):
 def test_the_dataset_is_write_only():
     with pytest.raises(DatasetError, match="write-only.*mlflow.search_runs"):
         MlflowChildRunsDataset().load()
+    assert not MlflowChildRunsDataset().exists()

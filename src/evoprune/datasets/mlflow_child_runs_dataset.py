@@ -38,5 +38,8 @@ class MlflowChildRunsDataset(AbstractDataset[list[ChildRun], list[ChildRun]]):
             "mlflow.search_runs(filter_string=\"tags.stage = 'finetune'\") or in the MLflow UI"
         )
 
+    def _exists(self) -> bool:
+        return False  # runs are appended, never found again: the node always runs
+
     def _describe(self) -> dict[str, Any]:
         return {}
