@@ -81,6 +81,36 @@ def test_corrupt_staged_copy_is_restaged(tmp_path):
     assert parse_idx_header((raw / IDX_FILES[0]).read_bytes(), "x") == (30, 28, 28)
 
 
+def test_staged_copies_follow_their_source(tmp_path):
+    """A staged file is kept while its source is unchanged, and staged again when the source folder or
+    the source file changes (a valid but stale copy is never trusted)."""
+    first = write_fake_dataset(tmp_path / "first", n_train=30, n_test=10)
+    root = tmp_path / "root"
+    data = load_raw_dataset(root, "fashion_mnist", first)
+    staged = root / "FashionMNIST" / "raw" / IDX_FILES[0]
+    stamp = staged.stat().st_mtime_ns
+    load_raw_dataset(root, "fashion_mnist", first)
+    assert staged.stat().st_mtime_ns == stamp  # unchanged source: the staged copy is kept
+
+    second = write_fake_dataset(tmp_path / "second", n_train=40, n_test=10)  # another source folder
+    assert load_raw_dataset(root, "fashion_mnist", second)["train_images"].shape[0] == 40
+
+    x, y = make_images(40, seed=7)  # the same source file rewritten in place
+    write_idx(second / IDX_FILES[0], x, compress=True)
+    write_idx(second / IDX_FILES[1], y, compress=True)
+    reread = load_raw_dataset(root, "fashion_mnist", second)
+    assert torch.equal(reread["train_images"], torch.from_numpy(x))
+    assert not torch.equal(reread["train_images"][:30], data["train_images"])
+
+
+def test_staged_cifar_copies_follow_their_source(tmp_path):
+    root = tmp_path / "root"
+    first = write_fake_cifar(tmp_path / "first", "cifar10", per_batch=6)
+    assert load_raw_dataset(root, "cifar10", first)["train_images"].shape[0] == 30
+    second = write_fake_cifar(tmp_path / "second", "cifar10", per_batch=4)
+    assert load_raw_dataset(root, "cifar10", second)["train_images"].shape[0] == 20
+
+
 def test_gzip_that_is_not_gzip(tmp_path):
     source = write_fake_dataset(tmp_path / "src", n_train=30, n_test=10)
     (source / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")

@@ -12,7 +12,17 @@ from pathlib import Path
 import numpy as np
 from torchvision import datasets as tv_datasets
 
-from evoprune.core.data import NUM_CLASSES, DataFileError, _check_labels, _fix_hint, _write_atomically
+from evoprune.core.data import (
+    NUM_CLASSES,
+    DataFileError,
+    _check_labels,
+    _fix_hint,
+    _write_atomically,
+    is_staged_from,
+    read_staging_manifest,
+    source_stamp,
+    write_staging_manifest,
+)
 from evoprune.core.safe_pickle import ForbiddenGlobalError, restricted_loads
 
 
@@ -98,7 +108,8 @@ def _cifar_source(source_dir: Path, base_folder: str) -> Path:
 def stage_cifar_files(source_dir: str | Path, root: str | Path, dataset: str) -> Path:
     """Validate the CIFAR python batches in ``source_dir`` and copy them into ``<root>/<base_folder>/``.
 
-    Files already staged are validated again and kept, or staged again from the source if broken.
+    A staged file is kept only while its source file is unchanged (path, size, modification time) and it
+    still validates; otherwise it is staged again from the source.
 
     Returns:
         The folder torchvision reads, holding the validated files.
@@ -106,23 +117,21 @@ def stage_cifar_files(source_dir: str | Path, root: str | Path, dataset: str) ->
     base_folder = CIFAR_CLASSES[dataset][0].base_folder
     source, staged = _cifar_source(Path(source_dir), base_folder), Path(root) / base_folder
     staged.mkdir(parents=True, exist_ok=True)
+    staged_from = read_staging_manifest(staged)
     for name in cifar_files(dataset):
-        target = staged / name
-        if target.exists():
-            try:
-                _validate_cifar(target.read_bytes(), str(target), dataset)
-                continue
-            except DataFileError:
-                target.unlink()  # a broken copy of ours: stage it again from the source
-        found = source / name
+        target, found = staged / name, source / name
         if not found.is_file():
             raise DataFileError(
                 f"Missing raw data file {name} for dataset '{dataset}' in {source}. " + _fix_hint(dataset)
             )
+        if is_staged_from(target, found, staged_from, lambda b, t=target: _validate_cifar(b, str(t), dataset)):
+            continue
         payload = found.read_bytes()
         try:
             _validate_cifar(payload, str(found), dataset)
         except DataFileError as exc:
             raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
         _write_atomically(target, payload)
+        staged_from[name] = source_stamp(found)
+        write_staging_manifest(staged, staged_from)
     return staged

@@ -14,6 +14,7 @@ Offline, the raw files come from a local folder the user points ``dataset.source
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -109,6 +110,43 @@ def _write_atomically(path: Path, payload: bytes) -> None:
         raise
 
 
+STAGING_MANIFEST = ".staged_from.json"  # staged file name -> the source file it was copied from (path, size, mtime)
+
+
+def source_stamp(path: Path) -> dict[str, object]:
+    """What identifies a source file's content cheaply: its resolved path, size and modification time."""
+    stat = path.stat()
+    return {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def read_staging_manifest(folder: Path) -> dict[str, dict[str, object]]:
+    """The staging record of ``folder`` (empty when missing or unreadable: every file is staged again)."""
+    try:
+        manifest = json.loads((folder / STAGING_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def write_staging_manifest(folder: Path, manifest: dict[str, dict[str, object]]) -> None:
+    _write_atomically(folder / STAGING_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+
+def is_staged_from(target: Path, source: Path, manifest: dict[str, dict[str, object]], validate) -> bool:
+    """True when ``target`` was staged from ``source`` as it is now and still passes ``validate(bytes)``;
+    a stale or broken copy is deleted (the caller stages it again)."""
+    if not target.exists():
+        return False
+    if manifest.get(target.name) == source_stamp(source):
+        try:
+            validate(target.read_bytes())
+            return True
+        except DataFileError:
+            pass
+    target.unlink()
+    return False
+
+
 def _check_labels(labels: np.ndarray, name: str, dataset: str) -> None:
     """Labels must lie in [0, number of classes of ``dataset``)."""
     num_classes = NUM_CLASSES[dataset]
@@ -174,33 +212,34 @@ def _read_payload(path: Path) -> bytes:
 def stage_raw_files(source_dir: str | Path, raw_dir: str | Path, dataset: str) -> Path:
     """Validate the four IDX files in ``source_dir`` and unzip them into ``raw_dir``.
 
-    Files already staged and valid are kept. Each file may be plain or ``.gz``.
+    A staged file is kept only while its source file is the one it was staged from (same path, size and
+    modification time, recorded in ``raw_dir/.staged_from.json``) and it still validates; otherwise it
+    is staged again. Each file may be plain or ``.gz``.
 
     Returns:
         ``raw_dir``, holding the four unzipped, validated files.
     """
     source_dir, raw_dir = Path(source_dir), Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
+    staged_from = read_staging_manifest(raw_dir)
     for name in IDX_FILES:
-        target = raw_dir / name
-        if target.exists():
-            try:
-                _validate_idx(target.read_bytes(), str(target), dataset)
-                continue
-            except DataFileError:
-                target.unlink()  # a broken copy of ours: stage it again from the source
         candidates = [source_dir / name, source_dir / f"{name}.gz"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise DataFileError(
                 f"Missing raw data file {name}(.gz) for dataset '{dataset}' in {source_dir}. " + _fix_hint(dataset)
             )
+        target = raw_dir / name
+        if is_staged_from(target, found, staged_from, lambda b, t=target: _validate_idx(b, str(t), dataset)):
+            continue
         payload = _read_payload(found)
         try:
             _validate_idx(payload, str(found), dataset)
         except DataFileError as exc:
             raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
         _write_atomically(target, payload)
+        staged_from[name] = source_stamp(found)
+        write_staging_manifest(raw_dir, staged_from)
     return raw_dir
 
 
