@@ -89,7 +89,8 @@ class VariantNamespacesHook:
         from evoprune.core.finetune_config import FinetuneParams
 
         variants = FinetuneParams.model_validate(_as_dict(catalog.load("params:finetune"))).variants
-        namespaces = {n.namespace for n in pipelines["finetune"].nodes if n.namespace}
+        # a variant's namespace is `finetune.<variant>` once registered (`<variant>` in finetune's own pipeline)
+        namespaces = {n.namespace.split(".")[-1] for n in pipelines["finetune"].nodes if n.namespace} - {"finetune"}
         missing = [v for v in variants if v not in namespaces]
         if missing:
             raise ValueError(
@@ -125,3 +126,45 @@ class TypedParamsLoggingHook:
                 self._logged.add(name)
         if flat:
             mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+
+
+class ModelLineageHook:
+    """Refuses, before any node runs, a model file the run would start from (a free input: e.g.
+    ``multi_exit_model.pt`` when only ``mask_search`` runs) whose architecture is not the configured one
+    (``train_dense.model``, ``build_exits.exit_after``): a checkpoint of another architecture or another
+    configuration would be searched or fine-tuned without complaint."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        try:
+            self._check(pipeline, catalog)
+        except Exception:
+            if mlflow.active_run() is not None:  # as in ConfigConsistencyHook: never leave the run RUNNING
+                mlflow.end_run(status="FAILED")
+            raise
+
+    def _check(self, pipeline: Any, catalog: Any) -> None:
+        from evoprune.core.exits import spec_differences
+        from evoprune.datasets._file_dataset import TorchFileDataset
+        from evoprune.pipelines.build_exits.nodes import BuildExitsParams
+        from evoprune.pipelines.train_dense.nodes import TrainDenseParams
+
+        model_files = {}
+        for name in sorted(pipeline.inputs()):
+            dataset = catalog.get(name) if not name.startswith("params:") else None
+            if isinstance(dataset, TorchFileDataset) and dataset.exists():
+                model_files[name] = dataset
+        if not model_files:
+            return
+        model = TrainDenseParams.model_validate(_as_dict(catalog.load("params:train_dense"))).model
+        exit_after = BuildExitsParams.model_validate(_as_dict(catalog.load("params:build_exits"))).exit_after
+        for name, dataset in model_files.items():
+            spec = dataset.read_spec()
+            diffs = spec_differences(spec, model, exit_after) if spec is not None else []
+            if diffs:
+                raise ValueError(
+                    f"`{name}` ({dataset.filepath}) was not made by this configuration: "
+                    + "; ".join(diffs)
+                    + f". Re-run the stages that make it (kedro run --pipeline=prune, or --to-outputs={name}), "
+                    "or set train_dense.model / build_exits.exit_after to what it was made with."
+                )

@@ -10,8 +10,10 @@ from kedro.pipeline import Pipeline
 
 from evoprune.pipelines import baselines, build_exits, data_preparation, finetune, mask_search, report, train_dense
 
-# Stages of `prune`, in order. `finetune` holds one namespace per variant of `finetune.variants`
-# (evoprune.pipeline_config; `kedro run --pipeline=finetune --namespaces=rewind` runs one alone).
+# Stages of `prune`, in order. Each stage is a Kedro modular pipeline under its own namespace (Kedro-Viz
+# draws one box per stage; `kedro run --namespaces=mask_search` runs one stage); `finetune` holds one
+# namespace per variant of `finetune.variants` (evoprune.pipeline_config; `--namespaces=finetune.rewind`
+# runs one variant alone).
 PRUNE_STAGES = {
     "data_preparation": data_preparation.create_pipeline,
     "train_dense": train_dense.create_pipeline,
@@ -23,13 +25,26 @@ PRUNE_STAGES = {
 }
 
 
+def as_stage(name: str, pipeline: Pipeline) -> Pipeline:
+    """``pipeline`` as a modular pipeline: its nodes under namespace ``name``, its datasets and parameters
+    keeping their names (the catalog, MLflow keys and the other stages see no change)."""
+    parameters = {d for d in pipeline.inputs() if d.startswith("params:")}
+    return Pipeline(
+        pipeline,
+        namespace=name,
+        inputs=pipeline.inputs() - parameters,
+        outputs=pipeline.all_outputs(),
+        parameters=parameters,
+    )
+
+
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
     Returns:
         Each stage by its folder name, ``prune`` (all stages) and ``__default__`` (= ``prune``).
     """
-    pipelines = {name: create() for name, create in PRUNE_STAGES.items()}
+    pipelines = {name: as_stage(name, create()) for name, create in PRUNE_STAGES.items()}
     pipelines["prune"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["prune"]
     return pipelines

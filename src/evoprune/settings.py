@@ -11,6 +11,11 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {"globals": ["globals*", "globals*/**"]},
 }
 
-from evoprune.hooks import ConfigConsistencyHook, TypedParamsLoggingHook, VariantNamespacesHook  # noqa: E402
+from evoprune.hooks import (  # noqa: E402
+    ConfigConsistencyHook,
+    ModelLineageHook,
+    TypedParamsLoggingHook,
+    VariantNamespacesHook,
+)
 
-HOOKS = (ConfigConsistencyHook(), VariantNamespacesHook(), TypedParamsLoggingHook())
+HOOKS = (ConfigConsistencyHook(), ModelLineageHook(), VariantNamespacesHook(), TypedParamsLoggingHook())

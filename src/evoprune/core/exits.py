@@ -234,6 +234,31 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
     return build_model(spec)
 
 
+def spec_differences(
+    found: Any, model: dict[str, Any] | BaseModel, exit_after: list[int | str] | None = None
+) -> list[str]:
+    """How a checkpoint's spec ``found`` differs from the configured network: the backbone ``model`` and,
+    when ``found`` is a multi-exit spec and ``exit_after`` is given, the exits. Empty when it fits."""
+    configured = parse_model_spec(model).model_dump(mode="json")
+    try:
+        multi = (
+            MultiExitSpec.model_validate(found)
+            if isinstance(found, dict) and found.get("name") == "multi_exit"
+            else None
+        )
+        backbone = (multi.backbone if multi else parse_model_spec(found)).model_dump(mode="json")
+    except ValueError as exc:
+        return [f"its spec describes no model evoprune can build ({str(exc).splitlines()[0]})"]
+    diffs = [
+        f"{key}: {backbone.get(key)!r} in the file, {configured.get(key)!r} in train_dense.model"
+        for key in sorted(set(configured) | set(backbone))
+        if backbone.get(key) != configured.get(key)
+    ]
+    if multi is not None and exit_after is not None and multi.exit_after != exit_module_names(exit_after):
+        diffs.append(f"exit_after: {multi.exit_after} in the file, {exit_module_names(exit_after)} in build_exits")
+    return diffs
+
+
 def check_network_config(
     spec: dict[str, Any] | BaseModel, exit_after: list[int | str] | None, checkpoint: str | None = None
 ) -> None:
@@ -251,4 +276,12 @@ def check_network_config(
             raise ValueError(f"build_exits.exit_after = {list(exit_after)}: {exc}") from exc
 
 
-__all__ = ["MultiExitNet", "MultiExitSpec", "attach_exits", "build_network", "check_network_config", "input_shape"]
+__all__ = [
+    "MultiExitNet",
+    "MultiExitSpec",
+    "attach_exits",
+    "build_network",
+    "check_network_config",
+    "input_shape",
+    "spec_differences",
+]

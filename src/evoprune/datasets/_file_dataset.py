@@ -40,6 +40,17 @@ class TorchFileDataset(AbstractVersionedDataset[Any, Any]):
         with self._fs.open(path, "wb") as handle:
             torch.save(payload, handle)
 
+    @property
+    def filepath(self) -> str:
+        """The file this dataset reads (for messages)."""
+        return str(self._filepath)
+
+    def read_spec(self) -> dict[str, Any] | None:
+        """The architecture spec the file carries (model and members files), or None when it carries none."""
+        payload = self._read()
+        spec = payload.get("spec") if isinstance(payload, dict) else None
+        return spec if isinstance(spec, dict) else None
+
     def _exists(self) -> bool:
         try:
             path = self._get_load_path()

@@ -10,10 +10,35 @@ from kedro.io.core import DatasetError
 
 from evoprune.core.exits import build_network, input_shape
 from evoprune.core.masking import prune_physically
-from evoprune.core.units import build_layout
+from evoprune.core.models.adapter import CheckpointMismatchError, load_weights, rebuild_checked
+from evoprune.core.units import ChromosomeLayout, build_layout
 from evoprune.datasets._file_dataset import TorchFileDataset
 
 MEMBERS_FORMAT = "evoprune.members/1"
+
+
+def _rebuild(path: Any, spec: Any, state_dict: Any, stage: str) -> torch.nn.Module:
+    """The unpruned network of a members file (weights loaded when the file holds them), checked on the
+    meta device before anything is allocated; any mismatch is a DatasetError naming the file and the stage."""
+    if not isinstance(spec, dict):
+        raise DatasetError(f"{path} holds no model spec; re-run {stage}.")
+    try:
+        if state_dict is None:
+            return build_network(spec)
+        return rebuild_checked(build_network, spec, state_dict, f"the network in {path}")
+    except Exception as exc:
+        raise DatasetError(f"Cannot rebuild the network of {path}: {exc} Re-run {stage}.") from exc
+
+
+def _check_masks(path: Any, masks: Any, model: torch.nn.Module, stage: str) -> ChromosomeLayout:
+    """The network's unit layout, after checking that ``masks`` is a (K, num_bits) bool tensor of it."""
+    layout = build_layout(model, input_shape(model))
+    if not isinstance(masks, torch.Tensor) or masks.dim() != 2 or masks.shape[1] != layout.num_bits:
+        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise DatasetError(
+            f"{path}: masks of shape {shape} do not fit the network's {layout.num_bits} units; re-run {stage}."
+        )
+    return layout
 
 
 class PrunedMembersDataset(TorchFileDataset):
@@ -29,8 +54,8 @@ class PrunedMembersDataset(TorchFileDataset):
             raise DatasetError(
                 f"{self._filepath} is not an evoprune members file (format '{MEMBERS_FORMAT}'); re-run mask_search."
             )
-        model = build_network(payload["spec"])
-        model.load_state_dict(payload["state_dict"])
+        model = _rebuild(self._filepath, payload.get("spec"), payload.get("state_dict"), "mask_search")
+        _check_masks(self._filepath, payload["masks"], model, "mask_search")
         return {
             "model": model,
             "masks": payload["masks"].numpy().astype(bool),
@@ -69,14 +94,16 @@ class FinetunedMembersDataset(TorchFileDataset):
                 f"{self._filepath} is not an evoprune fine-tuned members file (format '{FINETUNED_FORMAT}'); "
                 "re-run the finetune pipeline."
             )
-        model = build_network(payload["spec"])
+        model = _rebuild(self._filepath, payload.get("spec"), None, "finetune")
+        layout = _check_masks(self._filepath, payload["masks"], model, "finetune")
         masks = payload["masks"].numpy().astype(bool)
-        layout = build_layout(model, input_shape(model))
         pruned = []
-        for mask, state in zip(masks, payload["pruned_state_dicts"], strict=True):
+        for k, (mask, state) in enumerate(zip(masks, payload["pruned_state_dicts"], strict=True)):
             member = prune_physically(model, layout, mask, input_shape(model))
-            member.load_state_dict(state)
-            pruned.append(member.eval())
+            try:
+                pruned.append(load_weights(member, state, f"member {k} of {self._filepath}").eval())
+            except CheckpointMismatchError as exc:
+                raise DatasetError(f"{exc} Re-run the finetune pipeline.") from exc
         return {"model": model, "masks": masks, "member_ids": payload["member_ids"].tolist(), "pruned": pruned}
 
     def save(self, data: dict[str, Any]) -> None:

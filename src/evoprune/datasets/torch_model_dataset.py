@@ -8,7 +8,7 @@ from kedro.io.core import DatasetError
 from torch import nn
 
 from evoprune.core.exits import build_network
-from evoprune.core.models.adapter import CheckpointMismatchError, load_weights
+from evoprune.core.models.adapter import CheckpointMismatchError, rebuild_checked
 from evoprune.datasets._file_dataset import TorchFileDataset
 
 CHECKPOINT_FORMAT = "evoprune.model/1"
@@ -27,18 +27,19 @@ class TorchModelDataset(TorchFileDataset):
                 f"{self._filepath} is not an evoprune model checkpoint (expected format '{CHECKPOINT_FORMAT}'). "
                 "Re-run the stage that trains this model."
             )
+        spec, state_dict = ckpt.get("spec"), ckpt.get("state_dict")
+        if not isinstance(spec, dict) or not isinstance(state_dict, dict):
+            raise DatasetError(f"{self._filepath} lacks its spec or state_dict; re-run the stage that writes it.")
         try:
-            model = build_network(ckpt["spec"])
-        except Exception as exc:
-            raise DatasetError(
-                f"Cannot rebuild the model of checkpoint {self._filepath} from its spec {ckpt.get('spec')}: {exc}. "
-                "A factory model needs its package importable; otherwise re-run the stage that trains it."
-            ) from exc
-        try:
-            load_weights(model, ckpt["state_dict"], f"checkpoint {self._filepath}")
+            model = rebuild_checked(build_network, spec, state_dict, f"checkpoint {self._filepath}")
         except CheckpointMismatchError as exc:
             raise DatasetError(
                 f"{exc} It was written by an incompatible evoprune version; re-run the stage that trains it."
+            ) from exc
+        except Exception as exc:
+            raise DatasetError(
+                f"Cannot rebuild the model of checkpoint {self._filepath} from its spec {spec}: {exc}. "
+                "A factory model needs its package importable; otherwise re-run the stage that trains it."
             ) from exc
         return model
 

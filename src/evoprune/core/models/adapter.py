@@ -4,7 +4,8 @@
 - ``logit_layers(model)``: the layers whose outputs are logits (one per exit; never pruned);
 - ``exit_logits(model, x)``: the logits of every exit as a list (a plain classifier has one exit);
 - ``load_weights(model, state_dict, origin)``: a state_dict checked against the model, with an error
-  that lists missing, unexpected and mis-shaped keys;
+  that lists missing, unexpected and mis-shaped keys; ``rebuild_checked`` checks a checkpoint's spec against
+  its weights on the meta device before allocating anything;
 - ``evoprune.core.exits.build_network(spec)`` rebuilds any network (plain or multi-exit) from its spec.
 Built-in models carry their spec; torchvision and factory models get it from ``build_model``.
 Stages use these functions and never reach into a model's attributes (``backbone.stages`` etc.).
@@ -12,6 +13,7 @@ Stages use these functions and never reach into a model's attributes (``backbone
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +94,10 @@ def logit_layers(model: nn.Module) -> list[nn.Module]:
     return [logit_layer(model)]
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> nn.Module:
-    """Load ``state_dict`` into ``model`` strictly; a mismatch names what differs and where it came from.
-
-    A ``module.`` prefix (DataParallel / DDP checkpoints) is stripped first.
-    """
+def check_weights_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    """``state_dict`` with a ``module.`` prefix (DataParallel / DDP checkpoints) stripped, after checking that
+    its keys and shapes are exactly ``model``'s; a mismatch names what differs and where it came from.
+    ``model`` may live on the meta device (only shapes are read)."""
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     own = model.state_dict()
@@ -118,8 +119,25 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: 
             + "; ".join(p for p in parts if p)
             + ". Use the checkpoint of this architecture, or set train_dense.model to the one it was trained with."
         )
-    model.load_state_dict(state_dict, strict=True)
+    return state_dict
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> nn.Module:
+    """Load ``state_dict`` into ``model`` strictly (see ``check_weights_fit``)."""
+    model.load_state_dict(check_weights_fit(model, state_dict, origin), strict=True)
     return model
+
+
+def rebuild_checked(
+    build: Callable[[dict[str, Any]], nn.Module], spec: dict[str, Any], state_dict: dict[str, torch.Tensor], origin: str
+) -> nn.Module:
+    """``build(spec)`` with ``state_dict`` loaded, without trusting ``spec``: the architecture is built on the
+    meta device first (no memory) and its keys and shapes checked against the checkpoint's tensors, so a
+    crafted spec cannot make the loader allocate more than the checkpoint itself holds."""
+    with torch.device("meta"):
+        skeleton = build(spec)
+    check_weights_fit(skeleton, state_dict, origin)
+    return load_weights(build(spec), state_dict, origin)
 
 
 def read_state_dict(path: str | Path, key: str = "train_dense.checkpoint.path") -> dict[str, torch.Tensor]:

@@ -2,7 +2,8 @@
 
 ``kedro run --pipeline=finetune`` measures the dense reference, selects one member per FLOPs budget
 (``select_members``: candidates fine-tuned, best on validation data kept) and runs every variant on them;
-``kedro run --pipeline=finetune --namespaces=rewind`` runs one variant alone from saved artifacts.
+``kedro run --pipeline=finetune --namespaces=finetune.rewind`` runs one variant alone from saved artifacts
+(registered, every stage is a modular pipeline: the variants are ``finetune.<variant>``).
 The namespaces are the variants of ``finetune.variants`` (conf/base + conf/local, see ``evoprune.pipeline_config``).
 """
 
