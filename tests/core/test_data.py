@@ -331,3 +331,10 @@ def test_a_missing_cifar_file_says_how_to_get_it(tmp_path):
 def test_an_unknown_dataset_name_lists_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"`dataset.name` must be one of \['cifar10', 'cifar100', 'fashion_mnist'"):
         load_raw_dataset(tmp_path, "svhn", tmp_path)
+
+
+def test_an_image_file_of_another_shape_is_refused(tmp_path):
+    source = write_fake_dataset(tmp_path / "src", n_train=30, n_test=10)
+    write_idx(source / "train-images-idx3-ubyte", np.zeros((30, 784), np.uint8), compress=True)
+    with pytest.raises(DataFileError, match=r"train-images-idx3-ubyte.gz is not an image file.*\(30, 784\)"):
+        load_raw_dataset(tmp_path / "root", "fashion_mnist", source)

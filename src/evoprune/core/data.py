@@ -197,6 +197,8 @@ def _validate_idx(payload: bytes, name: str, dataset: str) -> None:
         if len(shape) != 1 or payload[2] != 0x08:
             raise DataFileError(f"{name} is not a label file: expected 1-D uint8 labels, header says shape {shape}.")
         _check_labels(np.frombuffer(payload, np.uint8, offset=8), name, dataset)
+    elif len(shape) != 3 or payload[2] != 0x08:
+        raise DataFileError(f"{name} is not an image file: expected uint8 images (N, H, W), header says shape {shape}.")
 
 
 def _read_payload(path: Path) -> bytes:
