@@ -11,6 +11,19 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {"globals": ["globals*", "globals*/**"]},
 }
 
-from evoprune.hooks import ConfigConsistencyHook, TypedParamsLoggingHook, VariantNamespacesHook  # noqa: E402
+from evoprune.hooks import (  # noqa: E402
+    ConfigConsistencyHook,
+    MlflowRunStatusHook,
+    ProjectStartupHook,
+    TypedParamsLoggingHook,
+    VariantNamespacesHook,
+)
 
-HOOKS = (ConfigConsistencyHook(), VariantNamespacesHook(), TypedParamsLoggingHook())
+# ProjectStartupHook runs first (tryfirst): project root as working directory, tracking store, device, folders.
+HOOKS = (
+    ProjectStartupHook(),
+    ConfigConsistencyHook(),
+    VariantNamespacesHook(),
+    TypedParamsLoggingHook(),
+    MlflowRunStatusHook(),
+)
