@@ -51,14 +51,8 @@ class ConfigConsistencyHook:
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        try:
-            self._check(pipeline, catalog)
-        except Exception:
-            # kedro-mlflow may already have opened the run: close it as FAILED rather than leave it RUNNING
-            # (and active, so that the next session in this process would log into it)
-            if mlflow.active_run() is not None:
-                mlflow.end_run(status="FAILED")
-            raise
+        # kedro-mlflow has opened the run: MlflowRunStatusHook ends it FAILED, with the reason, if this raises
+        self._check(pipeline, catalog)
 
     def _check(self, pipeline: Any, catalog: Any) -> None:
         inputs = pipeline.inputs()

@@ -50,8 +50,9 @@ def check_server_answers(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=(timeout, timeout))
     except requests.exceptions.RequestException as error:
+        why = f"no answer within {timeout:g} s" if isinstance(error, requests.exceptions.Timeout) else "cannot connect"
         raise StartupCheckError(
-            f"The MLflow tracking server {uri} does not answer ({type(error).__name__}: {_short(error)}); "
+            f"The MLflow tracking server {uri} does not answer ({why}: {type(error).__name__}); "
             "no node ran. It is set by server.mlflow_tracking_uri in conf/<env>/mlflow.yml (or "
             f"$MLFLOW_TRACKING_URI). Start the server (e.g. `mlflow server --host 127.0.0.1 --port 5000`), "
             f"or {LOCAL_STORE_HINT}."
@@ -134,9 +135,3 @@ def _folder_writable(folder: Path) -> bool:
             return True
     except OSError:
         return False
-
-
-def _short(error: Exception, limit: int = 160) -> str:
-    """The first ``limit`` characters of an error's message."""
-    text = str(error)
-    return text if len(text) <= limit else text[:limit] + "..."
