@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +181,17 @@ def output_folders(globals_: dict, catalog: dict) -> dict[str, Path]:
         folders[Path(globals_["outputs"])] = "globals `outputs`"
     for name, entry in catalog.items():
         for key, value in _local_paths(entry):
-            folder = Path(value.split("{", 1)[0])
-            folder = folder if value.endswith("/") or "{" in value or key == "path" else folder.parent
-            folders.setdefault(folder, f"catalog {name}.{key}")
+            folders.setdefault(_folder_of(key, value), f"catalog {name}.{key}")
     return {origin: folder for folder, origin in folders.items()}
+
+
+def _folder_of(key: str, value: str) -> Path:
+    """The folder a catalog ``filepath`` (a file) or ``path`` (a folder) lies in; a pattern
+    (``data/05_model_input/{split}.pt``) is cut before its first placeholder."""
+    if "{" in value:
+        prefix = value.split("{", 1)[0]
+        return Path(prefix[: prefix.rfind("/") + 1] or ".")
+    return Path(value) if key == "path" else Path(value).parent
 
 
 def _local_paths(entry: Any, key: str = "") -> list[tuple[str, str]]:
@@ -243,7 +252,9 @@ class MlflowRunStatusHook:
     @hook_impl(wrapper=True)
     def on_pipeline_error(self, error: Exception):
         if self._run_id is not None:
-            MlflowClient().set_tag(self._run_id, run_status.END_REASON_TAG, f"{type(error).__name__}: {error}"[:5000])
+            with _logged_failure(f"could not tag run {self._run_id} with the error"):
+                reason = f"{type(error).__name__}: {error}"[:5000]
+                MlflowClient().set_tag(self._run_id, run_status.END_REASON_TAG, reason)
         try:
             return (yield)  # kedro-mlflow ends the run FAILED
         finally:
@@ -305,11 +316,9 @@ class MlflowRunStatusHook:
         if self._signal:
             status, reason = run_status.KILLED, f"{self._signal} received: the run was interrupted"
         else:
-            status, reason = (
-                run_status.FAILED,
-                "the process exited with the run still open (an error outside the nodes)",
-            )
-        self._end_open_runs(status, reason)
+            status, reason = run_status.FAILED, "the process exited with the run open (an error outside the nodes)"
+        with _logged_failure(f"could not end MLflow run {self._run_id} {status}"):
+            self._end_open_runs(status, reason)
 
     def _end_open_runs(self, status: str, reason: str) -> None:
         """Ends this thread's open runs, and the nested runs of ours that are RUNNING (or that the interrupt
@@ -330,3 +339,13 @@ class MlflowRunStatusHook:
         if run.info.status == run_status.RUNNING:
             run_status.end_run(client, self._run_id, status, reason)
         self._run_id = None
+
+
+@contextlib.contextmanager
+def _logged_failure(what: str) -> Iterator[None]:
+    """Logs (instead of raising) an error of the tracking store while a run is being closed: the error that
+    stopped the run is the one to report."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - the store may be what failed
+        logger.warning("%s: %s: %s", what, type(error).__name__, error)

@@ -80,3 +80,13 @@ def test_a_run_refused_before_its_first_node_ends_failed_with_the_reason(tiny_pr
     assert run.data.tags[END_REASON_TAG].startswith("refused before the first node: ")
     assert "conv9" in run.data.tags[END_REASON_TAG]
     assert not (tiny_project / "data/tiny/05_model_input").exists()
+
+
+def test_an_error_in_a_node_ends_the_run_failed_with_the_error(tiny_project):
+    globals_yml = tiny_project / "conf/tiny/globals.yml"
+    globals_yml.write_text(f"outputs: data/tiny\ndataset:\n  source_dir: {tiny_project / 'nowhere'}\n")
+    with pytest.raises(Exception, match=r"train-images-idx3-ubyte"):
+        _run_in_process(tiny_project)
+    (run,) = tracked_runs(tiny_project)
+    assert run.info.status == "FAILED"
+    assert "train-images-idx3-ubyte" in run.data.tags[END_REASON_TAG]
