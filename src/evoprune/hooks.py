@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -20,7 +19,14 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from evoprune import run_status
-from evoprune.startup_checks import check_device, check_output_folders, check_tracking_store, configured_tracking_uri
+from evoprune.startup_checks import (
+    check_device,
+    check_output_folders,
+    check_tracking_store,
+    configured_tracking_uri,
+    output_folders,
+    run_from_project_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,62 +155,17 @@ class ProjectStartupHook:
 
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
+        """Project root as working directory; tracking store reachable; output folders noted."""
         run_from_project_root(Path(context.project_path))
         check_tracking_store(configured_tracking_uri(_config(context, "mlflow", ["mlflow*", "mlflow*/**"])))
         self._folders = output_folders(_config(context, "globals", None), _config(context, "catalog", None))
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        """Before kedro-mlflow opens the run: the device exists, the output folders can be written."""
         if "params:device" in pipeline.inputs():
             check_device(catalog.load("params:device"))
         check_output_folders(self._folders)
-
-
-def run_from_project_root(project_path: Path) -> None:
-    """Makes ``project_path`` the working directory (``kedro run`` finds the project from a subfolder, but
-    Kedro and MLflow take relative paths from the working directory)."""
-    if Path.cwd().resolve() != project_path.resolve():
-        logger.info(
-            "Working directory %s -> project root %s: relative paths (catalog, sqlite:///mlflow.db, checkpoints) "
-            "are taken from the project root",
-            Path.cwd(),
-            project_path,
-        )
-        os.chdir(project_path)
-
-
-def output_folders(globals_: dict, catalog: dict) -> dict[str, Path]:
-    """Folders the run writes into, each with where it is configured: the ``outputs`` global and the folder
-    of every local ``filepath``/``path`` of the catalog (cut before a ``{placeholder}``)."""
-    folders: dict[Path, str] = {}
-    if globals_.get("outputs"):
-        folders[Path(globals_["outputs"])] = "globals `outputs`"
-    for name, entry in catalog.items():
-        for key, value in _local_paths(entry):
-            folders.setdefault(_folder_of(key, value), f"catalog {name}.{key}")
-    return {origin: folder for folder, origin in folders.items()}
-
-
-def _folder_of(key: str, value: str) -> Path:
-    """The folder a catalog ``filepath`` (a file) or ``path`` (a folder) lies in; a pattern
-    (``data/05_model_input/{split}.pt``) is cut before its first placeholder."""
-    if "{" in value:
-        prefix = value.split("{", 1)[0]
-        return Path(prefix[: prefix.rfind("/") + 1] or ".")
-    return Path(value) if key == "path" else Path(value).parent
-
-
-def _local_paths(entry: Any, key: str = "") -> list[tuple[str, str]]:
-    """``(key, value)`` of every ``filepath``/``path`` string in a catalog entry (nested datasets too) that
-    is a local path (no ``scheme://``)."""
-    if isinstance(entry, dict):
-        found: list[tuple[str, str]] = []
-        for sub_key, value in entry.items():
-            found += _local_paths(value, sub_key)
-        return found
-    if key in ("filepath", "path") and isinstance(entry, str) and "://" not in entry:
-        return [(key, entry)]
-    return []
 
 
 def _config(context: Any, name: str, patterns: list[str] | None) -> dict:
@@ -239,6 +200,8 @@ class MlflowRunStatusHook:
 
     @hook_impl(wrapper=True)
     def before_pipeline_run(self):
+        """Arms the signal and exit handlers; a refusal by another hook ends the run FAILED; then tags the
+        opened run with this process and marks the runs of dead processes."""
         self._arm()
         try:
             result = yield
@@ -251,6 +214,7 @@ class MlflowRunStatusHook:
 
     @hook_impl(wrapper=True)
     def on_pipeline_error(self, error: Exception):
+        """Tags the run with the error before kedro-mlflow ends it FAILED."""
         if self._run_id is not None:
             with _logged_failure(f"could not tag run {self._run_id} with the error"):
                 reason = f"{type(error).__name__}: {error}"[:5000]
@@ -263,6 +227,7 @@ class MlflowRunStatusHook:
 
     @hook_impl(wrapper=True)
     def after_pipeline_run(self):
+        """Disarms the handlers once kedro-mlflow ended the run; an error here ends it FAILED."""
         try:
             return (yield)  # kedro-mlflow ends the run FINISHED
         except Exception as error:
@@ -302,6 +267,7 @@ class MlflowRunStatusHook:
         self._previous_handlers.clear()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        """Notes the signal and interrupts the run like Ctrl-C does."""
         self._signal = signal.Signals(signum).name
         self._signal_time_ms = int(time.time() * 1000)
         raise KeyboardInterrupt(f"{self._signal} received")

@@ -1,11 +1,15 @@
-"""Checks made before the first node runs (and, for the tracking store, before kedro-mlflow contacts it):
-each raises ``StartupCheckError`` saying what is wrong and how to fix it, instead of a traceback minutes in."""
+"""What ``ProjectStartupHook`` does before the first node runs (the tracking store: before kedro-mlflow
+contacts it): make the project root the working directory, and check the tracking store, the device and the
+output folders; each check raises ``StartupCheckError`` saying what is wrong and how to fix it, instead of a
+traceback minutes in."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 LOCAL_STORE_HINT = (
@@ -15,6 +19,7 @@ LOCAL_STORE_HINT = (
     "in conf/local/mlflow.yml"
 )
 PROBE_TIMEOUT_S = 5.0  # per attempt; one attempt, no retries
+logger = logging.getLogger(__name__)
 
 
 class StartupCheckError(RuntimeError):
@@ -135,3 +140,50 @@ def _folder_writable(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+def run_from_project_root(project_path: Path) -> None:
+    """Makes ``project_path`` the working directory (``kedro run`` finds the project from a subfolder, but
+    Kedro and MLflow take relative paths from the working directory)."""
+    if Path.cwd().resolve() != project_path.resolve():
+        logger.info(
+            "Working directory %s -> project root %s: relative paths (catalog, sqlite:///mlflow.db, checkpoints) "
+            "are taken from the project root",
+            Path.cwd(),
+            project_path,
+        )
+        os.chdir(project_path)
+
+
+def output_folders(globals_: dict, catalog: dict) -> dict[str, Path]:
+    """Folders the run writes into, each with where it is configured: the ``outputs`` global and the folder
+    of every local ``filepath``/``path`` of the catalog (cut before a ``{placeholder}``)."""
+    folders: dict[Path, str] = {}
+    if globals_.get("outputs"):
+        folders[Path(globals_["outputs"])] = "globals `outputs`"
+    for name, entry in catalog.items():
+        for key, value in _local_paths(entry):
+            folders.setdefault(_folder_of(key, value), f"catalog {name}.{key}")
+    return {origin: folder for folder, origin in folders.items()}
+
+
+def _folder_of(key: str, value: str) -> Path:
+    """The folder a catalog ``filepath`` (a file) or ``path`` (a folder) lies in; a pattern
+    (``data/05_model_input/{split}.pt``) is cut before its first placeholder."""
+    if "{" in value:
+        prefix = value.split("{", 1)[0]
+        return Path(prefix[: prefix.rfind("/") + 1] or ".")
+    return Path(value) if key == "path" else Path(value).parent
+
+
+def _local_paths(entry: Any, key: str = "") -> list[tuple[str, str]]:
+    """``(key, value)`` of every ``filepath``/``path`` string in a catalog entry (nested datasets too) that
+    is a local path (no ``scheme://``)."""
+    if isinstance(entry, dict):
+        found: list[tuple[str, str]] = []
+        for sub_key, value in entry.items():
+            found += _local_paths(value, sub_key)
+        return found
+    if key in ("filepath", "path") and isinstance(entry, str) and "://" not in entry:
+        return [(key, entry)]
+    return []
