@@ -263,7 +263,8 @@ class MlflowRunStatusHook:
         """Restores the signal handlers found by ``_arm``."""
         if threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous_handlers.items():
-                signal.signal(signum, handler)
+                if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                    signal.signal(signum, handler)
         self._previous_handlers.clear()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
