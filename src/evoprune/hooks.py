@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mlflow
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
+from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
+
+from evoprune import run_status
+from evoprune.startup_checks import (
+    check_device,
+    check_output_folders,
+    check_tracking_store,
+    configured_tracking_uri,
+    output_folders,
+    run_from_project_root,
+)
+
+logger = logging.getLogger(__name__)
 
 
 def flatten_params(prefix: str, value: Any, sep: str = ".") -> dict[str, Any]:
@@ -37,14 +59,8 @@ class ConfigConsistencyHook:
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        try:
-            self._check(pipeline, catalog)
-        except Exception:
-            # kedro-mlflow may already have opened the run: close it as FAILED rather than leave it RUNNING
-            # (and active, so that the next session in this process would log into it)
-            if mlflow.active_run() is not None:
-                mlflow.end_run(status="FAILED")
-            raise
+        # kedro-mlflow has opened the run: MlflowRunStatusHook ends it FAILED, with the reason, if this raises
+        self._check(pipeline, catalog)
 
     def _check(self, pipeline: Any, catalog: Any) -> None:
         inputs = pipeline.inputs()
@@ -128,6 +144,181 @@ class TypedParamsLoggingHook:
             mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
 
 
+class ProjectStartupHook:
+    """Before anything reads or writes a file: runs from the project root (relative paths in the catalog,
+    ``sqlite:///mlflow.db``, checkpoint folders resolve there whatever the working directory), and refuses an
+    unreachable tracking server or unwritable SQLite store before kedro-mlflow contacts it (``tryfirst``).
+    Before the first node (and before the MLflow run opens): the device exists, the output folders can be
+    written."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, Path] = {}
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        """Project root as working directory; tracking store reachable; output folders noted."""
+        run_from_project_root(Path(context.project_path))
+        check_tracking_store(configured_tracking_uri(_config(context, "mlflow", ["mlflow*", "mlflow*/**"])))
+        self._folders = output_folders(_config(context, "globals", None), _config(context, "catalog", None))
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        """Before kedro-mlflow opens the run: the device exists, the output folders can be written."""
+        if "params:device" in pipeline.inputs():
+            check_device(catalog.load("params:device"))
+        check_output_folders(self._folders)
+
+
+def _config(context: Any, name: str, patterns: list[str] | None) -> dict:
+    """``context.config_loader[name]`` (registering ``patterns`` first when given); {} when absent."""
+    loader = context.config_loader
+    if patterns and name not in loader.config_patterns:
+        loader.config_patterns.update({name: patterns})
+    try:
+        return dict(loader[name] or {})
+    except (MissingConfigException, KeyError):
+        return {}
+
+
+class MlflowRunStatusHook:
+    """Keeps the MLflow run's status truthful (see ``evoprune.run_status``).
+
+    - SIGINT and SIGTERM raise ``KeyboardInterrupt`` while the pipeline runs (SIGTERM would otherwise end the
+      process on the spot); at exit the run and its nested runs are ended KILLED, before MLflow's own atexit
+      handler would end them FINISHED.
+    - An error refused by a ``before_pipeline_run`` hook, or any exit with the run still open, ends it FAILED;
+      errors in nodes are ended FAILED by kedro-mlflow, with our ``evoprune.end_reason`` tag.
+    - The run is tagged with host, pid and process start time; runs of this machine whose process is gone
+      and which are still RUNNING (SIGKILL) are marked KILLED when the next run starts.
+    """
+
+    def __init__(self) -> None:
+        self._run_id: str | None = None
+        self._signal: str | None = None
+        self._signal_time_ms = 0
+        self._previous_handlers: dict[int, Any] = {}
+        self._exit_registered = False
+
+    @hook_impl(wrapper=True)
+    def before_pipeline_run(self):
+        """Arms the signal and exit handlers; a refusal by another hook ends the run FAILED; then tags the
+        opened run with this process and marks the runs of dead processes."""
+        self._arm()
+        try:
+            result = yield
+        except Exception as error:
+            self._end_open_runs(run_status.FAILED, f"refused before the first node: {type(error).__name__}: {error}")
+            self._disarm()
+            raise
+        self._adopt_active_run()
+        return result
+
+    @hook_impl(wrapper=True)
+    def on_pipeline_error(self, error: Exception):
+        """Tags the run with the error before kedro-mlflow ends it FAILED."""
+        if self._run_id is not None:
+            with _logged_failure(f"could not tag run {self._run_id} with the error"):
+                reason = f"{type(error).__name__}: {error}"[:5000]
+                MlflowClient().set_tag(self._run_id, run_status.END_REASON_TAG, reason)
+        try:
+            return (yield)  # kedro-mlflow ends the run FAILED
+        finally:
+            self._run_id = None
+            self._disarm()
+
+    @hook_impl(wrapper=True)
+    def after_pipeline_run(self):
+        """Disarms the handlers once kedro-mlflow ended the run; an error here ends it FAILED."""
+        try:
+            return (yield)  # kedro-mlflow ends the run FINISHED
+        except Exception as error:
+            self._end_open_runs(run_status.FAILED, f"after the last node: {type(error).__name__}: {error}")
+            raise
+        finally:
+            self._run_id = None
+            self._disarm()
+
+    def _adopt_active_run(self) -> None:
+        """Tags the run kedro-mlflow opened with this process, and marks the runs of dead processes KILLED."""
+        active = mlflow.active_run()
+        if active is None:  # tracking disabled for this pipeline
+            return
+        self._run_id = active.info.run_id
+        mlflow.set_tags(run_status.process_tags())
+        marked = run_status.mark_abandoned_runs(MlflowClient(), active.info.experiment_id, self._run_id)
+        if marked:
+            logger.warning("Marked %d MLflow run(s) of ended processes KILLED: %s", len(marked), ", ".join(marked))
+
+    def _arm(self) -> None:
+        """SIGINT/SIGTERM raise KeyboardInterrupt (main thread only); the exit handler is registered once,
+        after MLflow's (atexit runs handlers last-in, first-out)."""
+        self._signal = None
+        if not self._exit_registered:
+            atexit.register(self._at_exit)
+            self._exit_registered = True
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _disarm(self) -> None:
+        """Restores the signal handlers found by ``_arm``."""
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous_handlers.items():
+                if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                    signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Notes the signal and interrupts the run like Ctrl-C does."""
+        self._signal = signal.Signals(signum).name
+        self._signal_time_ms = int(time.time() * 1000)
+        raise KeyboardInterrupt(f"{self._signal} received")
+
+    def _at_exit(self) -> None:
+        """Ends a run still open at exit: KILLED after a signal, else FAILED (an error outside the nodes)."""
+        if self._run_id is None:  # ended by kedro-mlflow (it may leave a stale entry on mlflow's run stack)
+            return
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut this short
+                signal.signal(signum, signal.SIG_IGN)
+        if self._signal:
+            status, reason = run_status.KILLED, f"{self._signal} received: the run was interrupted"
+        else:
+            status, reason = run_status.FAILED, "the process exited with the run open (an error outside the nodes)"
+        with _logged_failure(f"could not end MLflow run {self._run_id} {status}"):
+            self._end_open_runs(status, reason)
+
+    def _end_open_runs(self, status: str, reason: str) -> None:
+        """Ends this thread's open runs, and the nested runs of ours that are RUNNING (or that the interrupt
+        ended FAILED), with ``status`` and ``reason``."""
+        client = MlflowClient()
+        while (active := mlflow.active_run()) is not None:
+            client.set_tag(active.info.run_id, run_status.END_REASON_TAG, reason[:5000])
+            mlflow.end_run(status)
+        if self._run_id is None:
+            return
+        run = client.get_run(self._run_id)
+        for child in client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self._run_id}'"
+        ):
+            interrupted = self._signal and child.info.status == run_status.FAILED
+            if child.info.status == run_status.RUNNING or (interrupted and child.info.end_time >= self._signal_time_ms):
+                run_status.end_run(client, child.info.run_id, status, reason)
+        if run.info.status == run_status.RUNNING:
+            run_status.end_run(client, self._run_id, status, reason)
+        self._run_id = None
+
+
+@contextlib.contextmanager
+def _logged_failure(what: str) -> Iterator[None]:
+    """Logs (instead of raising) an error of the tracking store while a run is being closed: the error that
+    stopped the run is the one to report."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - the store may be what failed
+        logger.warning("%s: %s: %s", what, type(error).__name__, error)
+
+
 class ModelLineageHook:
     """Refuses, before any node runs, a model file the run would start from (a free input: e.g.
     ``multi_exit_model.pt`` when only ``mask_search`` runs) whose architecture is not the configured one
@@ -136,14 +327,7 @@ class ModelLineageHook:
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        try:
-            self._check(pipeline, catalog)
-        except Exception:
-            if mlflow.active_run() is not None:  # as in ConfigConsistencyHook: never leave the run RUNNING
-                mlflow.end_run(status="FAILED")
-            raise
-
-    def _check(self, pipeline: Any, catalog: Any) -> None:
+        """A refusal here ends the MLflow run FAILED with the reason (``MlflowRunStatusHook``)."""
         from evoprune.core.exits import spec_differences
         from evoprune.datasets._file_dataset import TorchFileDataset
         from evoprune.pipelines.build_exits.nodes import BuildExitsParams

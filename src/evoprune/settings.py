@@ -13,9 +13,19 @@ CONFIG_LOADER_ARGS = {
 
 from evoprune.hooks import (  # noqa: E402
     ConfigConsistencyHook,
+    MlflowRunStatusHook,
     ModelLineageHook,
+    ProjectStartupHook,
     TypedParamsLoggingHook,
     VariantNamespacesHook,
 )
 
-HOOKS = (ConfigConsistencyHook(), ModelLineageHook(), VariantNamespacesHook(), TypedParamsLoggingHook())
+# ProjectStartupHook runs first (tryfirst): project root as working directory, tracking store, device, folders.
+HOOKS = (
+    ProjectStartupHook(),
+    ConfigConsistencyHook(),
+    ModelLineageHook(),
+    VariantNamespacesHook(),
+    TypedParamsLoggingHook(),
+    MlflowRunStatusHook(),
+)
