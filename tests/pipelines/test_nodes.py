@@ -221,11 +221,11 @@ def test_registry_has_every_stage_and_prune_is_default():
 def test_finetune_has_one_namespace_per_configured_variant():
     pipelines = register_pipelines()
     finetune = pipelines["finetune"]
-    namespaces = {n.namespace for n in finetune.nodes if n.namespace}
-    assert namespaces == set(finetune_variants()) == set(VARIANTS)  # conf/base lists all six
+    namespaces = {n.namespace for n in finetune.nodes if n.namespace} - {"finetune"}
+    assert namespaces == {f"finetune.{v}" for v in finetune_variants()} == {f"finetune.{v}" for v in VARIANTS}
     assert {f"{v}.finetune_results" for v in VARIANTS} <= pipelines["report"].inputs()
-    rewind = finetune.only_nodes_with_namespaces(["rewind"])
+    rewind = finetune.only_nodes_with_namespaces(["finetune.rewind"])  # --namespaces=finetune.rewind
     assert "rewind.finetune_results" in rewind.outputs()
     assert {"selected_members", "multi_exit_model_init", "params:finetune"} <= rewind.inputs()
-    select = finetune.only_nodes("select_members")
+    select = finetune.only_nodes("finetune.select_members")
     assert select.inputs() >= {"pareto_members", "chosen_members"} and "selected_members" in select.outputs()
