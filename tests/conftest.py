@@ -138,6 +138,7 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
         "    optimizer: adamw\n    learning_rate: 3.0e-3\n"
         "build_exits:\n  training:\n    epochs: 1\n    batch_size: 20\n  latency:\n    batch_size: 50\n    repeats: 2\n"
         "mask_search:\n  validation_subset: 100\n  adaptive_bn_images: 64\n  random_masks: 4\n"
+        "  member_budgets: [0.5, 0.25]\n  candidates_per_budget: 2\n"
         "  search:\n    pop_size: 8\n    generations: 2\n    checkpoint_every: 1\n    max_accuracy_drop: 0.9\n"
         "  roulette_branch:\n    branch_size: 3\n    max_levels: 2\n"
         "finetune:\n  training:\n    epochs: 1\n    batch_size: 20\n"

@@ -9,7 +9,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from evoprune.core.reinit import VARIANTS
-from evoprune.pipeline_registry import register_pipelines
+from evoprune.pipeline_registry import PRUNE_STAGES, register_pipelines
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +22,11 @@ def _assert_stage_tracked(client, run, stage: str, metric_names: tuple[str, ...]
     assert {f"{stage}/{name}" for name in artifact_names} <= artifacts
 
 
-def _run(project, **kwargs):
+def _run(project, to_outputs=None, **kwargs):
     bootstrap_project(project)
     try:
         with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
-            return session.run(pipeline_names=["prune"])
+            return session.run(pipeline_names=["prune"], to_outputs=to_outputs)
     finally:
         # kedro-mlflow 2.0.3 leaves the session's run active in this process (a `kedro run` ends with its
         # process); close it so that the next session of this test process opens its own run
@@ -154,9 +154,9 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project):
 
 
 def test_same_seed_same_model_through_the_session(tiny_project):
-    _run(tiny_project)
+    _run(tiny_project, to_outputs=["dense_model"])  # data_preparation and train_dense
     first = torch.load(tiny_project / "data/tiny/06_models/dense_model.pt", weights_only=True)["state_dict"]
-    _run(tiny_project)
+    _run(tiny_project, to_outputs=["dense_model"])
     second = torch.load(tiny_project / "data/tiny/06_models/dense_model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
 
@@ -225,6 +225,7 @@ def test_prune_runs_on_a_model_from_elsewhere(tiny_project, name):
         runtime_params={
             "train_dense": {"model": model},
             "build_exits": {"exit_after": exits},
+            "mask_search": {"member_budgets": [0.5], "candidates_per_budget": 1},  # one fine-tune per method
             "finetune": {"variants": ["keep"]},
         },
     )
@@ -264,10 +265,13 @@ def test_kedro_viz_build_succeeds(tiny_project):
     assert result.returncode == 0, result.stderr[-2000:]
     pipelines = json.loads((tiny_project / "build/api/main").read_text())["pipelines"]
     assert set(register_pipelines()) - {"__default__"} <= {p["id"] for p in pipelines}
+    main = json.loads((tiny_project / "build/api/main").read_text())
+    boxes = [c["id"] for c in main["modular_pipelines"]["__root__"]["children"] if c["type"] == "modularPipeline"]
+    assert sorted(boxes) == sorted(PRUNE_STAGES)  # the graph opens as one box per stage
     finetune = json.loads((tiny_project / "build/api/pipelines/finetune").read_text())
-    assert set(VARIANTS) <= set(finetune["modular_pipelines"])  # one box per variant, side by side in Viz
+    assert {f"finetune.{v}" for v in VARIANTS} <= set(finetune["modular_pipelines"])  # the variants inside finetune
     tasks = [n for n in finetune["nodes"] if n["type"] == "task" and n["name"] == "finetune_members"]
-    assert sorted(m for n in tasks for m in n["modular_pipelines"]) == sorted(VARIANTS)
+    assert sorted(m for n in tasks for m in n["modular_pipelines"]) == sorted(f"finetune.{v}" for v in VARIANTS)
 
 
 def test_images_that_do_not_fit_the_model_stop_the_run_before_training(tiny_project):
