@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from torchvision import datasets as tv_datasets
 
-from evoprune.core.data import NUM_CLASSES, DataFileError, _check_labels, _fix_hint, _write_atomically
+from evoprune.core import atomic
+from evoprune.core.data import NUM_CLASSES, DataFileError, _check_labels, _fix_hint
 from evoprune.core.safe_pickle import ForbiddenGlobalError, restricted_loads
 
 
@@ -124,5 +125,5 @@ def stage_cifar_files(source_dir: str | Path, root: str | Path, dataset: str) ->
             _validate_cifar(payload, str(found), dataset)
         except DataFileError as exc:
             raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
-        _write_atomically(target, payload)
+        atomic.write_bytes(target, payload)
     return staged

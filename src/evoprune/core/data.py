@@ -14,14 +14,14 @@ Offline, the raw files come from a local folder the user points ``dataset.source
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import datasets as tv_datasets
+
+from evoprune.core import atomic
 
 # dataset name -> torchvision class; every one of them uses the same four IDX files.
 DATASET_CLASSES: dict[str, type[tv_datasets.MNIST]] = {
@@ -95,18 +95,6 @@ def _fix_hint(dataset: str) -> str:
         "(or conf/local/globals.yml) to that folder, or set `dataset.download: true` on a machine "
         "with internet access."
     )
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_labels(labels: np.ndarray, name: str, dataset: str) -> None:
@@ -200,7 +188,7 @@ def stage_raw_files(source_dir: str | Path, raw_dir: str | Path, dataset: str) -
             _validate_idx(payload, str(found), dataset)
         except DataFileError as exc:
             raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
-        _write_atomically(target, payload)
+        atomic.write_bytes(target, payload)
     return raw_dir
 
 
