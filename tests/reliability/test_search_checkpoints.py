@@ -163,6 +163,7 @@ BAD = [_garbage, _truncated, _flipped_bytes, _old_two_file_pair, _torn, _foreign
 def test_a_killed_search_resumes_from_its_checkpoint_and_scores_only_the_rest(tmp_path, uninterrupted, caplog):
     killed = Search()
     killed.run(tmp_path, stop_after=2)
+    (tmp_path / ".state.npz.x1y2.tmp").write_bytes(b"half a write")  # a write killed midway left this
     resumed = Search()
     with caplog.at_level(logging.WARNING):
         result = resumed.run(tmp_path)

@@ -204,7 +204,8 @@ def _set_aside(folder: Path) -> Path:
 def load_for_resume(
     folder: Path, problem: MaskSearchProblem, fingerprint: str, on_bad: OnBadCheckpoint = "restart"
 ) -> Checkpoint | None:
-    """The checkpoint in ``folder`` to resume from, or None to start afresh.
+    """The checkpoint in ``folder`` to resume from, or None to start afresh. Temporary files of a write
+    killed midway are removed first.
 
     Args:
         on_bad: what a checkpoint that cannot be resumed does: ``restart`` logs a warning naming the file
@@ -216,6 +217,8 @@ def load_for_resume(
     if on_bad not in ("restart", "stop"):
         raise ValueError(f"on_bad_checkpoint must be 'restart' or 'stop', got {on_bad!r}")
     file, legacy = folder / CHECKPOINT_FILE, folder / LEGACY_META_FILE
+    for leftover in folder.glob(f".{CHECKPOINT_FILE}.*{atomic.TEMP_SUFFIX}"):  # of a write killed midway
+        leftover.unlink(missing_ok=True)
     if not file.exists() and not legacy.exists():
         return None
     try:
