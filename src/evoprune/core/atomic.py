@@ -22,13 +22,15 @@ from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"  # temporary files and folders are named ".<target name>.<random>.tmp"
 
-_REASONS = {
-    errno.EFBIG: "file too large for this process's file size limit (ulimit -f)",
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EROFS: "read-only file system",
+_SPACE = "free space or raise the limit"
+_ACCESS = "make the folder writable for this user"
+_REASONS = {  # errno -> (cause, what to do)
+    errno.EFBIG: ("file too large for this process's file size limit (ulimit -f)", _SPACE),
+    errno.ENOSPC: ("no space left on device", _SPACE),
+    errno.EDQUOT: ("disk quota exceeded", _SPACE),
+    errno.EACCES: ("permission denied", _ACCESS),
+    errno.EPERM: ("operation not permitted", _ACCESS),
+    errno.EROFS: ("read-only file system", "write the outputs to a writable file system"),
 }
 
 _UMASK = os.umask(0o022)  # read the process umask (there is no getter) and put it back
@@ -40,10 +42,10 @@ class AtomicWriteError(OSError):
 
     def __init__(self, path: str | Path, cause: OSError):
         self.path = Path(path)
-        reason = _REASONS.get(cause.errno or -1, cause.strerror or str(cause))
+        reason, fix = _REASONS.get(cause.errno or -1, (cause.strerror or str(cause), "fix the cause"))
         message = (
             f"could not write {self.path}: {reason} ({cause}). The previous file, if any, is unchanged and no "
-            "temporary file is left; free space or raise the limit, then run the step again."
+            f"temporary file is left; {fix}, then run the step again."
         )
         if cause.errno is None:
             super().__init__(message)
