@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 from torchvision import datasets as tv_datasets
 
+from evoprune.core import atomic
 from evoprune.core.data import (
     NUM_CLASSES,
     DataFileError,
     _check_labels,
     _fix_hint,
-    _write_atomically,
     is_staged_from,
     read_staging_manifest,
     source_stamp,
@@ -131,7 +131,7 @@ def stage_cifar_files(source_dir: str | Path, root: str | Path, dataset: str) ->
             _validate_cifar(payload, str(found), dataset)
         except DataFileError as exc:
             raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
-        _write_atomically(target, payload)
+        atomic.write_bytes(target, payload)
         staged_from[name] = source_stamp(found)
         write_staging_manifest(staged, staged_from)
     return staged

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import datasets as tv_datasets
+
+from evoprune.core import atomic
 
 # dataset name -> torchvision class; every one of them uses the same four IDX files.
 DATASET_CLASSES: dict[str, type[tv_datasets.MNIST]] = {
@@ -98,18 +98,6 @@ def _fix_hint(dataset: str) -> str:
     )
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 STAGING_MANIFEST = ".staged_from.json"  # staged file name -> the source file it was copied from (path, size, mtime)
 
 
@@ -129,7 +117,7 @@ def read_staging_manifest(folder: Path) -> dict[str, dict[str, object]]:
 
 
 def write_staging_manifest(folder: Path, manifest: dict[str, dict[str, object]]) -> None:
-    _write_atomically(folder / STAGING_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic.write_bytes(folder / STAGING_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 def is_staged_from(target: Path, source: Path, manifest: dict[str, dict[str, object]], validate) -> bool:
@@ -239,7 +227,7 @@ def stage_raw_files(source_dir: str | Path, raw_dir: str | Path, dataset: str) -
             _validate_idx(payload, str(found), dataset)
         except DataFileError as exc:
             raise DataFileError(f"{exc} {_fix_hint(dataset)}") from exc
-        _write_atomically(target, payload)
+        atomic.write_bytes(target, payload)
         staged_from[name] = source_stamp(found)
         write_staging_manifest(raw_dir, staged_from)
     return raw_dir

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from evoprune.core import atomic
 from evoprune.core.exits import MultiExitNet, input_shape
 from evoprune.core.train import as_exit_list
 
@@ -28,8 +29,8 @@ def export_torchscript(model: nn.Module, path: str | Path) -> Path:
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
         traced = torch.jit.trace(model, example, strict=False)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(path))
+    # to bytes first: TorchScript's C++ file writer aborts the whole process when a write fails (disk full)
+    atomic.write_bytes(path, traced.save_to_buffer())
     return path
 
 
@@ -50,18 +51,18 @@ def export_onnx(model: nn.Module, path: str | Path, batch_size_dynamic: bool = T
     example = torch.zeros(1, *input_shape(model))
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if batch_size_dynamic else None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        dynamo=True,
-        verbose=False,
-        external_data=False,  # weights inside the file
-        input_names=["images"],
-        output_names=output_names(model),
-        dynamic_shapes=dynamic_shapes,
-    )
+    with atomic.atomic_path(path) as tmp:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            dynamo=True,
+            verbose=False,
+            external_data=False,  # weights inside the file
+            input_names=["images"],
+            output_names=output_names(model),
+            dynamic_shapes=dynamic_shapes,
+        )
     return path
 
 

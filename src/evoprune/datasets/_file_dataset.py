@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
 import torch
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+
+from evoprune.core import atomic
 
 
 class TorchFileDataset(AbstractVersionedDataset[Any, Any]):
@@ -36,9 +39,16 @@ class TorchFileDataset(AbstractVersionedDataset[Any, Any]):
             ) from exc
 
     def _write(self, payload: Any) -> None:
+        """``torch.save`` the payload; a local file is replaced atomically (never left half-written),
+        remote protocols write through fsspec."""
         path = get_filepath_str(self._get_save_path(), self._protocol)
-        with self._fs.open(path, "wb") as handle:
-            torch.save(payload, handle)
+        if self._protocol != "file":
+            with self._fs.open(path, "wb") as handle:
+                torch.save(payload, handle)
+            return
+        buffer = io.BytesIO()  # torch's zip writer would turn a failed write into a bare RuntimeError
+        torch.save(payload, buffer)
+        atomic.write_bytes(path, buffer.getbuffer())
 
     @property
     def filepath(self) -> str:

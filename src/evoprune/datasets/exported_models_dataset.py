@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 from torch import nn
+
+from evoprune.core.atomic import atomic_directory
 
 EXPORTERS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -18,7 +19,8 @@ class ExportedModelsDataset(AbstractDataset[dict[str, nn.Module], dict[str, dict
     loads ``{name: {format: file path}}`` (open them with onnxruntime or ``torch.jit.load``).
 
     Args:
-        path: folder of the exports (replaced on every save, so no stale member is left behind).
+        path: folder of the exports, replaced as a whole on every save (no stale member is left behind, and
+            a failed save leaves the previous exports as they were).
         formats: any of ``onnx``, ``torchscript``.
     """
 
@@ -33,14 +35,12 @@ class ExportedModelsDataset(AbstractDataset[dict[str, nn.Module], dict[str, dict
     def save(self, data: dict[str, nn.Module]) -> None:
         from evoprune.core.export import export_onnx, export_torchscript
 
-        if self._path.exists():
-            shutil.rmtree(self._path)
-        self._path.mkdir(parents=True)
-        for name, model in data.items():
-            if "onnx" in self._formats:
-                export_onnx(model, self._path / f"{name}{SUFFIX['onnx']}")
-            if "torchscript" in self._formats:
-                export_torchscript(model, self._path / f"{name}{SUFFIX['torchscript']}")
+        with atomic_directory(self._path) as folder:  # the old exports stay until every new one is written
+            for name, model in data.items():
+                if "onnx" in self._formats:
+                    export_onnx(model, folder / f"{name}{SUFFIX['onnx']}")
+                if "torchscript" in self._formats:
+                    export_torchscript(model, folder / f"{name}{SUFFIX['torchscript']}")
 
     def load(self) -> dict[str, dict[str, Path]]:
         if not self._path.is_dir():

@@ -8,16 +8,19 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from torch import nn
 
+from evoprune.core.atomic import is_temporary
 from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
 from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.masking import SlicedEvaluator
+from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
 from evoprune.core.search.operators import rank_within_layers
 from evoprune.core.search.problem import POLICY_OBJECTIVES, MaskSearchProblem
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
@@ -38,11 +41,36 @@ class SearchOutcome:
     objectives: list[str]
 
 
-def _fingerprint(model: nn.Module, cfg: SearchConfig, seed: int, n_val: int, policy: tuple | None) -> str:
-    payload = [cfg.model_dump(), seed, n_val, getattr(model, "spec", None), policy]
+def _hash_tensor(digest: Any, tensor: torch.Tensor | None) -> None:
+    """Feed a tensor's dtype, shape and bytes (or a marker for None) into ``digest``."""
+    if tensor is None:
+        digest.update(b"none|")
+        return
+    value = tensor.detach().cpu().contiguous()
+    digest.update(f"{value.dtype}|{tuple(value.shape)}|".encode())
+    digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bfloat16 included
+
+
+def search_fingerprint(
+    model: nn.Module,
+    cfg: SearchConfig,
+    seed: int,
+    validation_split: dict[str, torch.Tensor],
+    calibration_images: torch.Tensor | None,
+    policy: tuple | None,
+) -> str:
+    """16 hex digits naming everything a candidate's score depends on: every search setting, the seed, the
+    early-exit policy, the model's spec and weights, the validation images and labels it is scored on and
+    the calibration images of adaptive BatchNorm (their contents, not just their count). Another value
+    of any of them gives another checkpoint folder, so an old front is never resumed on new inputs."""
+    payload = [cfg.model_dump(), seed, getattr(model, "spec", None), policy, sorted(validation_split)]
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().numpy().tobytes())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        _hash_tensor(digest, tensor)
+    for name in sorted(validation_split):
+        _hash_tensor(digest, validation_split[name])
+    _hash_tensor(digest, calibration_images)
     return digest.hexdigest()[:16]
 
 
@@ -66,19 +94,22 @@ def _branch_result(problem: MaskSearchProblem, branch: dict[str, np.ndarray]) ->
     )
 
 
+def _is_checkpoint_folder(folder: Path) -> bool:
+    """A folder holding only a search checkpoint's files: ``state.npz`` (and the old layout's
+    ``state.json``), a set-aside ``state.npz.bad``, or a temporary file a killed write left behind."""
+    return folder.is_dir() and all(f.name in CHECKPOINT_FILES or is_temporary(f.name) for f in folder.iterdir())
+
+
 def remove_old_checkpoints(current: Path, kept: int) -> list[Path]:
     """Delete the checkpoint folders beside ``current`` (other searches' fingerprints) except the
-    ``kept - 1`` most recently written; ``current`` itself always stays. Only folders holding exactly a
-    checkpoint's files (state.json, state.npz) are touched. Returns the folders deleted."""
+    ``kept - 1`` most recently written; ``current`` itself always stays. Only folders holding nothing but a
+    checkpoint's files (``state.npz``, an old layout's ``state.json``, ``state.npz.bad``, temporary files
+    of an interrupted write) are touched. Returns the folders deleted."""
     if kept < 1:
         raise ValueError(f"checkpoints_kept must be >= 1 (the running search's own), got {kept}")
     if not current.parent.is_dir():
         return []
-    others = [
-        d
-        for d in current.parent.iterdir()
-        if d.is_dir() and d.name != current.name and {f.name for f in d.iterdir()} <= {"state.json", "state.npz"}
-    ]
+    others = [d for d in current.parent.iterdir() if d.name != current.name and _is_checkpoint_folder(d)]
     others.sort(key=lambda d: max((f.stat().st_mtime for f in d.iterdir()), default=d.stat().st_mtime), reverse=True)
     removed = others[kept - 1 :]
     for d in removed:
@@ -98,14 +129,18 @@ def search_pruning_masks(
     checkpoint_dir: str | Path | None = None,
     policy: tuple[float, str] | None = None,
     checkpoints_kept: int = 3,
+    on_bad_checkpoint: OnBadCheckpoint = "restart",
 ) -> SearchOutcome:
     """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
     method, random masks for contrast and, when configured, the roulette branch path for comparison.
 
     Args:
         policy: (threshold, criterion) of the early-exit policy, needed by the policy objectives.
+        checkpoint_dir: checkpoints go to ``<checkpoint_dir>/<search_fingerprint(...)>/state.npz``.
         checkpoints_kept: searches (fingerprint folders under ``checkpoint_dir``) whose checkpoints are
             kept, this one included, most recently written first; older ones are deleted.
+        on_bad_checkpoint: ``restart`` (warn, set the file aside, start afresh) or ``stop`` (raise
+            ``CheckpointError``) on a corrupt, torn, old or foreign checkpoint.
     """
     layout = build_layout(model, input_shape(model))
     evaluator = SlicedEvaluator(model, layout, device, calibration_images)
@@ -124,9 +159,10 @@ def search_pruning_masks(
     rank = rank_within_layers(importance, layout)
     reference = score(np.ones((1, layout.num_bits), dtype=bool))
     problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop)
+    fingerprint = None
     if checkpoint_dir is not None:
-        n_val = int(validation_split["labels"].numel())
-        checkpoint_dir = Path(checkpoint_dir) / _fingerprint(model, cfg, seed, n_val, policy)
+        fingerprint = search_fingerprint(model, cfg, seed, validation_split, calibration_images, policy)
+        checkpoint_dir = Path(checkpoint_dir) / fingerprint
         remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
     start = time.perf_counter()
     branch = None
@@ -150,7 +186,17 @@ def search_pruning_masks(
             scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
             budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
             seeds = np.stack([mask_within_budget(layout, scores, b, cfg.max_pruning_ratio) for b in budgets])
-        result = run_search(problem, cfg, rank, importance, seed, checkpoint_dir, seeds=seeds)
+        result = run_search(
+            problem,
+            cfg,
+            rank,
+            importance,
+            seed,
+            checkpoint_dir,
+            seeds=seeds,
+            fingerprint=fingerprint,
+            on_bad_checkpoint=on_bad_checkpoint,
+        )
     seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed + 1)
     keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))

@@ -23,6 +23,7 @@ OBJECTIVES: tuple[str, ...] = (
     "filters_ratio",
 )
 POLICY_OBJECTIVES = ("policy_error", "expected_flops_ratio")
+EXTRA_VALUES = ["accuracy", "flops", "params"]  # what _evaluate returns besides F and G, per candidate
 
 
 class MaskSearchProblem(Problem):

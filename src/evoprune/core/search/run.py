@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,10 +20,16 @@ from pymoo.operators.crossover.pntx import TwoPointCrossover
 from pymoo.util.optimum import filter_optimum
 from tqdm.auto import tqdm
 
+from evoprune.core.search.checkpoint import (
+    LOG_KEYS,
+    POPULATION_KEYS,
+    Checkpoint,
+    OnBadCheckpoint,
+    load_for_resume,
+    save_checkpoint,
+)
 from evoprune.core.search.operators import KeepUnitsPerLayer, RouletteMutation, RouletteSampling
-from evoprune.core.search.problem import OBJECTIVES, MaskSearchProblem
-
-EXTRA_VALUES = ["accuracy", "flops", "params"]
+from evoprune.core.search.problem import EXTRA_VALUES, OBJECTIVES, MaskSearchProblem
 
 
 class SearchConfig(BaseModel):
@@ -100,27 +107,14 @@ def generation_stats(algorithm, cfg: SearchConfig, problem: MaskSearchProblem) -
     return stats
 
 
-def _save_checkpoint(path: Path, algorithm, generations: list[dict], log: dict[str, list]) -> None:
-    """Exact resume state without pickle: arrays in .npz, counters and the RNG state in JSON."""
-    path.mkdir(parents=True, exist_ok=True)
-    pop = algorithm.pop
-    arrays = {k: pop.get(k) for k in ("X", "F", "G", "CV", "rank", "crowding", *EXTRA_VALUES)}
-    arrays.update({f"log_{k}": np.concatenate(v) for k, v in log.items()})
-    np.savez(path / "state.npz", **{k: np.asarray(v) for k, v in arrays.items() if v is not None})
-    meta = {
-        "n_iter": algorithm.n_iter,
-        "n_eval": algorithm.evaluator.n_eval,
-        "rng": algorithm.random_state.bit_generator.state,
-        "generations": generations,
-    }
-    (path / "state.json").write_text(json.dumps(meta, default=int))
+def _apply_checkpoint(checkpoint: Checkpoint, algorithm) -> tuple[list[dict], dict[str, list]]:
+    """Put a checked checkpoint's population, counters and random state into a set-up algorithm.
 
-
-def _restore_checkpoint(path: Path, algorithm) -> tuple[list[dict], dict[str, list]]:
-    arrays = np.load(path / "state.npz", allow_pickle=False)
-    meta = json.loads((path / "state.json").read_text())
+    Returns: the per-generation statistics and the log of evaluated candidates so far.
+    """
+    arrays, meta = checkpoint.arrays, checkpoint.meta
     pop = Population.new(X=arrays["X"])
-    for key in ("F", "G", "CV", "rank", "crowding", *EXTRA_VALUES):
+    for key in POPULATION_KEYS[1:]:
         if key in arrays:
             pop.set(key, arrays[key])
     pop.apply(lambda ind: ind.evaluated.update(["F", "G", "CV", *EXTRA_VALUES]))
@@ -130,8 +124,32 @@ def _restore_checkpoint(path: Path, algorithm) -> tuple[list[dict], dict[str, li
     algorithm.start_time = time.time()
     algorithm.evaluator.n_eval = meta["n_eval"]
     algorithm.random_state.bit_generator.state = meta["rng"]
-    log = {k[4:]: [arrays[k]] for k in arrays.files if k.startswith("log_")}
+    log = {k: [arrays[f"log_{k}"]] for k in LOG_KEYS}
     return meta["generations"], log
+
+
+def _start_or_resume(
+    algorithm, problem: MaskSearchProblem, folder: Path | None, key: str, on_bad: OnBadCheckpoint
+) -> tuple[list[dict], dict[str, list]]:
+    """Empty statistics and log for a fresh search, or those of this search's checkpoint in ``folder``
+    (put into ``algorithm``)."""
+    checkpoint = load_for_resume(folder, problem, key, on_bad) if folder is not None else None
+    if checkpoint is None:
+        return [], {k: [] for k in LOG_KEYS}
+    return _apply_checkpoint(checkpoint, algorithm)
+
+
+def checkpoint_fingerprint(
+    base: str | None, problem: MaskSearchProblem, cfg: SearchConfig, seed: int, seeds: np.ndarray | None
+) -> str:
+    """What a checkpoint must have been written by: the caller's fingerprint (model and data) combined with
+    everything ``run_search`` itself knows (settings, seed, problem size and objectives, seed masks)."""
+    payload = [base, cfg.model_dump(), seed, problem.n_var, list(problem.objectives), problem.max_accuracy_drop]
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    digest.update(problem.reference_accuracy.astype(np.float64).tobytes())
+    if seeds is not None:
+        digest.update(np.asarray(seeds, dtype=bool).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def run_search(
@@ -143,6 +161,8 @@ def run_search(
     checkpoint_dir: str | Path | None = None,
     stop_after: int | None = None,
     seeds: np.ndarray | None = None,
+    fingerprint: str | None = None,
+    on_bad_checkpoint: OnBadCheckpoint = "restart",
 ) -> SearchResult:
     """Run NSGA-II or GA generation by generation.
 
@@ -151,19 +171,22 @@ def run_search(
         cfg: the search configuration.
         rank, importance: per-bit importance rank (operators) and raw importance (repair).
         seed: drives pymoo's random generator (sampling, selection, crossover, mutation).
-        checkpoint_dir: where state is saved every ``cfg.checkpoint_every`` generations; an existing
-            checkpoint there is resumed, ending with the same front as an uninterrupted run.
+        checkpoint_dir: where state is saved (``state.npz``, atomically) every ``cfg.checkpoint_every``
+            generations; a checkpoint of this search there is resumed, ending with the same front as an
+            uninterrupted run.
         stop_after: stop after this many generations in total (simulates a killed run, for tests).
         seeds: masks put in the first population after the all-ones mask.
+        fingerprint: the caller's fingerprint of what the scores depend on (model, data); combined with
+            the settings, seed and problem, it must match the checkpoint's.
+        on_bad_checkpoint: a checkpoint that is corrupt, torn, old or another search's: ``restart`` warns,
+            moves it aside (``state.npz.bad``) and starts afresh; ``stop`` raises ``CheckpointError``.
     """
     min_units = problem.layout.min_units(cfg.max_pruning_ratio)
     algorithm = make_algorithm(cfg, rank, KeepUnitsPerLayer(problem.layout, importance, min_units), seeds)
     algorithm.setup(problem, termination=("n_gen", cfg.generations), seed=seed, verbose=False)
-    generations: list[dict[str, float]] = []
-    log: dict[str, list] = {k: [] for k in ("X", "F", "G", "accuracy", "generation")}
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    if ckpt is not None and (ckpt / "state.json").is_file():
-        generations, log = _restore_checkpoint(ckpt, algorithm)
+    ckpt_key = checkpoint_fingerprint(fingerprint, problem, cfg, seed, seeds)
+    generations, log = _start_or_resume(algorithm, problem, ckpt, ckpt_key, on_bad_checkpoint)
     bar = tqdm(
         total=cfg.generations, initial=len(generations), desc=f"mask_search ({cfg.algorithm})", unit="gen", leave=False
     )
@@ -180,7 +203,7 @@ def run_search(
         bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in generations[-1].items() if k in ("hypervolume", "front_size")})
         if ckpt is not None and cfg.checkpoint_every and len(generations) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt, algorithm, generations, log)
+            save_checkpoint(ckpt, algorithm, generations, log, ckpt_key)
     bar.close()
     opt = algorithm.opt
     feasible = opt.get("CV")[:, 0] <= 0

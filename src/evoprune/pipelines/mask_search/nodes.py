@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,9 @@ class MaskSearchParams(BaseModel):
     # conf/base writes it under ${globals:outputs} (data); null: no checkpoints
     checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"
     checkpoints_kept: PositiveInt = 3  # searches whose checkpoints stay (newest first, this one included)
+    # a corrupt, torn, old-format or another search's checkpoint: restart (warn, keep it as state.npz.bad and
+    # search afresh) or stop (raise CheckpointError naming the file)
+    on_bad_checkpoint: Literal["restart", "stop"] = "restart"
 
 
 def search_masks(
@@ -78,6 +81,7 @@ def search_masks(
         params.checkpoint_dir,
         policy,
         params.checkpoints_kept,
+        params.on_bad_checkpoint,
     )
 
 
