@@ -16,7 +16,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 KEDRO = Path(sys.executable).with_name("kedro")
 
 
-def start_kedro(project: Path, pipeline: str, cwd: Path | None = None) -> subprocess.Popen:
+def start_kedro(
+    project: Path, pipeline: str, cwd: Path | None = None, extra_args: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """``kedro run --pipeline=<pipeline> --env=tiny`` from ``cwd`` (default: the project root); stdout and
     stderr together, in wide lines (rich wraps at $COLUMNS), through ``finish``."""
     env = {
@@ -26,7 +28,7 @@ def start_kedro(project: Path, pipeline: str, cwd: Path | None = None) -> subpro
         "COLUMNS": "400",
     }
     return subprocess.Popen(
-        [str(KEDRO), "run", f"--pipeline={pipeline}", "--env=tiny"],
+        [str(KEDRO), "run", f"--pipeline={pipeline}", "--env=tiny", *extra_args],
         cwd=cwd or project,
         env=env,
         stdout=subprocess.PIPE,
@@ -41,10 +43,12 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     return " ".join(output.split())
 
 
-def run_kedro(project: Path, pipeline: str, cwd: Path | None = None) -> tuple[int, str, float]:
+def run_kedro(
+    project: Path, pipeline: str, cwd: Path | None = None, extra_args: tuple[str, ...] = ()
+) -> tuple[int, str, float]:
     """Runs ``kedro run`` to its end: return code, output, seconds taken."""
     start = time.monotonic()
-    process = start_kedro(project, pipeline, cwd)
+    process = start_kedro(project, pipeline, cwd, extra_args)
     output = finish(process)
     return process.returncode, output, time.monotonic() - start
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pymoo.util.optimum import filter_optimum
 from tqdm.auto import tqdm
 
 from evoprune.core.search.checkpoint import (
+    CHECKPOINT_FILE,
     LOG_KEYS,
     POPULATION_KEYS,
     Checkpoint,
@@ -30,6 +32,8 @@ from evoprune.core.search.checkpoint import (
 )
 from evoprune.core.search.operators import KeepUnitsPerLayer, RouletteMutation, RouletteSampling
 from evoprune.core.search.problem import EXTRA_VALUES, OBJECTIVES, MaskSearchProblem
+
+logger = logging.getLogger(__name__)
 
 
 class SearchConfig(BaseModel):
@@ -136,7 +140,9 @@ def _start_or_resume(
     checkpoint = load_for_resume(folder, problem, key, on_bad) if folder is not None else None
     if checkpoint is None:
         return [], {k: [] for k in LOG_KEYS}
-    return _apply_checkpoint(checkpoint, algorithm)
+    generations, log = _apply_checkpoint(checkpoint, algorithm)
+    logger.info("Resuming the mask search from %s after generation %d.", folder / CHECKPOINT_FILE, len(generations))
+    return generations, log
 
 
 def checkpoint_fingerprint(
