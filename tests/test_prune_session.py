@@ -10,6 +10,7 @@ from kedro.framework.startup import bootstrap_project
 
 from evoprune.core.reinit import VARIANTS
 from evoprune.pipeline_registry import PRUNE_STAGES, register_pipelines
+from tests.notebook_check import assert_notebook_explores
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +35,10 @@ def _run(project, to_outputs=None, **kwargs):
             mlflow.end_run()
 
 
-def test_prune_run_is_tracked_in_mlflow(tiny_project):
+def test_prune_run_is_tracked_in_mlflow(tiny_project, monkeypatch):
     _run(tiny_project)
+    monkeypatch.setenv("KEDRO_ENV", "tiny")  # inherited by the notebook's kernel
+    assert_notebook_explores(tiny_project)  # the exploration notebook runs on this finished run
     assert (tiny_project / "data/tiny/06_models/dense_model.pt").is_file()
     assert (tiny_project / "data/tiny/06_models/dense_model_init.pt").is_file()
     assert (tiny_project / "data/tiny/08_reporting/dense_training_curves.png").is_file()
