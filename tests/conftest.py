@@ -10,9 +10,12 @@ import shutil
 import struct
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
 
 from evoprune.core.cifar import CIFAR_CLASSES
 from evoprune.core.data import IDX_FILES
@@ -147,3 +150,17 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
     return tmp_path
+
+
+def run_tiny_session(project: Path, pipeline: str = "prune", to_outputs: list[str] | None = None, **kwargs):
+    """One ``kedro run --env=tiny`` of ``pipeline`` through a KedroSession in this process; ``kwargs`` go to
+    ``KedroSession.create`` (e.g. ``runtime_params``)."""
+    bootstrap_project(project)
+    try:
+        with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
+            return session.run(pipeline_names=[pipeline], to_outputs=to_outputs)
+    finally:
+        # kedro-mlflow 2.0.3 leaves the session's run active in this process (a `kedro run` ends with its
+        # process); close it so that the next session of this test process opens its own run
+        while mlflow.active_run() is not None:
+            mlflow.end_run()

@@ -5,11 +5,10 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 from evoprune.core.reinit import VARIANTS
 from evoprune.pipeline_registry import PRUNE_STAGES, register_pipelines
+from tests.conftest import run_tiny_session
 from tests.notebook_check import assert_notebook_explores
 
 pytestmark = pytest.mark.slow
@@ -24,15 +23,7 @@ def _assert_stage_tracked(client, run, stage: str, metric_names: tuple[str, ...]
 
 
 def _run(project, to_outputs=None, **kwargs):
-    bootstrap_project(project)
-    try:
-        with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
-            return session.run(pipeline_names=["prune"], to_outputs=to_outputs)
-    finally:
-        # kedro-mlflow 2.0.3 leaves the session's run active in this process (a `kedro run` ends with its
-        # process); close it so that the next session of this test process opens its own run
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
+    return run_tiny_session(project, "prune", to_outputs, **kwargs)
 
 
 def test_prune_run_is_tracked_in_mlflow(tiny_project, monkeypatch):

@@ -8,10 +8,9 @@ import signal
 
 import mlflow
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 from evoprune.run_status import END_REASON_TAG, HOST_TAG, process_tags
+from tests.conftest import run_tiny_session
 from tests.reliability.kedro_process import finish, run_kedro, start_kedro, tracked_runs, wait_for_file
 
 TRAIN_SPLIT = "data/tiny/05_model_input/fashion_mnist_train.pt"  # written by the first node of `prune`
@@ -61,20 +60,9 @@ def test_a_run_killed_outright_is_marked_killed_by_the_next_run_and_live_runs_ar
     assert next_run.info.status == "FINISHED" and next_run.data.tags["evoprune.pid"] != killed.data.tags["evoprune.pid"]
 
 
-def _run_in_process(project, **kwargs):
-    """One ``prune`` session in this process (as tests/test_prune_session.py does)."""
-    bootstrap_project(project)
-    try:
-        with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
-            return session.run(pipeline_names=["prune"])
-    finally:
-        while mlflow.active_run() is not None:  # kedro-mlflow leaves its run on this thread's stack
-            mlflow.end_run()
-
-
 def test_a_run_refused_before_its_first_node_ends_failed_with_the_reason(tiny_project):
     with pytest.raises(Exception, match=r"no module \['conv9'\]"):
-        _run_in_process(tiny_project, runtime_params={"build_exits": {"exit_after": ["stages.0", "conv9"]}})
+        run_tiny_session(tiny_project, runtime_params={"build_exits": {"exit_after": ["stages.0", "conv9"]}})
     (run,) = tracked_runs(tiny_project)
     assert run.info.status == "FAILED"
     assert run.data.tags[END_REASON_TAG].startswith("refused before the first node: ")
@@ -86,7 +74,7 @@ def test_an_error_in_a_node_ends_the_run_failed_with_the_error(tiny_project):
     globals_yml = tiny_project / "conf/tiny/globals.yml"
     globals_yml.write_text(f"outputs: data/tiny\ndataset:\n  source_dir: {tiny_project / 'nowhere'}\n")
     with pytest.raises(Exception, match=r"train-images-idx3-ubyte"):
-        _run_in_process(tiny_project)
+        run_tiny_session(tiny_project)
     (run,) = tracked_runs(tiny_project)
     assert run.info.status == "FAILED"
     assert "train-images-idx3-ubyte" in run.data.tags[END_REASON_TAG]

@@ -2,29 +2,17 @@
 
 import time
 
-import mlflow
 import pytest
 import torch
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from kedro.io import DatasetError
 
 from evoprune.core.exits import attach_exits, build_network, spec_differences
 from evoprune.core.models import build_model
 from evoprune.core.models.adapter import CheckpointMismatchError, rebuild_checked
 from evoprune.datasets import PrunedMembersDataset, TorchModelDataset
+from tests.conftest import run_tiny_session
 
 LENET = {"name": "lenet5"}
-
-
-def _run(project, pipeline: str):
-    bootstrap_project(project)
-    try:
-        with KedroSession.create(project_path=project, env="tiny") as session:
-            return session.run(pipeline_names=[pipeline])
-    finally:
-        while mlflow.active_run() is not None:  # kedro-mlflow leaves its run active in this process
-            mlflow.end_run()
 
 
 def test_spec_differences_name_each_differing_setting():
@@ -80,7 +68,7 @@ def test_a_model_file_of_another_architecture_stops_a_partial_run_before_any_nod
         match=r"`multi_exit_model` \(.*multi_exit_model.pt\) was not made by this "
         r"configuration: .*name: 'vgg' in the file, 'lenet5' in train_dense.model.*--to-outputs",
     ):
-        _run(tiny_project, "mask_search")
+        run_tiny_session(tiny_project, "mask_search")
     assert path.read_bytes() == before  # nothing overwritten
     assert not (tiny_project / "data/tiny/07_model_output").exists() or not any(
         (tiny_project / "data/tiny/07_model_output").rglob("*.csv")

@@ -8,14 +8,12 @@ import os
 import socket
 import time
 
-import mlflow
 import pytest
 import torch
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 from evoprune.pipeline_registry import register_pipelines
 from evoprune.startup_checks import StartupCheckError
+from tests.conftest import run_tiny_session
 from tests.reliability.kedro_process import run_kedro, tracked_runs
 
 
@@ -24,17 +22,6 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _run_in_process(project, **kwargs):
-    """One ``prune`` session in this process (as tests/test_prune_session.py does)."""
-    bootstrap_project(project)
-    try:
-        with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
-            return session.run(pipeline_names=["prune"])
-    finally:
-        while mlflow.active_run() is not None:  # kedro-mlflow leaves its run on this thread's stack
-            mlflow.end_run()
 
 
 def _set_tracking_uri(project, uri: str) -> None:
@@ -58,7 +45,7 @@ def test_an_unreachable_tracking_server_is_refused_within_seconds(tiny_project):
     register_pipelines()  # imports torch and every stage: the clock measures the session, not the imports
     start = time.monotonic()
     with pytest.raises(StartupCheckError, match=rf"{uri} does not answer \(cannot connect"):
-        _run_in_process(tiny_project)
+        run_tiny_session(tiny_project)
     seconds = time.monotonic() - start
     assert seconds < 10, f"{seconds:.1f} s (MLflow's own retries take about 4 minutes)"
 
@@ -82,7 +69,7 @@ def test_an_sqlite_store_in_a_missing_folder_is_refused_naming_the_file(tiny_pro
     missing = tiny_project / "no_such_folder" / "mlflow.db"
     _set_tracking_uri(tiny_project, f"sqlite:///{missing}")
     with pytest.raises(StartupCheckError, match=rf"{missing}.*does not exist; create it \(mkdir -p"):
-        _run_in_process(tiny_project)
+        run_tiny_session(tiny_project)
     assert not missing.parent.exists()
 
 
@@ -92,13 +79,13 @@ def test_a_read_only_sqlite_store_is_refused_naming_the_file(tiny_project):
     store.write_bytes(b"")
     store.chmod(0o444)
     with pytest.raises(StartupCheckError, match=rf"{store} .*is read-only; make it writable \(chmod u\+w"):
-        _run_in_process(tiny_project)
+        run_tiny_session(tiny_project)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_device_cuda_without_a_gpu_is_refused_before_the_run_opens(tiny_project):
     with pytest.raises(StartupCheckError, match=r"`device: cuda`.*no GPU.*--params=device=cpu; no node ran"):
-        _run_in_process(tiny_project, runtime_params={"device": "cuda"})
+        run_tiny_session(tiny_project, runtime_params={"device": "cuda"})
     assert tracked_runs(tiny_project) == []  # refused before kedro-mlflow opened a run
     assert not (tiny_project / "data/tiny/05_model_input").exists()
 
@@ -110,5 +97,5 @@ def test_an_output_folder_that_cannot_be_created_is_refused_naming_it(tiny_proje
     with pytest.raises(
         StartupCheckError, match=r"blocked/tiny \(globals `outputs`\) cannot be created: .*blocked is a file"
     ):
-        _run_in_process(tiny_project)
+        run_tiny_session(tiny_project)
     assert tracked_runs(tiny_project) == []
