@@ -40,6 +40,13 @@ class SearchOutcome:
     evaluations: int
     objectives: list[str]
 
+    def roulette_path(self) -> tuple[list[float], list[float]] | None:
+        """The roulette branch path as (FLOPs ratios, accuracies), or None when the branch did not run."""
+        if self.roulette is None:
+            return None
+        cost = self.layout.cost(self.roulette["path_X"])
+        return (cost["flops"] / self.layout.dense_flops).tolist(), self.roulette["path_accuracy"].tolist()
+
 
 def _hash_tensor(digest: Any, tensor: torch.Tensor | None) -> None:
     """Feed a tensor's dtype, shape and bytes (or a marker for None) into ``digest``."""

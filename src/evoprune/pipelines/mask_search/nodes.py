@@ -169,17 +169,13 @@ def plot_pareto_front(
         accuracy = table[exits].mean(axis=1) if mean_over_exits else table[exits[-1]]
         return table["flops_ratio"].tolist(), accuracy.tolist()
 
-    roulette = None
-    if outcome.roulette is not None:
-        cost = outcome.layout.cost(outcome.roulette["path_X"])
-        roulette = ((cost["flops"] / outcome.layout.dense_flops).tolist(), outcome.roulette["path_accuracy"].tolist())
     return plots.pareto_front(
         xy(pareto_set),
         xy(search_history),
         xy(random_masks),
         xy(chosen_members),
         float(outcome.reference_accuracy.mean() if mean_over_exits else outcome.reference_accuracy[-1]),
-        roulette,
+        outcome.roulette_path(),
         f"mask_search: {params.search.algorithm}, objectives {params.search.objectives}",
         "mean accuracy over exits" if mean_over_exits else "final-exit accuracy",
     )
