@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from evoprune import run_status
 from evoprune.startup_checks import (
     check_device,
+    check_free_inputs_exist,
     check_output_folders,
     check_tracking_store,
     configured_tracking_uri,
@@ -320,35 +321,102 @@ def _logged_failure(what: str) -> Iterator[None]:
 
 
 class ModelLineageHook:
-    """Refuses, before any node runs, a model file the run would start from (a free input: e.g.
-    ``multi_exit_model.pt`` when only ``mask_search`` runs) whose architecture is not the configured one
-    (``train_dense.model``, ``build_exits.exit_after``): a checkpoint of another architecture or another
-    configuration would be searched or fine-tuned without complaint."""
+    """Model files checked against the run that uses them.
+
+    Before any node runs, a model file the run starts from (a free input: e.g. ``multi_exit_model.pt`` when only
+    ``mask_search`` runs) is refused when its architecture is not the configured one (``train_dense.model``,
+    ``build_exits.exit_after``), or when it was made from other inputs than those on disk now (another dense
+    model, other training data: a file of another run). While the run goes on, every model a node makes records
+    the digests of the models and data it was made from (``evoprune.core.lineage``); the model file keeps them.
+    """
+
+    def __init__(self) -> None:
+        self._input_digests: dict[str, dict[str, str]] = {}
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        """A refusal here ends the MLflow run FAILED with the reason (``MlflowRunStatusHook``)."""
+        """Model files, then every free input on disk (``check_free_inputs_exist``). A refusal here ends the
+        MLflow run FAILED with the reason (``MlflowRunStatusHook``)."""
+        self._check_model_files(pipeline, catalog)
+        check_free_inputs_exist(pipeline, catalog)  # after the model checks: their messages say more
+
+    def _check_model_files(self, pipeline: Any, catalog: Any) -> None:
         from evoprune.core.exits import spec_differences
         from evoprune.datasets._file_dataset import TorchFileDataset
         from evoprune.pipelines.build_exits.nodes import BuildExitsParams
         from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 
-        model_files = {}
+        headers = {}
         for name in sorted(pipeline.inputs()):
             dataset = catalog.get(name) if not name.startswith("params:") else None
             if isinstance(dataset, TorchFileDataset) and dataset.exists():
-                model_files[name] = dataset
-        if not model_files:
+                headers[name] = (dataset.filepath, *dataset.read_header())
+        if not headers:
             return
         model = TrainDenseParams.model_validate(_as_dict(catalog.load("params:train_dense"))).model
         exit_after = BuildExitsParams.model_validate(_as_dict(catalog.load("params:build_exits"))).exit_after
-        for name, dataset in model_files.items():
-            spec = dataset.read_spec()
+        for name, (filepath, spec, _) in headers.items():
             diffs = spec_differences(spec, model, exit_after) if spec is not None else []
             if diffs:
                 raise ValueError(
-                    f"`{name}` ({dataset.filepath}) was not made by this configuration: "
+                    f"`{name}` ({filepath}) was not made by this configuration: "
                     + "; ".join(diffs)
                     + f". Re-run the stages that make it (kedro run --pipeline=prune, or --to-outputs={name}), "
                     "or set train_dense.model / build_exits.exit_after to what it was made with."
                 )
+        made_here = pipeline.all_outputs()
+        for name, (filepath, _, lineage) in headers.items():
+            _check_lineage(name, filepath, lineage, catalog, made_here)
+
+    @hook_impl
+    def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any]) -> None:
+        """Digests of the models and data a model-making node starts from (taken before it can change them)."""
+        from evoprune.core.lineage import content_digest, is_digestible
+        from evoprune.datasets.torch_model_dataset import TorchModelDataset
+
+        if any(isinstance(catalog.get(name), TorchModelDataset) for name in node.outputs):
+            self._input_digests[node.name] = {
+                name: content_digest(value)
+                for name, value in inputs.items()
+                if not name.startswith("params:") and is_digestible(value)
+            }
+
+    @hook_impl
+    def after_node_run(self, node: Any, outputs: dict[str, Any]) -> None:
+        """The models the node made carry those digests (``TorchModelDataset`` saves them with the model)."""
+        from torch import nn
+
+        digests = self._input_digests.pop(node.name, None)
+        if digests is None:
+            return
+        for value in outputs.values():
+            if isinstance(value, nn.Module) and isinstance(getattr(value, "spec", None), dict):
+                value.lineage = dict(digests)
+
+
+def _check_lineage(name: str, filepath: str, lineage: dict[str, str], catalog: Any, made_here: set[str]) -> None:
+    """Refuses a model file whose recorded inputs differ from those on disk (inputs this run makes again, and
+    those not on disk, are not compared)."""
+    from evoprune.core.lineage import content_digest, lineage_differences
+
+    current = {}
+    for parent in sorted(lineage):
+        dataset = catalog.get(parent) if parent not in made_here else None
+        if dataset is not None and dataset.exists():
+            current[parent] = content_digest(catalog.load(parent))
+    differing = lineage_differences(lineage, current)
+    if differing:
+        parent = differing[0]
+        raise ValueError(
+            f"`{name}` ({filepath}) was made from another `{parent}` than the one on disk now "
+            f"({_describe_path(catalog.get(parent))}; digest {lineage[parent]} when it was made, "
+            f"{current[parent]} now): it belongs to another run. Re-make it from what is on disk "
+            f"(kedro run --pipeline=prune --from-inputs={parent} --to-outputs={name}), "
+            f"or put back the `{parent}` it was made from."
+        )
+
+
+def _describe_path(dataset: Any) -> str:
+    filepath = getattr(dataset, "filepath", None) or getattr(dataset, "_filepath", None)
+    return str(filepath) if filepath else type(dataset).__name__
+

@@ -187,3 +187,27 @@ def _local_paths(entry: Any, key: str = "") -> list[tuple[str, str]]:
     if key in ("filepath", "path") and isinstance(entry, str) and "://" not in entry:
         return [(key, entry)]
     return []
+
+
+def check_free_inputs_exist(pipeline: Any, catalog: Any) -> None:
+    """Refuses a run whose free inputs (datasets no node of the run makes) are not on disk, e.g. ``--pipeline=
+    mask_search`` before ``prune`` ever ran: otherwise Kedro fails only when the first node needing one loads it,
+    possibly an hour in. Datasets that cannot tell whether they exist (no ``_exists`` of their own) are skipped."""
+    from kedro.io.core import AbstractDataset
+
+    missing = []
+    for name in sorted(pipeline.inputs()):
+        dataset = None if name.startswith("params:") or name == "parameters" else catalog.get(name)
+        if dataset is None or type(dataset)._exists is AbstractDataset._exists:
+            continue
+        if not dataset.exists():
+            path = getattr(dataset, "filepath", None) or getattr(dataset, "_filepath", None) or ""
+            missing.append(f"`{name}`" + (f" ({path})" if path else ""))
+    if missing:
+        raise StartupCheckError(
+            "This run needs " + ", ".join(missing) + ", which no node of this run makes and which "
+            + ("is" if len(missing) == 1 else "are")
+            + " not on disk. Run the pipeline that makes "
+            + ("it" if len(missing) == 1 else "them")
+            + " first (e.g. `kedro run --pipeline=prune`), or widen this run (--from-nodes / --to-outputs)."
+        )

@@ -7,6 +7,7 @@ import torch
 from kedro.io import DatasetError
 
 from evoprune.core.exits import attach_exits, build_network, spec_differences
+from evoprune.core.lineage import content_digest, lineage_differences
 from evoprune.core.models import build_model
 from evoprune.core.models.adapter import CheckpointMismatchError, rebuild_checked
 from evoprune.datasets import PrunedMembersDataset, TorchModelDataset
@@ -73,3 +74,59 @@ def test_a_model_file_of_another_architecture_stops_a_partial_run_before_any_nod
     assert not (tiny_project / "data/tiny/07_model_output").exists() or not any(
         (tiny_project / "data/tiny/07_model_output").rglob("*.csv")
     )
+
+
+def test_content_digest_follows_the_values_not_the_layout(tmp_path):
+    model = build_model(LENET)
+    digest = content_digest(model)
+    assert len(digest) == 16 and content_digest(model.to(memory_format=torch.channels_last)) == digest
+    ds = TorchModelDataset(filepath=str(tmp_path / "m.pt"))
+    model.lineage = {"train_split": "0123456789abcdef"}
+    ds.save(model)
+    reloaded = ds.load()
+    assert content_digest(reloaded) == digest and reloaded.lineage == {"train_split": "0123456789abcdef"}
+    with torch.no_grad():
+        next(reloaded.parameters()).view(-1)[0] += 1e-6
+    assert content_digest(reloaded) != digest
+    images = torch.rand(4, 1, 28, 28)
+    assert content_digest({"images": images, "labels": torch.arange(4)}) != content_digest(
+        {"images": images, "labels": torch.arange(4).flip(0)}
+    )
+    assert lineage_differences({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9"}) == ["b"]
+
+
+def test_a_model_file_of_another_run_is_refused_by_its_lineage(tiny_project):
+    """Same architecture, other origin: a multi_exit_model made from another dense model, and a dense model
+    trained on other data, are refused before any node runs, naming the input that differs and the fix."""
+    run_tiny_session(tiny_project, to_outputs=["multi_exit_model"])
+    models = tiny_project / "data/tiny/06_models"
+    dense_lineage = torch.load(models / "dense_model.pt", weights_only=True)["lineage"]
+    assert set(dense_lineage) == {"dense_model_init", "train_split", "validation_split"}
+    exits_lineage = torch.load(models / "multi_exit_model.pt", weights_only=True)["lineage"]
+    dense = TorchModelDataset(filepath=str(models / "dense_model.pt")).load()
+    assert exits_lineage["dense_model"] == content_digest(dense)
+
+    # another run's dense model in place of this one's: the multi-exit network no longer belongs to it
+    original_dense = (models / "dense_model.pt").read_bytes()
+    with torch.no_grad():
+        next(dense.parameters()).mul_(0.5)
+    TorchModelDataset(filepath=str(models / "dense_model.pt")).save(dense)
+    exits_before = (models / "multi_exit_model.pt").read_bytes()
+    with pytest.raises(
+        Exception,
+        match=r"`multi_exit_model` \(.*multi_exit_model.pt\) was made from another `dense_model` than the one on "
+        r"disk now \(.*dense_model.pt; digest \w+ when it was made, \w+ now\).*--from-inputs=dense_model "
+        r"--to-outputs=multi_exit_model",
+    ):
+        run_tiny_session(tiny_project, "mask_search")
+    assert (models / "multi_exit_model.pt").read_bytes() == exits_before
+
+    # the training data changed since the dense model was trained (e.g. data_preparation re-run on other files)
+    (models / "dense_model.pt").write_bytes(original_dense)
+    train_file = tiny_project / "data/tiny/05_model_input/fashion_mnist_train.pt"
+    split = torch.load(train_file, weights_only=True)
+    split["labels"] = split["labels"].flip(0)
+    torch.save(split, train_file)
+    with pytest.raises(Exception, match=r"`dense_model` .* was made from another `train_split` than the one on disk"):
+        run_tiny_session(tiny_project, "build_exits")
+    assert (models / "dense_model.pt").read_bytes() == original_dense

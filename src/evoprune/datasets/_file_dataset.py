@@ -57,9 +57,17 @@ class TorchFileDataset(AbstractVersionedDataset[Any, Any]):
 
     def read_spec(self) -> dict[str, Any] | None:
         """The architecture spec the file carries (model and members files), or None when it carries none."""
+        return self.read_header()[0]
+
+    def read_header(self) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        """The architecture spec (None when the file carries none) and the lineage (``{input: digest}`` of
+        what the model was made from; empty when the file records none) of a model or members file."""
         payload = self._read()
         spec = payload.get("spec") if isinstance(payload, dict) else None
-        return spec if isinstance(spec, dict) else None
+        lineage = payload.get("lineage") if isinstance(payload, dict) else None
+        if not isinstance(lineage, dict) or not all(isinstance(v, str) for v in lineage.values()):
+            lineage = {}
+        return (spec if isinstance(spec, dict) else None), {str(k): v for k, v in lineage.items()}
 
     def _exists(self) -> bool:
         try:

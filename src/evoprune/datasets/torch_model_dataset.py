@@ -15,7 +15,9 @@ CHECKPOINT_FORMAT = "evoprune.model/1"
 
 
 class TorchModelDataset(TorchFileDataset):
-    """Saves an evoprune model as ``{"format", "spec", "state_dict"}``; loading rebuilds it from the spec.
+    """Saves an evoprune model as ``{"format", "spec", "state_dict", "lineage"}``; loading rebuilds it from the
+    spec. ``lineage`` (the model's ``lineage`` attribute: ``{input: digest}`` of what it was made from, see
+    ``evoprune.core.lineage``) comes back as the loaded model's ``lineage``.
 
     Loads with ``torch.load(..., weights_only=True)``: a checkpoint cannot run code.
     """
@@ -41,6 +43,8 @@ class TorchModelDataset(TorchFileDataset):
                 f"Cannot rebuild the model of checkpoint {self._filepath} from its spec {spec}: {exc}. "
                 "A factory model needs its package importable; otherwise re-run the stage that trains it."
             ) from exc
+        lineage = ckpt.get("lineage")
+        model.lineage = dict(lineage) if isinstance(lineage, dict) else {}
         return model
 
     def save(self, model: nn.Module) -> None:
@@ -52,4 +56,5 @@ class TorchModelDataset(TorchFileDataset):
                 f"{type(model).__name__} without one."
             )
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        self._write({"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state})
+        lineage = {str(k): str(v) for k, v in (getattr(model, "lineage", None) or {}).items()}
+        self._write({"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state, "lineage": lineage})
