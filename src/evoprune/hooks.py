@@ -419,4 +419,3 @@ def _check_lineage(name: str, filepath: str, lineage: dict[str, str], catalog: A
 def _describe_path(dataset: Any) -> str:
     filepath = getattr(dataset, "filepath", None) or getattr(dataset, "_filepath", None)
     return str(filepath) if filepath else type(dataset).__name__
-

@@ -205,7 +205,9 @@ def check_free_inputs_exist(pipeline: Any, catalog: Any) -> None:
             missing.append(f"`{name}`" + (f" ({path})" if path else ""))
     if missing:
         raise StartupCheckError(
-            "This run needs " + ", ".join(missing) + ", which no node of this run makes and which "
+            "This run needs "
+            + ", ".join(missing)
+            + ", which no node of this run makes and which "
             + ("is" if len(missing) == 1 else "are")
             + " not on disk. Run the pipeline that makes "
             + ("it" if len(missing) == 1 else "them")
