@@ -273,7 +273,9 @@ def test_the_fingerprint_changes_with_validation_data_calibration_images_and_wei
         search_fingerprint(model, CFG, 1, val, calibration, None),
         search_fingerprint(model, CFG.model_copy(update={"roulette_floor": 0.2}), 0, val, calibration, None),
         search_fingerprint(model, CFG, 0, val, calibration, (0.9, "max_prob")),
+        search_fingerprint(model, CFG, 0, val, calibration, None, torch.device("cuda")),  # no GPU needed to hash
     ]
+    assert search_fingerprint(model, CFG, 0, val, calibration, None, torch.device("cpu")) == base
     assert base not in variants and len(set(variants)) == len(variants)
 
 

@@ -65,12 +65,15 @@ def search_fingerprint(
     validation_split: dict[str, torch.Tensor],
     calibration_images: torch.Tensor | None,
     policy: tuple | None,
+    device: torch.device | str = "cpu",
 ) -> str:
     """16 hex digits naming everything a candidate's score depends on: every search setting, the seed, the
-    early-exit policy, the model's spec and weights, the validation images and labels it is scored on and
-    the calibration images of adaptive BatchNorm (their contents, not just their count). Another value
-    of any of them gives another checkpoint folder, so an old front is never resumed on new inputs."""
-    payload = [cfg.model_dump(), seed, getattr(model, "spec", None), policy, sorted(validation_split)]
+    early-exit policy, the model's spec and weights, the validation images and labels it is scored on, the
+    calibration images of adaptive BatchNorm (their contents, not just their count) and the kind of device
+    (CPU and CUDA kernels round differently). Another value of any of them gives another checkpoint folder,
+    so an old front is never resumed on new inputs."""
+    kind = torch.device(device).type
+    payload = [cfg.model_dump(), seed, getattr(model, "spec", None), policy, sorted(validation_split), kind]
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -168,7 +171,7 @@ def search_pruning_masks(
     problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop)
     fingerprint = None
     if checkpoint_dir is not None:
-        fingerprint = search_fingerprint(model, cfg, seed, validation_split, calibration_images, policy)
+        fingerprint = search_fingerprint(model, cfg, seed, validation_split, calibration_images, policy, device)
         checkpoint_dir = Path(checkpoint_dir) / fingerprint
         remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
     start = time.perf_counter()
