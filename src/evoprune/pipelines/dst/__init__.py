@@ -1,0 +1,1 @@
+"""dst: dynamic sparse training, beside prune (``kedro run --pipeline=dst``)."""
