@@ -19,6 +19,7 @@ def _nets():
     vgg(torch.randn(8, *SHAPE))  # non-trivial BatchNorm statistics
     return {
         "lenet5": build_model({"name": "lenet5"}).eval(),
+        "lenet300_multi_exit": attach_exits(build_model({"name": "lenet300", "hidden_features": [24, 12]}), [1]).eval(),
         "vgg_multi_exit": attach_exits(vgg, [1, 2], {"conv_channels": 4, "pool_size": 2, "hidden_features": 16}).eval(),
     }
 
