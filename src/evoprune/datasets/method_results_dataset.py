@@ -42,5 +42,8 @@ class MethodResultsDataset(AbstractDataset[dict[str, pd.DataFrame], dict[str, pd
             frame.to_csv(buffer, index=False)
             atomic.write_text(self._path / f"{method}.csv", buffer.getvalue())
 
+    def _exists(self) -> bool:
+        return True  # no method has run yet is a valid state: load() gives {}
+
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
