@@ -82,7 +82,9 @@ def main() -> None:
         "structured, pruned": nonzero_flops(pruned)["total"],
     }
     kept = 1.0 - weight_sparsity(sparse)["total"]
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"unstructured DST keeps {100 * kept:.2f}% of the conv/linear weights\n")
     header = ["model", "non-zero MFLOPs"] + [f"ms @ batch {b}" for b in args.batch_sizes]
     header += [f"speed-up @ {b}" for b in args.batch_sizes]
@@ -91,7 +93,7 @@ def main() -> None:
     for b in args.batch_sizes:
         x = images_to_float(test["images"][:b])
         with torch.inference_mode():
-            seconds = interleaved_median_seconds({n: (lambda m=m: m(x)) for n, m in models.items()}, args.repeats)
+            seconds = interleaved_median_seconds({n: (lambda m=m, x=x: m(x)) for n, m in models.items()}, args.repeats)
         for name in models:
             rows[name].append(f"{1e3 * seconds[name]:.3f}")
             speedups[name].append(f"{seconds['dense'] / seconds[name]:.2f}x")

@@ -25,7 +25,12 @@ def assert_dst_runs_after_prune(project: Path, client: mlflow.MlflowClient, expe
 
     report = pd.read_csv(project / "data/tiny/08_reporting/report_table.csv")
     dst_rows = report[report["kind"] == "dst"]
-    assert set(dst_rows["method"]) == {"dst_unstructured", "magnitude_unstructured", "dst_structured", "l1_at_dst_flops"}
+    assert set(dst_rows["method"]) == {
+        "dst_unstructured",
+        "magnitude_unstructured",
+        "dst_structured",
+        "l1_at_dst_flops",
+    }
     assert len(report) == len(before) + 4  # the prune rows are all still there
     structured = dst_rows.set_index("method").loc[["dst_structured", "l1_at_dst_flops"]]
     assert structured["flops_ratio"].iloc[1] <= structured["flops_ratio"].iloc[0] + 1e-9  # L1 fits DST's FLOPs

@@ -113,7 +113,9 @@ def test_structured_masks_prune_physically_to_the_masked_models_logits():
     hooks = StructuredThresholds(result.model, layout)
     with torch.no_grad():  # thresholds that reproduce `mask` exactly: keep above 0, drop above every magnitude
         for g in layout.groups:
-            hooks.thresholds_by_group[g.name].copy_(torch.where(torch.as_tensor(mask[g.offset : g.offset + g.size]), -1.0, 1e9))
+            hooks.thresholds_by_group[g.name].copy_(
+                torch.where(torch.as_tensor(mask[g.offset : g.offset + g.size]), -1.0, 1e9)
+            )
     x = torch.rand(5, *input_shape(result.model)) * 2 - 1
     with torch.no_grad():
         masked = result.model.eval()(x)

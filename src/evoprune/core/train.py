@@ -107,7 +107,9 @@ class TrainingExtras:
     no_weight_decay: tuple[nn.Parameter, ...] = ()  # parameters trained without weight decay
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig, no_decay: tuple[nn.Parameter, ...] = ()) -> torch.optim.Optimizer:
+def _make_optimizer(
+    model: nn.Module, cfg: TrainConfig, no_decay: tuple[nn.Parameter, ...] = ()
+) -> torch.optim.Optimizer:
     exempt = {id(p) for p in no_decay}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [

@@ -31,7 +31,9 @@ class MethodResultsDataset(AbstractDataset[dict[str, pd.DataFrame], dict[str, pd
             try:
                 out[file.stem] = pd.read_csv(file)
             except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not ours
-                raise DatasetError(f"{file} is not a readable results table ({exc}); delete it or re-run its pipeline.")
+                raise DatasetError(
+                    f"{file} is not a readable results table ({exc}); delete it or re-run its pipeline."
+                ) from exc
         return out
 
     def save(self, data: dict[str, pd.DataFrame]) -> None:

@@ -66,9 +66,13 @@ class SparseModelDataset(TorchFileDataset):
     def load(self) -> dict[str, Any]:
         payload: Any = self._read()
         if not isinstance(payload, dict) or payload.get("format") != SPARSE_FORMAT:
-            raise DatasetError(f"{self._filepath} is not an evoprune sparse model (format '{SPARSE_FORMAT}'); re-run dst.")
+            raise DatasetError(
+                f"{self._filepath} is not an evoprune sparse model (format '{SPARSE_FORMAT}'); re-run dst."
+            )
         try:
-            model = rebuild_checked(build_network, payload["spec"], payload["state_dict"], f"sparse model {self._filepath}")
+            model = rebuild_checked(
+                build_network, payload["spec"], payload["state_dict"], f"sparse model {self._filepath}"
+            )
         except Exception as exc:
             raise DatasetError(f"Cannot rebuild the sparse model of {self._filepath}: {exc} Re-run dst.") from exc
         layers = dict(model.named_modules())

@@ -78,7 +78,17 @@ def compare_dst(
     magnitude_row["train_seconds"] = history["train_seconds"]
     mask = np.asarray(structured_mask, dtype=bool)[None]
     structured = finetune_with_variant(
-        structured_model, initial, mask, [DST_MEMBER], "keep", splits, policy, dense_measurements, finetune, seed, device
+        structured_model,
+        initial,
+        mask,
+        [DST_MEMBER],
+        "keep",
+        splits,
+        policy,
+        dense_measurements,
+        finetune,
+        seed,
+        device,
     )
     l1 = prune_to_member_budgets(
         trained,

@@ -26,7 +26,7 @@ from torch import nn
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.sparse.thresholds import StructuredThresholds, UnstructuredThresholds
 from evoprune.core.train import TrainConfig, TrainingExtras, train
-from evoprune.core.units import flops_per_layer, build_layout
+from evoprune.core.units import build_layout, flops_per_layer
 
 
 class ControllerConfig(BaseModel):
@@ -131,7 +131,9 @@ def train_sparse(
         after_epoch=after_epoch,
         no_weight_decay=tuple(thresholds.thresholds()),
     )
-    history = train(model, train_split, validation_split, cfg.training, device, seed, f"dst[{cfg.mode}]", loss_weights, extras)
+    history = train(
+        model, train_split, validation_split, cfg.training, device, seed, f"dst[{cfg.mode}]", loss_weights, extras
+    )
     per_layer = [
         {"layer": name, "kept": kept, "total": total, "kept_share": kept / total, "mean_threshold": float(t.mean())}
         for (name, (kept, total)), t in zip(thresholds.kept().items(), thresholds.thresholds(), strict=True)

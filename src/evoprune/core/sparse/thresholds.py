@@ -167,4 +167,3 @@ class StructuredThresholds:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-

@@ -102,7 +102,9 @@ def compare_methods(
     device: str,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
     """DST's rows for the report (``evoprune.core.sparse.compare``) under ``method_results["dst"]``, and metrics."""
-    epochs = params.magnitude_finetune_epochs or max(1, params.unstructured.training.epochs - train_dense.training.epochs)
+    epochs = params.magnitude_finetune_epochs or max(
+        1, params.unstructured.training.epochs - train_dense.training.epochs
+    )
     magnitude = finetune.training.model_copy(update={"epochs": epochs})
     splits = (train_split, validation_split, test_split)
     table = compare_dst(
