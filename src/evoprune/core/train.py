@@ -170,7 +170,7 @@ def train(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     extras = extras or TrainingExtras()
-    optimizer = _make_optimizer(model, cfg, extras.no_weight_decay)
+    optimizer = _make_optimizer(model, cfg, extras)
     history: dict[str, list[float] | float] = {"train_loss": [], "val_accuracy": []}
     start, step = time.perf_counter(), 0
     bar = tqdm(range(cfg.epochs), desc=description, unit="epoch", leave=False)

@@ -130,6 +130,7 @@ def train_sparse(
         after_step=after_step,
         after_epoch=after_epoch,
         no_weight_decay=tuple(thresholds.thresholds()),
+        parameters=tuple(thresholds.thresholds()),  # structured thresholds are not the model's parameters
     )
     history = train(
         model, train_split, validation_split, cfg.training, device, seed, f"dst[{cfg.mode}]", loss_weights, extras
