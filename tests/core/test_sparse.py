@@ -95,9 +95,12 @@ def test_the_controller_reaches_the_target_share_kept():
     data = image_split(512, 0)
     torch.manual_seed(0)
     model = build_model({"name": "lenet5"})
-    cfg = _config(epochs=4, controller=ControllerConfig(target_kept=0.2, gain=5.0, every=4))
+    cfg = _config(epochs=8, controller=ControllerConfig(target_kept=0.2, every=1))
+    cfg.training.batch_size = 16
     result = train_sparse(model, data, None, cfg, CPU, 0)
-    assert result.history["kept_share"][-1] == pytest.approx(0.2, abs=0.01)
+    kept = result.history["kept_share"]
+    assert kept[0] > 0.5 and kept[-1] == pytest.approx(0.2, abs=0.01)  # from dense to the target, within 1 pt
+    assert result.resets == 0 and result.history["alpha"][-1] < cfg.controller.max_alpha  # gentle near the target
 
 
 def test_structured_masks_prune_physically_to_the_masked_models_logits():
@@ -105,7 +108,7 @@ def test_structured_masks_prune_physically_to_the_masked_models_logits():
     torch.manual_seed(0)
     model = attach_exits(build_model({"name": "resnet_cifar", "depth": 8, "width": 4, "input_size": 16}), ["layer1"])
     data = {"images": data["images"][:, 6:22, 6:22].contiguous(), "labels": data["labels"]}
-    cfg = _config("structured", epochs=1, alpha=1.0, controller=ControllerConfig(target_kept=0.5, gain=10.0, every=1))
+    cfg = _config("structured", epochs=2, controller=ControllerConfig(target_kept=0.5, max_alpha=1.0, every=1))
     result = train_sparse(model, data, None, cfg, CPU, 0)
     mask = result.unit_mask
     layout = build_layout(result.model, input_shape(result.model))
@@ -119,9 +122,11 @@ def test_structured_masks_prune_physically_to_the_masked_models_logits():
     x = torch.rand(5, *input_shape(result.model)) * 2 - 1
     with torch.no_grad():
         masked = result.model.eval()(x)
-        hooks.remove()
-        pruned = prune_physically(result.model, layout, mask, input_shape(result.model))(x)
-    for a, b in zip(masked, pruned, strict=True):
+    hooks.remove()
+    pruned = prune_physically(result.model, layout, mask, input_shape(result.model))
+    with torch.no_grad():
+        physical = pruned(x)
+    for a, b in zip(masked, physical, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
 
 

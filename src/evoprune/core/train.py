@@ -105,13 +105,13 @@ class TrainingExtras:
     after_step: Callable[[int], None] | None = None  # called after each optimiser step with its index
     after_epoch: Callable[[int], dict[str, float]] | None = None  # values appended to the history per epoch
     no_weight_decay: tuple[nn.Parameter, ...] = ()  # parameters trained without weight decay
+    parameters: tuple[nn.Parameter, ...] = ()  # trained too, though not the model's (e.g. thresholds held outside)
 
 
-def _make_optimizer(
-    model: nn.Module, cfg: TrainConfig, no_decay: tuple[nn.Parameter, ...] = ()
-) -> torch.optim.Optimizer:
-    exempt = {id(p) for p in no_decay}
-    trainable = [p for p in model.parameters() if p.requires_grad]
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, extras: TrainingExtras | None = None) -> torch.optim.Optimizer:
+    extras = extras or TrainingExtras()
+    exempt = {id(p) for p in extras.no_weight_decay}
+    trainable = list({id(p): p for p in [*model.parameters(), *extras.parameters] if p.requires_grad}.values())
     groups = [
         {"params": [p for p in trainable if id(p) not in exempt], "weight_decay": cfg.weight_decay},
         {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0},

@@ -4,9 +4,9 @@ loss = task loss + alpha * sum(exp(-t)) over every threshold; masks follow the w
 pruned weight (or unit) that becomes useful again comes back. A layer keeping at most ``reset_below`` of its
 weights has its thresholds reset to 0 (the paper's rule against layer collapse).
 
-The optional ``SparsityController`` (ours) adapts alpha towards a target share kept, since the paper's
-fixed alpha gives whatever sparsity the data leads to: log(alpha) moves by ``gain`` x (kept - target) every
-``every`` steps. Off (no target) reproduces the paper.
+The optional ``SparsityController`` (ours) steers the share kept to a target, since the paper's fixed alpha
+gives whatever sparsity the data leads to: alpha follows the error (kept - target), changing sign below the
+target. Off (no target) reproduces the paper.
 
 ``unstructured``: per-weight masks, thresholds per output unit (the paper). ``structured``: per-unit masks in the
 project's chromosome layout (``StructuredThresholds``), which physically prune like a Pareto member.
@@ -14,7 +14,6 @@ project's chromosome layout (``StructuredThresholds``), which physically prune l
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,14 +29,14 @@ from evoprune.core.units import build_layout, flops_per_layer
 
 
 class ControllerConfig(BaseModel):
-    """Adapts alpha so that the share kept (weights; FLOPs in structured mode) approaches ``target_kept``."""
+    """Steers the share kept (weights; FLOPs in structured mode) to ``target_kept``: see ``SparsityController``."""
 
     model_config = ConfigDict(extra="forbid")
 
     target_kept: float = Field(gt=0.0, lt=1.0)  # e.g. 0.05: keep 5% of the weights
-    gain: PositiveFloat = 2.0  # change of log(alpha) per unit of (kept - target), per update
+    max_alpha: PositiveFloat = 5e-3  # regulariser weight when the share kept is off by `band` or more
+    band: float = Field(0.02, gt=0.0, le=1.0)  # error (kept - target) at which the full weight applies
     every: PositiveInt = 10  # optimiser steps between updates
-    max_alpha: PositiveFloat = 1.0  # alpha is clipped to [1e-8, max_alpha]
 
 
 class SparseTrainingConfig(BaseModel):
@@ -58,20 +57,18 @@ class SparseTrainingConfig(BaseModel):
 
 
 class SparsityController:
-    """log(alpha) += gain * (kept - target) every ``every`` steps (see ``ControllerConfig``)."""
+    """A proportional controller on the regulariser: alpha = max_alpha x clip((kept - target) / band, -1, 1).
 
-    def __init__(self, alpha: float, cfg: ControllerConfig) -> None:
-        self.log_alpha = math.log(alpha)
+    Above the target the regulariser raises the thresholds (the paper's direction); below it the sign turns and
+    it lowers them, so weights come back; the closer to the target, the gentler. Thresholds are kept >= 0."""
+
+    def __init__(self, cfg: ControllerConfig) -> None:
         self.cfg = cfg
+        self.alpha = cfg.max_alpha
 
-    @property
-    def alpha(self) -> float:
-        return math.exp(self.log_alpha)
-
-    def update(self, step: int, kept: float) -> None:
-        if step % self.cfg.every == 0:
-            lo, hi = math.log(1e-8), math.log(self.cfg.max_alpha)
-            self.log_alpha = min(hi, max(lo, self.log_alpha + self.cfg.gain * (kept - self.cfg.target_kept)))
+    def update(self, kept: float) -> None:
+        error = (kept - self.cfg.target_kept) / self.cfg.band
+        self.alpha = self.cfg.max_alpha * max(-1.0, min(1.0, error))
 
 
 @dataclass
@@ -106,7 +103,7 @@ def train_sparse(
         thresholds: UnstructuredThresholds | StructuredThresholds = StructuredThresholds(model, layout)
     else:
         thresholds = UnstructuredThresholds(model)
-    controller = SparsityController(cfg.alpha, cfg.controller) if cfg.controller else None
+    controller = SparsityController(cfg.controller) if cfg.controller else None
     resets = []
 
     def alpha() -> float:
@@ -114,8 +111,12 @@ def train_sparse(
 
     def after_step(step: int) -> None:
         resets.extend(thresholds.reset(cfg.reset_below))
-        if controller is not None and step % controller.cfg.every == 0:
-            controller.update(step, thresholds.kept_share())
+        if controller is not None:
+            with torch.no_grad():
+                for t in thresholds.thresholds():
+                    t.clamp_(min=0.0)
+            if step % controller.cfg.every == 0:
+                controller.update(thresholds.kept_share())
 
     def after_epoch(_epoch: int) -> dict[str, float]:
         values = {"kept_share": thresholds.kept_share(), "alpha": alpha()}
@@ -136,7 +137,13 @@ def train_sparse(
         model, train_split, validation_split, cfg.training, device, seed, f"dst[{cfg.mode}]", loss_weights, extras
     )
     per_layer = [
-        {"layer": name, "kept": kept, "total": total, "kept_share": kept / total, "mean_threshold": float(t.mean())}
+        {
+            "layer": name,
+            "kept": kept,
+            "total": total,
+            "kept_share": kept / total,
+            "mean_threshold": float(t.detach().mean()),
+        }
         for (name, (kept, total)), t in zip(thresholds.kept().items(), thresholds.thresholds(), strict=True)
     ]
     result = SparseTrainingResult(model.cpu().eval(), history, per_layer, resets=len(resets))
