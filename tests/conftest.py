@@ -146,6 +146,8 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
         "  roulette_branch:\n    branch_size: 3\n    max_levels: 2\n"
         "finetune:\n  training:\n    epochs: 1\n    batch_size: 20\n"
         "  measurement:\n    latency_batch_sizes: [1, 20]\n    latency_repeats: 1\n"
+        "dst:\n  unstructured:\n    training:\n      epochs: 1\n      batch_size: 50\n"
+        "  structured:\n    training:\n      epochs: 1\n      batch_size: 50\n"
     )
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")

@@ -18,6 +18,7 @@ from evoprune.core.finetune_config import FinetuneParams
 from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams
+from evoprune.pipelines.dst.nodes import DSTParams
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 from tests.conftest import PROJECT_ROOT
@@ -29,6 +30,7 @@ PARAMS_CLASSES = {
     "mask_search": MaskSearchParams,
     "finetune": FinetuneParams,
     "baselines": BaselinesParams,
+    "dst": DSTParams,
 }
 
 

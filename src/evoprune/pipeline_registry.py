@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from evoprune.pipelines import baselines, build_exits, data_preparation, finetune, mask_search, report, train_dense
+from evoprune.pipelines import baselines, build_exits, data_preparation, dst, finetune, mask_search, report, train_dense
 
 # Stages of `prune`, in order. Each stage is a Kedro modular pipeline under its own namespace (Kedro-Viz
 # draws one box per stage; `kedro run --namespaces=mask_search` runs one stage); `finetune` holds one
@@ -42,9 +42,11 @@ def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
     Returns:
-        Each stage by its folder name, ``prune`` (all stages) and ``__default__`` (= ``prune``).
+        Each stage by its folder name, ``prune`` (all stages) and ``__default__`` (= ``prune``); beside them
+        ``dst`` (dynamic sparse training after a prune run, then the report again with its rows).
     """
     pipelines = {name: as_stage(name, create()) for name, create in PRUNE_STAGES.items()}
     pipelines["prune"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["prune"]
+    pipelines["dst"] = as_stage("dst", dst.create_pipeline()) + pipelines["report"]
     return pipelines

@@ -88,6 +88,7 @@ def test_an_untraceable_model_gets_a_clear_error():
 
 
 EARLY_EXIT_MODELS = [
+    ({"name": "lenet300", "hidden_features": [32, 16]}, [1]),
     ({"name": "alexnet_small", "conv_channels": [8, 8, 8, 8, 8], "fc_features": [16]}, [1, 2]),
     ({"name": "resnet_cifar", "width": 4, "in_channels": 1, "input_size": 28}, ["layer1", "layer2"]),
     ({"source": "torchvision", "name": "resnet18", "in_channels": 1, "input_size": 28}, ["layer2"]),

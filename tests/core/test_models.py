@@ -29,7 +29,9 @@ def test_spec_round_trips_to_the_same_architecture():
 
 
 def test_unknown_model_name_lists_known_ones():
-    with pytest.raises(ValidationError, match=r"'lenet5', 'vgg', 'resnet_cifar', 'alexnet_small'.*'name': 'resnet'"):
+    with pytest.raises(
+        ValidationError, match=r"'lenet5', 'lenet300', 'vgg', 'resnet_cifar', 'alexnet_small'.*'name': 'resnet'"
+    ):
         parse_model_spec({"name": "resnet"})
 
 

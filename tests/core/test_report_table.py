@@ -46,3 +46,17 @@ def test_summary_compares_the_best_variant_with_each_baseline(table):
     assert summary["variant.keep.mean_drop_pt"] == pytest.approx(2.5)
     assert summary["best_drop_pt_within_25pct_flops"] == 3.0  # member 2 keeps 20% of the FLOPs
     assert not [k for k in summary if "sign" in k]  # a skipped variant adds nothing
+
+
+def test_rows_of_methods_beside_prune_keep_their_kind_and_members_stay_first(table):
+    baselines = table[table["kind"] == "baseline"].rename(columns={"method": "criterion"}).drop(columns="kind")
+    chosen = pd.DataFrame({"member": [1, 2], "exit1_accuracy": [0.7, 0.6], "exit2_accuracy": [0.88, 0.80]})
+    dst = pd.DataFrame(
+        {"kind": ["dst", "dst"], "method": ["dst_structured", "l1_at_dst_flops"], "member": [-1, -1]}
+    ).assign(flops_ratio=[0.3, 0.29], params_ratio=0.4, test_accuracy=[0.89, 0.87], accuracy_drop_pt=[1.0, 3.0])
+    with_dst = comparison_table(DENSE, baselines, chosen, [_variant("keep", {1: 1.0})], {"dst": dst, "empty": dst[:0]})
+    assert with_dst["kind"].tolist() == ["dense", "member", "baseline", "baseline", "dst", "dst"]
+    assert with_dst["method"].tolist()[-2:] == ["dst_structured", "l1_at_dst_flops"]
+    assert summary_metrics(with_dst) == summary_metrics(
+        with_dst[with_dst["kind"] != "dst"]
+    )  # members' summary unchanged

@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 import torch
 from kedro.io import DatasetError
@@ -147,3 +148,37 @@ def test_exported_models_load_without_evoprune_code(tmp_path):
         torch.testing.assert_close(torch.from_numpy(onnx_out[e]), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(DatasetError, match="unknown export formats"):
         ExportedModelsDataset(path=str(tmp_path), formats=["tflite"])
+
+
+def test_method_results_load_empty_and_save_one_method_without_touching_the_others(tmp_path):
+    from evoprune.datasets import MethodResultsDataset
+
+    ds = MethodResultsDataset(path=str(tmp_path / "methods"))
+    assert ds.load() == {} and ds.exists()
+    ds.save({"dst": pd.DataFrame({"method": ["dst_structured"], "test_accuracy": [0.9]})})
+    ds.save({"scoring_net": pd.DataFrame({"method": ["scoring_net"], "test_accuracy": [0.8]})})
+    ds.save({"dst": pd.DataFrame({"method": ["dst_structured"], "test_accuracy": [0.91]})})
+    loaded = ds.load()
+    assert sorted(loaded) == ["dst", "scoring_net"] and loaded["dst"]["test_accuracy"].tolist() == [0.91]
+    with pytest.raises(DatasetError, match="must be an identifier"):
+        ds.save({"../evil": pd.DataFrame()})
+
+
+def test_sparse_model_round_trip_keeps_zeros_and_masks(tmp_path):
+    from evoprune.core.sparse.magnitude import bake, global_magnitude_prune
+    from evoprune.datasets import SparseModelDataset
+
+    torch.manual_seed(0)
+    model = bake(global_magnitude_prune(build_model({"name": "lenet5"}), 0.2))
+    masks = {n: m.weight != 0 for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    ds = SparseModelDataset(filepath=str(tmp_path / "sparse.pt"))
+    ds.save({"model": model, "weight_masks": masks})
+    loaded = ds.load()
+    state, reloaded = model.state_dict(), loaded["model"].state_dict()
+    assert state.keys() == reloaded.keys() and all(torch.equal(state[k], reloaded[k]) for k in state)
+    assert loaded["weight_masks"].keys() == masks.keys()
+    ckpt = torch.load(tmp_path / "sparse.pt", weights_only=True)
+    ckpt["weight_masks"]["head.1"] = torch.ones(3, 3, dtype=torch.bool)
+    torch.save(ckpt, tmp_path / "sparse.pt")
+    with pytest.raises(DatasetError, match=r"weight masks do not fit the network \(layers \['head.1'\]\); re-run dst"):
+        ds.load()

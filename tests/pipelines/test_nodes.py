@@ -155,6 +155,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
     catalog = DataCatalog(
         {
             "raw_images": MemoryDataset(raw),
+            "method_results": MemoryDataset({}),  # no method beside prune has run
             "params:data_preparation": MemoryDataset(DataPreparationParams(validation_size=100)),
             "params:train_dense": MemoryDataset(TrainDenseParams.model_validate(TINY_TRAIN)),
             "params:build_exits": MemoryDataset(

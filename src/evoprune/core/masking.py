@@ -176,6 +176,8 @@ class SlicedEvaluator:
         first = next((n for n in order if n in costs), None)
         if first is None or (costs[first].in_bits >= 0).any() or calls[first] != 1:
             return None, None
+        if any(not list(modules[n].children()) for n in order[: order.index(first)]):
+            return None, None  # a leaf runs before it (e.g. a Flatten before an MLP's first linear): no image input
         channelwise = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity)
         if self.calibration is None:
             channelwise += (nn.modules.batchnorm._BatchNorm,)

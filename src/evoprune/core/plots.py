@@ -163,3 +163,27 @@ def variant_comparison(member_labels: Sequence[str], drops: dict[str, Sequence[f
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, ncols=2)
     return fig
+
+
+def sparse_training(histories: dict[str, dict[str, Sequence[float]]], title: str) -> Figure:
+    """Per epoch of dynamic sparse training, one column per mode: validation accuracy, and the share kept
+    overall and per layer (``kept_share`` and ``kept.<layer>`` series of each history)."""
+    fig = Figure(figsize=(5 * len(histories), 7), layout="constrained")
+    axes = fig.subplots(2, len(histories), squeeze=False)
+    for column, (mode, history) in enumerate(histories.items()):
+        ax_acc, ax_kept = axes[0][column], axes[1][column]
+        accuracy = history.get("val_accuracy", [])
+        ax_acc.plot(range(1, len(accuracy) + 1), [100 * a for a in accuracy], marker="o", color="tab:green")
+        ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{mode}: accuracy")
+        for key, values in history.items():
+            if key.startswith("kept."):
+                ax_kept.plot(range(1, len(values) + 1), [100 * v for v in values], lw=1, label=key[len("kept.") :])
+        overall = history.get("kept_share", [])
+        ax_kept.plot(range(1, len(overall) + 1), [100 * v for v in overall], lw=2.5, color="black", label="overall")
+        kept_what = "FLOPs" if mode == "structured" else "weights"
+        ax_kept.set(xlabel="epoch", ylabel=f"kept (%; overall = {kept_what})", title=f"{mode}: kept per layer")
+        ax_kept.legend(fontsize=6, ncol=2)
+        for ax in (ax_acc, ax_kept):
+            ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig

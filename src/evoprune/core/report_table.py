@@ -18,10 +18,12 @@ def comparison_table(
     baseline_results: pd.DataFrame,
     chosen_members: pd.DataFrame,
     variant_results: Sequence[pd.DataFrame],
+    method_results: Mapping[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """One row per model: ``kind`` (dense | member | baseline) and ``method`` (variant or criterion) first,
-    then every measurement, plus each member's final-exit validation accuracy before fine-tuning (from
-    mask_search's ``chosen_members``). Empty variant tables (variants skipped) add nothing."""
+    """One row per model: ``kind`` (dense | member | baseline, or the method family of a pipeline beside
+    prune, e.g. dst) and ``method`` (variant, criterion or method) first, then every measurement, plus each
+    member's final-exit validation accuracy before fine-tuning (from mask_search's ``chosen_members``).
+    Empty variant tables (variants skipped) add nothing; ``method_results`` rows keep their own ``kind``."""
     dense = {"kind": "dense", "method": "dense", "member": -1, **dense_measurements}
     dense.update(
         flops_ratio=1.0,
@@ -31,7 +33,8 @@ def comparison_table(
     )
     members = [t.rename(columns={"variant": "method"}).assign(kind="member") for t in variant_results if len(t)]
     baselines = baseline_results.rename(columns={"criterion": "method"}).assign(kind="baseline")
-    table = pd.concat([pd.DataFrame([dense]), *members, baselines], ignore_index=True)
+    others = [t.assign(kind=t["kind"] if "kind" in t else name) for name, t in (method_results or {}).items() if len(t)]
+    table = pd.concat([pd.DataFrame([dense]), *members, baselines, *others], ignore_index=True)
     before = chosen_members.set_index("member")
     final_before = final_exit_key(before.columns, "_accuracy")
     table["val_accuracy_before_finetune"] = table["member"].map(before[final_before])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -95,17 +97,31 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     return x
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+@dataclass(frozen=True)
+class TrainingExtras:
+    """What a training method adds to the plain loop (e.g. dynamic sparse training's thresholds)."""
+
+    penalty: Callable[[], torch.Tensor] | None = None  # added to the task loss at every step
+    after_step: Callable[[int], None] | None = None  # called after each optimiser step with its index
+    after_epoch: Callable[[int], dict[str, float]] | None = None  # values appended to the history per epoch
+    no_weight_decay: tuple[nn.Parameter, ...] = ()  # parameters trained without weight decay
+    parameters: tuple[nn.Parameter, ...] = ()  # trained too, though not the model's (e.g. thresholds held outside)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, extras: TrainingExtras | None = None) -> torch.optim.Optimizer:
+    extras = extras or TrainingExtras()
+    exempt = {id(p) for p in extras.no_weight_decay}
+    trainable = list({id(p): p for p in [*model.parameters(), *extras.parameters] if p.requires_grad}.values())
+    groups = [
+        {"params": [p for p in trainable if id(p) not in exempt], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params,
-            lr=cfg.learning_rate,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
+            groups, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
         )
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
 def _autocast(device: torch.device):
@@ -122,6 +138,7 @@ def train(
     seed: int,
     description: str = "train",
     loss_weights: list[float] | None = None,
+    extras: TrainingExtras | None = None,
 ) -> dict[str, list[float] | float]:
     """Train ``model`` in place.
 
@@ -133,9 +150,11 @@ def train(
         seed: drives shuffling, augmentation and dropout.
         description: label of the progress bar.
         loss_weights: per-exit loss weights for multi-exit models (default: 1 each).
+        extras: a penalty added to the loss, per-step and per-epoch callbacks (``TrainingExtras``).
 
     Returns:
-        History: ``train_loss`` and ``val_accuracy`` per epoch, ``train_seconds`` (wall time).
+        History: ``train_loss`` and ``val_accuracy`` per epoch (and the ``extras.after_epoch`` values),
+        ``train_seconds`` (wall time).
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf (names the epoch, step and learning rate).
@@ -150,7 +169,8 @@ def train(
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    optimizer = _make_optimizer(model, cfg)
+    extras = extras or TrainingExtras()
+    optimizer = _make_optimizer(model, cfg, extras)
     history: dict[str, list[float] | float] = {"train_loss": [], "val_accuracy": []}
     start, step = time.perf_counter(), 0
     bar = tqdm(range(cfg.epochs), desc=description, unit="epoch", leave=False)
@@ -164,6 +184,8 @@ def train(
                 group["lr"] = lr_at(step, total_steps, cfg)
             with _autocast(device):
                 loss = exits_loss(model(x), labels[idx], loss_weights, cfg.label_smoothing)
+                if extras.penalty is not None:
+                    loss = loss + extras.penalty()
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"{description}: loss is {loss.item()} at epoch {epoch + 1}, step {step} "
@@ -172,9 +194,14 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if extras.after_step is not None:
+                extras.after_step(step)
             loss_sum += loss.detach() * idx.numel()
             step += 1
         history["train_loss"].append(loss_sum.item() / n)
+        if extras.after_epoch is not None:
+            for key, value in extras.after_epoch(epoch).items():
+                history.setdefault(key, []).append(value)
         if validation_split is not None:
             history["val_accuracy"].append(evaluate(model, validation_split, device, cfg.eval_batch_size))
         bar.set_postfix(

@@ -208,7 +208,7 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
         masked = group_norms + [m for m in outputs if not _feeds_norm(m, group_norms, graph)]
         groups.append(UnitGroup(names[root], size, offset, tuple(dict.fromkeys(names[m] for m in masked))))
         offset += size
-    flops = _flops_per_layer(model, example)
+    flops = flops_per_layer(model, example)
     layers = tuple(
         LayerCost(
             names[m],
@@ -289,7 +289,7 @@ def _dims(m: nn.Module) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def _flops_per_layer(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, float]:
+def flops_per_layer(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, float]:
     """FLOPs of each conv/linear layer in one forward, from torch's FlopCounterMode: the counter's total
     before and after each layer's call (any module structure, segments included)."""
     counter = FlopCounterMode(display=False)

@@ -7,10 +7,11 @@ no dataset for them); and kedro-datasets' CSV, JSON and Matplotlib datasets with
 from evoprune.datasets.atomic_datasets import AtomicCSVDataset, AtomicJSONDataset, AtomicMatplotlibDataset
 from evoprune.datasets.exported_models_dataset import ExportedModelsDataset
 from evoprune.datasets.members_dataset import FinetunedMembersDataset, PrunedMembersDataset
+from evoprune.datasets.method_results_dataset import MethodResultsDataset
 from evoprune.datasets.mlflow_child_runs_dataset import MlflowChildRunsDataset
 from evoprune.datasets.raw_images_dataset import RawImagesDataset
 from evoprune.datasets.tensor_dataset import TensorDictDataset
-from evoprune.datasets.torch_model_dataset import TorchModelDataset
+from evoprune.datasets.torch_model_dataset import SparseModelDataset, TorchModelDataset
 
 __all__ = [
     "AtomicCSVDataset",
@@ -18,9 +19,11 @@ __all__ = [
     "AtomicMatplotlibDataset",
     "ExportedModelsDataset",
     "FinetunedMembersDataset",
+    "MethodResultsDataset",
     "MlflowChildRunsDataset",
     "PrunedMembersDataset",
     "RawImagesDataset",
+    "SparseModelDataset",
     "TensorDictDataset",
     "TorchModelDataset",
 ]

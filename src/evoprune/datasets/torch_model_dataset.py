@@ -58,3 +58,46 @@ class TorchModelDataset(TorchFileDataset):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         lineage = {str(k): str(v) for k, v in (getattr(model, "lineage", None) or {}).items()}
         self._write({"format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state, "lineage": lineage})
+
+
+SPARSE_FORMAT = "evoprune.sparse_model/1"
+
+
+class SparseModelDataset(TorchFileDataset):
+    """``{"model": nn.Module, "weight_masks": {layer: bool tensor}}`` <-> one file without pickle: the network
+    as dense tensors (zeros where pruned; spec + state_dict, like ``TorchModelDataset``) and each conv/linear
+    layer's keep mask (the shape of its weight)."""
+
+    def load(self) -> dict[str, Any]:
+        payload: Any = self._read()
+        if not isinstance(payload, dict) or payload.get("format") != SPARSE_FORMAT:
+            raise DatasetError(
+                f"{self._filepath} is not an evoprune sparse model (format '{SPARSE_FORMAT}'); re-run dst."
+            )
+        try:
+            model = rebuild_checked(
+                build_network, payload["spec"], payload["state_dict"], f"sparse model {self._filepath}"
+            )
+        except Exception as exc:
+            raise DatasetError(f"Cannot rebuild the sparse model of {self._filepath}: {exc} Re-run dst.") from exc
+        layers = dict(model.named_modules())
+        masks = payload.get("weight_masks")
+        bad = [
+            name
+            for name, mask in (masks or {}).items()
+            if name not in layers or tuple(mask.shape) != tuple(layers[name].weight.shape)
+        ]
+        if not isinstance(masks, dict) or bad:
+            raise DatasetError(f"{self._filepath}: weight masks do not fit the network (layers {bad}); re-run dst.")
+        return {"model": model, "weight_masks": {k: v.bool() for k, v in masks.items()}}
+
+    def save(self, data: dict[str, Any]) -> None:
+        model = data["model"]
+        self._write(
+            {
+                "format": SPARSE_FORMAT,
+                "spec": model.spec,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "weight_masks": {k: v.detach().cpu().bool() for k, v in data["weight_masks"].items()},
+            }
+        )

@@ -1,7 +1,7 @@
 """Networks built from a typed spec: built-ins, torchvision constructors and the user's factories.
 
 ``train_dense.model`` is one of
-- a built-in (``source: builtin``, the default): ``lenet5``, ``vgg``, ``resnet_cifar``, ``alexnet_small``;
+- a built-in (``source: builtin``, the default): ``lenet5``, ``lenet300``, ``vgg``, ``resnet_cifar``, ``alexnet_small``;
 - ``source: torchvision`` with a constructor ``name`` (``resnet18``, ``mobilenet_v2``, ...);
 - ``source: factory`` with ``factory: "package.module:function"`` and ``kwargs``.
 Every built model carries ``model.spec``, a plain dict that rebuilds the architecture: checkpoints
@@ -19,6 +19,7 @@ from torch import nn
 from evoprune.core.models.alexnet_small import AlexNetSmall, AlexNetSmallSpec
 from evoprune.core.models.base import StagedNet
 from evoprune.core.models.lenet5 import LeNet5, LeNet5Spec
+from evoprune.core.models.lenet300 import LeNet300, LeNet300Spec
 from evoprune.core.models.resnet_cifar import ResNetCifar, ResNetCifarSpec
 from evoprune.core.models.sources import (
     BUILTIN_NAMES,
@@ -32,6 +33,7 @@ from evoprune.core.models.vgg import VGGNet, VGGSpec
 
 BUILTIN_CLASSES: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "lenet5": (LeNet5Spec, LeNet5),
+    "lenet300": (LeNet300Spec, LeNet300),
     "vgg": (VGGSpec, VGGNet),
     "resnet_cifar": (ResNetCifarSpec, ResNetCifar),
     "alexnet_small": (AlexNetSmallSpec, AlexNetSmall),
@@ -45,9 +47,10 @@ def _kind(value: Any) -> str | None:
     return get("name") if source == "builtin" else source
 
 
-AnySpec = LeNet5Spec | VGGSpec | ResNetCifarSpec | AlexNetSmallSpec | TorchvisionSpec | FactorySpec
+AnySpec = LeNet5Spec | LeNet300Spec | VGGSpec | ResNetCifarSpec | AlexNetSmallSpec | TorchvisionSpec | FactorySpec
 ModelSpec = Annotated[
     Annotated[LeNet5Spec, Tag("lenet5")]
+    | Annotated[LeNet300Spec, Tag("lenet300")]
     | Annotated[VGGSpec, Tag("vgg")]
     | Annotated[ResNetCifarSpec, Tag("resnet_cifar")]
     | Annotated[AlexNetSmallSpec, Tag("alexnet_small")]
@@ -57,7 +60,7 @@ ModelSpec = Annotated[
         _kind,
         custom_error_type="unknown_model",
         custom_error_message="unknown model: `source` must be builtin (default), torchvision or factory, and a "
-        "built-in `name` one of 'lenet5', 'vgg', 'resnet_cifar', 'alexnet_small'",
+        "built-in `name` one of 'lenet5', 'lenet300', 'vgg', 'resnet_cifar', 'alexnet_small'",
     ),
 ]
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelSpec)
@@ -114,6 +117,7 @@ __all__ = [
     "AlexNetSmallSpec",
     "FactorySpec",
     "LeNet5Spec",
+    "LeNet300Spec",
     "ModelSpec",
     "ResNetCifarSpec",
     "StagedNet",

@@ -15,15 +15,17 @@ def build_report(
     dense_measurements: dict[str, float],
     baseline_results: pd.DataFrame,
     chosen_members: pd.DataFrame,
+    method_results: dict[str, pd.DataFrame],
     *variant_results: pd.DataFrame,
 ) -> tuple[pd.DataFrame, dict[str, object]]:
     """The comparison table and its summary (``evoprune.core.report_table``).
 
-    Returns: one row per model (dense, every member x variant, baselines) and summary metrics: per member,
+    Returns: one row per model (dense, every member x variant, baselines, the rows of the methods that ran in
+    their own pipelines, e.g. ``dst``) and summary metrics: per member,
     the best variant's accuracy drop and its margin over each baseline (points, positive = the member is
     better); per variant, its mean drop over members; the best drop among members within 25% of the FLOPs.
     """
-    table = comparison_table(dense_measurements, baseline_results, chosen_members, variant_results)
+    table = comparison_table(dense_measurements, baseline_results, chosen_members, variant_results, method_results)
     return table, to_mlflow_metrics(summary_metrics(table))
 
 
@@ -38,10 +40,15 @@ def plot_accuracy_vs_flops(report_table: pd.DataFrame, pareto_set: pd.DataFrame)
             for m, g in rows.groupby("method", sort=False)
         }
 
+    others = report_table[~report_table["kind"].isin(["dense", "member", "baseline"])]
+    methods = series("member") | {
+        f"{kind}: {method}": (g["flops_ratio"].tolist(), g["test_accuracy"].tolist())
+        for (kind, method), g in others.groupby(["kind", "method"], sort=False)
+    }
     dense = report_table[report_table["kind"] == "dense"]["test_accuracy"].iloc[0]
     return plots.accuracy_after_finetuning(
         (pareto_set["flops_ratio"].tolist(), pareto_set[before_col].tolist()),
-        series("member"),
+        methods,
         series("baseline"),
         float(dense),
         "report: accuracy vs FLOPs before and after fine-tuning",
@@ -50,7 +57,7 @@ def plot_accuracy_vs_flops(report_table: pd.DataFrame, pareto_set: pd.DataFrame)
 
 def plot_variant_comparison(report_table: pd.DataFrame) -> Figure:
     """Accuracy drop per chosen member under each re-init variant and each baseline."""
-    rows = report_table[report_table["kind"] != "dense"]
+    rows = report_table[report_table["kind"].isin(["member", "baseline"])]
     members = sorted(rows["member"].unique(), key=lambda m: -rows[rows["member"] == m]["flops_ratio"].max())
     flops = {m: rows[(rows["member"] == m) & (rows["kind"] == "member")]["flops_ratio"] for m in members}
     labels = [f"member {m}\n{100 * flops[m].iloc[0]:.0f}% FLOPs" if len(flops[m]) else f"member {m}" for m in members]

@@ -31,6 +31,7 @@ def _report(variants: Sequence[str]) -> Pipeline:
                     "dense_measurements",
                     "baseline_results",
                     "chosen_members",
+                    "method_results",
                     *(f"{v}.finetune_results" for v in variants),
                 ],
                 ["report_table", "report_metrics"],

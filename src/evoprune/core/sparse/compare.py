@@ -1,0 +1,110 @@
+"""Dynamic sparse training against its baselines, one row per model (the report's ``dst`` rows).
+
+- ``dst_unstructured``: the sparse network as trained (weights kept, accuracy, non-zero FLOPs);
+- ``magnitude_unstructured``: the trained dense network pruned by global magnitude to the same share of weights
+  and fine-tuned for the epochs that make its total equal DST's;
+- ``dst_structured``: the structured DST mask, physically pruned, fine-tuned and measured like a Pareto member;
+- ``l1_at_dst_flops``: one-shot structured L1 (Torch-Pruning's group L1) at the structured mask's FLOPs,
+  fine-tuned and measured the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from evoprune.core.comparison import finetune_with_variant, prune_to_member_budgets
+from evoprune.core.exits import final_exit_key
+from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.importance import GroupL1
+from evoprune.core.models.adapter import input_shape
+from evoprune.core.sparse.dst import nonzero_flops, weight_sparsity
+from evoprune.core.sparse.magnitude import magnitude_baseline
+from evoprune.core.train import TrainConfig, accuracy_per_exit
+
+Split = dict[str, torch.Tensor]
+DST_MEMBER = -1  # member id of the rows (they are not members of the Pareto front)
+
+
+def unstructured_row(
+    method: str, model: nn.Module, test_split: Split, dense: Mapping[str, float], device: torch.device
+) -> dict[str, object]:
+    """Accuracy of every exit, share of weights kept and non-zero FLOPs of a sparse (zeros in its weights) model."""
+    row: dict[str, object] = {"kind": "dst", "method": method, "member": DST_MEMBER}
+    for e, acc in enumerate(accuracy_per_exit(model, test_split, device)):
+        row[f"exit{e + 1}.test_accuracy"] = acc
+    final = final_exit_key(row, ".test_accuracy")
+    row["test_accuracy"] = row[final]
+    row["accuracy_drop_pt"] = 100.0 * (dense[final] - row[final])
+    row["weights_kept"] = 1.0 - weight_sparsity(model)["total"]
+    row["nonzero_flops"] = nonzero_flops(model)["total"]
+    row["flops_ratio"] = row["nonzero_flops"] / dense["flops"]
+    return row
+
+
+def compare_dst(
+    sparse_model: nn.Module,
+    structured_model: nn.Module,
+    structured_mask: np.ndarray,
+    trained: nn.Module,
+    initial: nn.Module,
+    splits: tuple[Split, Split, Split],
+    policy: tuple[float, str],
+    dense_measurements: dict[str, float],
+    finetune: FinetuneParams,
+    magnitude_training: TrainConfig,
+    seed: int,
+    device: torch.device,
+) -> pd.DataFrame:
+    """The four kinds of rows above.
+
+    Args:
+        sparse_model: unstructured DST's result (pruned weights are zeros).
+        structured_model / structured_mask: structured DST's network and its chromosome (num_bits,).
+        trained / initial: the trained multi-exit network and its θ0 (the baselines start from ``trained``).
+        magnitude_training: the magnitude baseline's fine-tune (its epochs make the total equal DST's).
+    """
+    train_split, validation_split, test_split = splits
+    dst_row = unstructured_row("dst_unstructured", sparse_model, test_split, dense_measurements, device)
+    kept = float(dst_row["weights_kept"])
+    magnitude, history = magnitude_baseline(
+        trained, kept, train_split, validation_split, magnitude_training, device, seed, finetune.loss_weights
+    )
+    magnitude_row = unstructured_row("magnitude_unstructured", magnitude, test_split, dense_measurements, device)
+    magnitude_row["train_seconds"] = history["train_seconds"]
+    mask = np.asarray(structured_mask, dtype=bool)[None]
+    structured = finetune_with_variant(
+        structured_model,
+        initial,
+        mask,
+        [DST_MEMBER],
+        "keep",
+        splits,
+        policy,
+        dense_measurements,
+        finetune,
+        seed,
+        device,
+    )
+    l1 = prune_to_member_budgets(
+        trained,
+        mask,
+        [DST_MEMBER],
+        {"l1": GroupL1(input_shape(trained))},
+        splits,
+        policy,
+        dense_measurements,
+        finetune,
+        1.0,
+        seed,
+        device,
+    )
+    rows = [dst_row, magnitude_row]
+    rows += [{**m.row, "kind": "dst", "method": "dst_structured"} for m in structured]
+    rows += [{**m.row, "kind": "dst", "method": "l1_at_dst_flops"} for m in l1]
+    table = pd.DataFrame(rows).drop(columns=["variant", "criterion"], errors="ignore")
+    return table

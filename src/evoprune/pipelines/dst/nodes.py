@@ -1,0 +1,132 @@
+"""Nodes of dst: dynamic sparse training of the multi-exit network, unstructured (the paper) and structured
+(unit masks in the chromosome layout), compared with magnitude pruning and structured L1 (``evoprune.core.sparse``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from torch import nn
+
+from evoprune.core import plots
+from evoprune.core.comparison import early_exit_policy
+from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.runtime import resolve_device
+from evoprune.core.sparse import SparseTrainingConfig, train_sparse
+from evoprune.core.sparse.compare import compare_dst
+from evoprune.pipelines.train_dense.nodes import TrainDenseParams
+from evoprune.tracking import to_mlflow_metrics
+
+Split = dict[str, torch.Tensor]
+
+
+class DSTParams(BaseModel):
+    """conf/base/parameters_dst.yml"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_from: Literal["init", "trained"] = "init"  # θ0 of the multi-exit network (the paper) | its trained weights
+    unstructured: SparseTrainingConfig = Field(default_factory=SparseTrainingConfig)
+    structured: SparseTrainingConfig = Field(default_factory=lambda: SparseTrainingConfig(mode="structured"))
+    # magnitude baseline's fine-tune epochs; null: DST's epochs minus train_dense's (equal total epochs), at least 1
+    magnitude_finetune_epochs: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _modes(self) -> DSTParams:
+        if self.unstructured.mode != "unstructured" or self.structured.mode != "structured":
+            raise ValueError("dst.unstructured.mode must be 'unstructured' and dst.structured.mode 'structured'")
+        return self
+
+
+def _start(params: DSTParams, initial: nn.Module, trained: nn.Module) -> nn.Module:
+    from copy import deepcopy
+
+    return deepcopy(initial if params.start_from == "init" else trained)
+
+
+def train_unstructured(
+    multi_exit_model_init: nn.Module,
+    multi_exit_model: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    params: DSTParams,
+    seed: int,
+    device: str,
+) -> tuple[dict[str, object], pd.DataFrame, dict[str, object], dict[str, object]]:
+    """Paper DST: per-weight masks, thresholds per output unit. Returns the sparse model (zeros + masks), the
+    per-layer table, the history (per epoch: accuracy, kept share overall and per layer) and MLflow metrics."""
+    model = _start(params, multi_exit_model_init, multi_exit_model)
+    result = train_sparse(model, train_split, validation_split, params.unstructured, resolve_device(device), seed)
+    sparse = {"model": result.model, "weight_masks": result.weight_masks}
+    return sparse, pd.DataFrame(result.per_layer), result.history, to_mlflow_metrics(_scalars(result.history))
+
+
+def train_structured(
+    multi_exit_model_init: nn.Module,
+    multi_exit_model: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    params: DSTParams,
+    seed: int,
+    device: str,
+) -> tuple[dict[str, object], pd.DataFrame, dict[str, object], dict[str, object]]:
+    """Structured DST: one threshold per unit; returns the network and its unit mask as a members file (member
+    id -1), the per-group table, the history and MLflow metrics."""
+    model = _start(params, multi_exit_model_init, multi_exit_model)
+    result = train_sparse(model, train_split, validation_split, params.structured, resolve_device(device), seed)
+    members = {"model": result.model, "masks": result.unit_mask[None], "member_ids": [-1]}
+    return members, pd.DataFrame(result.per_layer), result.history, to_mlflow_metrics(_scalars(result.history))
+
+
+def _scalars(history: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in history.items() if isinstance(v, (int, float, list))}
+
+
+def compare_methods(
+    dst_sparse_model: dict[str, object],
+    dst_structured_members: dict[str, object],
+    multi_exit_model: nn.Module,
+    multi_exit_model_init: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    test_split: Split,
+    early_exit_operating_point: dict[str, object],
+    dense_measurements: dict[str, float],
+    params: DSTParams,
+    finetune: FinetuneParams,
+    train_dense: TrainDenseParams,
+    seed: int,
+    device: str,
+) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
+    """DST's rows for the report (``evoprune.core.sparse.compare``) under ``method_results["dst"]``, and metrics."""
+    epochs = params.magnitude_finetune_epochs or max(
+        1, params.unstructured.training.epochs - train_dense.training.epochs
+    )
+    magnitude = finetune.training.model_copy(update={"epochs": epochs})
+    splits = (train_split, validation_split, test_split)
+    table = compare_dst(
+        dst_sparse_model["model"],
+        dst_structured_members["model"],
+        dst_structured_members["masks"][0],
+        multi_exit_model,
+        multi_exit_model_init,
+        splits,
+        early_exit_policy(early_exit_operating_point),
+        dense_measurements,
+        finetune,
+        magnitude,
+        seed,
+        resolve_device(device),
+    )
+    numeric = table.set_index("method").select_dtypes("number")
+    metrics = {f"{method}.{k}": v for method, row in numeric.iterrows() for k, v in row.dropna().items()}
+    return {"dst": table}, to_mlflow_metrics(metrics)
+
+
+def plot_sparse_training(dst_unstructured_history: dict, dst_structured_history: dict) -> Figure:
+    """Accuracy and kept share per epoch, overall and per layer, of both modes."""
+    histories = {"unstructured": dst_unstructured_history, "structured": dst_structured_history}
+    return plots.sparse_training(histories, "dst: dynamic sparse training")
