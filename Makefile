@@ -35,7 +35,7 @@ prune-tiny: setup dataset
 	$(BIN)/kedro run --pipeline=prune --env=tiny
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto   # one worker per core (pytest-xdist), one torch thread each
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

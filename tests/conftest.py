@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import shutil
 import struct
@@ -21,6 +22,9 @@ from evoprune.core.cifar import CIFAR_CLASSES
 from evoprune.core.data import IDX_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one pytest-xdist worker per core: one thread each
+    torch.set_num_threads(1)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:

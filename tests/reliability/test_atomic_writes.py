@@ -150,6 +150,8 @@ ATOMIC = {
         "PrunedMembersDataset",
         "FinetunedMembersDataset",
         "ExportedModelsDataset",
+        "SparseModelDataset",
+        "MethodResultsDataset",
     )
 }
 

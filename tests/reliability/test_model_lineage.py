@@ -92,6 +92,9 @@ def test_content_digest_follows_the_values_not_the_layout(tmp_path):
     assert content_digest({"images": images, "labels": torch.arange(4)}) != content_digest(
         {"images": images, "labels": torch.arange(4).flip(0)}
     )
+    assert content_digest({"model": reloaded, "masks": {"head.1": torch.ones(2, dtype=torch.bool)}}) != content_digest(
+        {"model": model, "masks": {"head.1": torch.ones(2, dtype=torch.bool)}}
+    )  # a model inside a mapping counts by its weights
     assert lineage_differences({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9"}) == ["b"]
 
 

@@ -105,8 +105,8 @@ def test_a_stage_whose_inputs_were_never_made_is_refused_before_it_starts(tiny_p
     """mask_search alone before prune ever ran: every missing input named, with the pipeline that makes them."""
     with pytest.raises(
         StartupCheckError,
-        match=r"This run needs `multi_exit_model` \(.*multi_exit_model.pt\), `train_split` \(.*\), `validation_split` "
-        r"\(.*\), which no node of this run makes and which are not on disk.*kedro run --pipeline=prune",
+        match=r"This run needs `early_exit_operating_point` \(.*\), `multi_exit_model` \(.*multi_exit_model.pt\), "
+        r"`train_split` \(.*\), `validation_split` \(.*\), which no node of this run makes and which are not on disk.*kedro run --pipeline=prune",
     ):
         run_tiny_session(tiny_project, "mask_search")
     assert not (tiny_project / "data/tiny/07_model_output").exists()

@@ -33,11 +33,13 @@ def content_digest(value: Any) -> str:
     digest it had in memory.
     """
     hasher = hashlib.blake2b(digest_size=DIGEST_LENGTH // 2)
-    _update(hasher, value.state_dict() if isinstance(value, nn.Module) else value)
+    _update(hasher, value)
     return hasher.hexdigest()
 
 
 def _update(hasher: Any, value: Any) -> None:
+    if isinstance(value, nn.Module):
+        value = value.state_dict()
     if isinstance(value, Mapping):
         for key in sorted(value, key=str):
             hasher.update(f"<{key}>".encode())
