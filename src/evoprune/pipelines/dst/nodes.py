@@ -15,7 +15,7 @@ from evoprune.core import plots
 from evoprune.core.comparison import early_exit_policy
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.runtime import resolve_device
-from evoprune.core.sparse import SparseTrainingConfig, train_sparse
+from evoprune.core.sparse import ControllerConfig, SparseTrainingConfig, train_sparse
 from evoprune.core.sparse.compare import compare_dst
 from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 from evoprune.tracking import to_mlflow_metrics
@@ -30,7 +30,9 @@ class DSTParams(BaseModel):
 
     start_from: Literal["init", "trained"] = "init"  # θ0 of the multi-exit network (the paper) | its trained weights
     unstructured: SparseTrainingConfig = Field(default_factory=SparseTrainingConfig)
-    structured: SparseTrainingConfig = Field(default_factory=lambda: SparseTrainingConfig(mode="structured"))
+    structured: SparseTrainingConfig = Field(
+        default_factory=lambda: SparseTrainingConfig(mode="structured", controller=ControllerConfig(target_kept=0.25))
+    )
     # magnitude baseline's fine-tune epochs; null: DST's epochs minus train_dense's (equal total epochs), at least 1
     magnitude_finetune_epochs: PositiveInt | None = None
 
