@@ -108,7 +108,8 @@ def test_structured_masks_prune_physically_to_the_masked_models_logits():
     torch.manual_seed(0)
     model = attach_exits(build_model({"name": "resnet_cifar", "depth": 8, "width": 4, "input_size": 16}), ["layer1"])
     data = {"images": data["images"][:, 6:22, 6:22].contiguous(), "labels": data["labels"]}
-    cfg = _config("structured", epochs=2, controller=ControllerConfig(target_kept=0.5, max_alpha=1.0, every=1))
+    cfg = _config("structured", epochs=3, controller=ControllerConfig(target_kept=0.5, max_alpha=10.0, every=1))
+    cfg.training.batch_size = 16
     result = train_sparse(model, data, None, cfg, CPU, 0)
     mask = result.unit_mask
     layout = build_layout(result.model, input_shape(result.model))

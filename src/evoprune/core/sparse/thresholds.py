@@ -5,7 +5,7 @@ as (c_out, -1), a linear's as (out, in)); the layer computes with ``W * step(|W|
 ``torch.nn.utils.parametrize`` parametrization, so any module code runs unchanged (exit heads included).
 
 Structured (ours): the same thresholds on each prunable unit's weight magnitude (mean |w| of its row of the
-root layer), giving one keep bit per unit of the project's chromosome layout; a dropped unit's activation is
+root layer, relative to the layer's average), giving one keep bit per unit of the project's chromosome layout; a dropped unit's activation is
 multiplied by 0 wherever the layout masks it (after its BatchNorm, on every branch of a residual group), so the
 structured model equals its physically pruned copy.
 
@@ -104,7 +104,8 @@ class UnstructuredThresholds:
 
 
 class StructuredThresholds:
-    """One threshold per prunable unit of ``layout``: unit kept while mean |w| of its root-layer row > t."""
+    """One threshold per prunable unit of ``layout``: unit kept while its relative magnitude (mean |w| of its
+    root-layer row over the layer's average) exceeds t."""
 
     def __init__(self, model: nn.Module, layout: ChromosomeLayout) -> None:
         self.model = model
@@ -126,9 +127,12 @@ class StructuredThresholds:
         return hook
 
     def unit_magnitude(self, group: str) -> torch.Tensor:
-        """Mean |w| of each unit's row of its root layer, (size,)."""
+        """Mean |w| of each unit's row of its root layer relative to the layer's average, (size,): thresholds are
+        then on one scale for every layer (raw magnitudes differ by layer, e.g. with the fan-in at init, so one
+        threshold speed would drop a layer of small weights whole)."""
         weight = self.roots[group].weight
-        return weight.reshape(weight.shape[0], -1).abs().mean(1)
+        magnitude = weight.reshape(weight.shape[0], -1).abs().mean(1)
+        return magnitude / magnitude.mean().detach().clamp_min(1e-12)
 
     def unit_mask(self, group: str) -> torch.Tensor:
         """(size,) float keep bits of a group, differentiable by the long-tailed estimator."""
