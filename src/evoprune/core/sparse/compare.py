@@ -108,3 +108,9 @@ def compare_dst(
     rows += [{**m.row, "kind": "dst", "method": "l1_at_dst_flops"} for m in l1]
     table = pd.DataFrame(rows).drop(columns=["variant", "criterion"], errors="ignore")
     return table
+
+
+def method_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """The table's numbers as ``<method>.<column>`` metrics (empty cells left out)."""
+    numeric = table.set_index("method").select_dtypes("number")
+    return {f"{method}.{k}": v for method, row in numeric.iterrows() for k, v in row.dropna().items()}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import pandas as pd
@@ -15,8 +16,9 @@ from evoprune.core import plots
 from evoprune.core.comparison import early_exit_policy
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.runtime import resolve_device
-from evoprune.core.sparse import ControllerConfig, SparseTrainingConfig, train_sparse
-from evoprune.core.sparse.compare import compare_dst
+from evoprune.core.sparse import ControllerConfig, SparseTrainingConfig, SparseTrainingResult, train_sparse
+from evoprune.core.sparse.compare import compare_dst, method_metrics
+from evoprune.core.train import TrainConfig
 from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 from evoprune.tracking import to_mlflow_metrics
 
@@ -42,11 +44,25 @@ class DSTParams(BaseModel):
             raise ValueError("dst.unstructured.mode must be 'unstructured' and dst.structured.mode 'structured'")
         return self
 
+    def magnitude_training(self, finetune: TrainConfig, dense_epochs: int) -> TrainConfig:
+        """The magnitude baseline's fine-tune: ``finetune`` for ``magnitude_finetune_epochs``, by default DST's
+        epochs minus the dense network's (equal total epochs), at least 1."""
+        epochs = self.magnitude_finetune_epochs or max(1, self.unstructured.training.epochs - dense_epochs)
+        return finetune.model_copy(update={"epochs": epochs})
 
-def _start(params: DSTParams, initial: nn.Module, trained: nn.Module) -> nn.Module:
-    from copy import deepcopy
 
-    return deepcopy(initial if params.start_from == "init" else trained)
+def _train(
+    cfg: SparseTrainingConfig, params: DSTParams, initial: nn.Module, trained: nn.Module, splits, seed, device
+) -> SparseTrainingResult:
+    """Dynamic sparse training of a copy of θ0 or of the trained network (``dst.start_from``)."""
+    model = copy.deepcopy(initial if params.start_from == "init" else trained)
+    return train_sparse(model, *splits, cfg, resolve_device(device), seed)
+
+
+def _outputs(result: SparseTrainingResult) -> tuple[pd.DataFrame, dict[str, object], dict[str, object]]:
+    """The per-layer table, the history and its MLflow metrics."""
+    scalars = {k: v for k, v in result.history.items() if isinstance(v, (int, float, list))}
+    return pd.DataFrame(result.per_layer), result.history, to_mlflow_metrics(scalars)
 
 
 def train_unstructured(
@@ -60,10 +76,9 @@ def train_unstructured(
 ) -> tuple[dict[str, object], pd.DataFrame, dict[str, object], dict[str, object]]:
     """Paper DST: per-weight masks, thresholds per output unit. Returns the sparse model (zeros + masks), the
     per-layer table, the history (per epoch: accuracy, kept share overall and per layer) and MLflow metrics."""
-    model = _start(params, multi_exit_model_init, multi_exit_model)
-    result = train_sparse(model, train_split, validation_split, params.unstructured, resolve_device(device), seed)
-    sparse = {"model": result.model, "weight_masks": result.weight_masks}
-    return sparse, pd.DataFrame(result.per_layer), result.history, to_mlflow_metrics(_scalars(result.history))
+    splits = (train_split, validation_split)
+    result = _train(params.unstructured, params, multi_exit_model_init, multi_exit_model, splits, seed, device)
+    return {"model": result.model, "weight_masks": result.weight_masks}, *_outputs(result)
 
 
 def train_structured(
@@ -77,14 +92,9 @@ def train_structured(
 ) -> tuple[dict[str, object], pd.DataFrame, dict[str, object], dict[str, object]]:
     """Structured DST: one threshold per unit; returns the network and its unit mask as a members file (member
     id -1), the per-group table, the history and MLflow metrics."""
-    model = _start(params, multi_exit_model_init, multi_exit_model)
-    result = train_sparse(model, train_split, validation_split, params.structured, resolve_device(device), seed)
-    members = {"model": result.model, "masks": result.unit_mask[None], "member_ids": [-1]}
-    return members, pd.DataFrame(result.per_layer), result.history, to_mlflow_metrics(_scalars(result.history))
-
-
-def _scalars(history: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in history.items() if isinstance(v, (int, float, list))}
+    splits = (train_split, validation_split)
+    result = _train(params.structured, params, multi_exit_model_init, multi_exit_model, splits, seed, device)
+    return {"model": result.model, "masks": result.unit_mask[None], "member_ids": [-1]}, *_outputs(result)
 
 
 def compare_methods(
@@ -104,18 +114,14 @@ def compare_methods(
     device: str,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
     """DST's rows for the report (``evoprune.core.sparse.compare``) under ``method_results["dst"]``, and metrics."""
-    epochs = params.magnitude_finetune_epochs or max(
-        1, params.unstructured.training.epochs - train_dense.training.epochs
-    )
-    magnitude = finetune.training.model_copy(update={"epochs": epochs})
-    splits = (train_split, validation_split, test_split)
+    magnitude = params.magnitude_training(finetune.training, train_dense.training.epochs)
     table = compare_dst(
         dst_sparse_model["model"],
         dst_structured_members["model"],
         dst_structured_members["masks"][0],
         multi_exit_model,
         multi_exit_model_init,
-        splits,
+        (train_split, validation_split, test_split),
         early_exit_policy(early_exit_operating_point),
         dense_measurements,
         finetune,
@@ -123,9 +129,7 @@ def compare_methods(
         seed,
         resolve_device(device),
     )
-    numeric = table.set_index("method").select_dtypes("number")
-    metrics = {f"{method}.{k}": v for method, row in numeric.iterrows() for k, v in row.dropna().items()}
-    return {"dst": table}, to_mlflow_metrics(metrics)
+    return {"dst": table}, to_mlflow_metrics(method_metrics(table))
 
 
 def plot_sparse_training(dst_unstructured_history: dict, dst_structured_history: dict) -> Figure:

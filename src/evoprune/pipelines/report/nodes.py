@@ -30,29 +30,30 @@ def build_report(
 
 
 def plot_accuracy_vs_flops(report_table: pd.DataFrame, pareto_set: pd.DataFrame) -> Figure:
-    """Accuracy vs FLOPs: front before fine-tuning, members after fine-tuning per variant, baselines."""
+    """Accuracy vs FLOPs: front before fine-tuning, members after fine-tuning per variant (and the rows of methods
+    beside prune, labelled ``<kind>: <method>``), baselines."""
     before_col = final_exit_key(pareto_set.columns, "_accuracy")
-
-    def series(kind: str) -> dict[str, plots.Series]:
-        rows = report_table[report_table["kind"] == kind]
-        return {
-            str(m): (g["flops_ratio"].tolist(), g["test_accuracy"].tolist())
-            for m, g in rows.groupby("method", sort=False)
-        }
-
-    others = report_table[~report_table["kind"].isin(["dense", "member", "baseline"])]
-    methods = series("member") | {
-        f"{kind}: {method}": (g["flops_ratio"].tolist(), g["test_accuracy"].tolist())
-        for (kind, method), g in others.groupby(["kind", "method"], sort=False)
-    }
-    dense = report_table[report_table["kind"] == "dense"]["test_accuracy"].iloc[0]
+    kind = report_table["kind"]
+    others = report_table[~kind.isin(["dense", "member", "baseline"])]
+    methods = _series(report_table[kind == "member"], "method") | _series(others, ["kind", "method"])
     return plots.accuracy_after_finetuning(
         (pareto_set["flops_ratio"].tolist(), pareto_set[before_col].tolist()),
         methods,
-        series("baseline"),
-        float(dense),
+        _series(report_table[kind == "baseline"], "method"),
+        float(report_table[kind == "dense"]["test_accuracy"].iloc[0]),
         "report: accuracy vs FLOPs before and after fine-tuning",
     )
+
+
+def _series(rows: pd.DataFrame, by: str | list[str]) -> dict[str, plots.Series]:
+    """(FLOPs ratio, test accuracy) per group of ``rows``, labelled by the group's key(s) joined with ': '."""
+    return {
+        ": ".join(map(str, key)) if isinstance(key, tuple) else str(key): (
+            g["flops_ratio"].tolist(),
+            g["test_accuracy"].tolist(),
+        )
+        for key, g in rows.groupby(by, sort=False)
+    }
 
 
 def plot_variant_comparison(report_table: pd.DataFrame) -> Figure:
