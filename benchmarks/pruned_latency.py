@@ -108,7 +108,8 @@ def main() -> None:
                 ]
             )
     _print_table(header, rows)
-    _first_stage_floor(models, flops, images, max(args.batch_sizes), args.repeats, device)
+    if hasattr(dense.backbone, "stages"):  # the built-in staged CNNs (LeNet-5, VGG)
+        _first_stage_floor(models, flops, images, max(args.batch_sizes), args.repeats, device)
     if args.compile:
         _compiled(models, flops, images, max(args.batch_sizes), args.repeats, device)
     _input_conv_sweep(dense, images, max(args.batch_sizes), args.repeats, device)

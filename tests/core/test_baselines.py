@@ -37,3 +37,15 @@ def test_budget_mask_never_prunes_a_layer_beyond_the_limit(net):
     mask = mask_within_budget(layout, scores, 0.05, max_pruning_ratio=0.5)
     kept = [int(mask[g.offset : g.offset + g.size].sum()) for g in layout.groups]
     assert kept == [int(np.ceil(g.size / 2)) for g in layout.groups]  # the sparsest mask the limit allows
+
+
+@pytest.mark.parametrize("budget", [0.6, 0.3])
+def test_rounded_budget_mask_fits_and_keeps_multiples(net, budget):
+    model, layout = net
+    scores = GroupL1((1, 28, 28))(model, layout)
+    mask = mask_within_budget(layout, scores, budget, max_pruning_ratio=0.9, round_to=4)
+    ratio = layout.cost(mask[None])["flops"][0] / layout.dense_flops
+    assert budget - 0.1 <= ratio <= budget
+    for g in layout.groups:
+        kept = int(mask[g.offset : g.offset + g.size].sum())
+        assert g.size <= 4 or kept % 4 == 0 or kept == g.size, (g.name, kept)

@@ -71,6 +71,64 @@ def test_repair_honours_a_maximum_pruning_ratio_per_layer(net):
         layout.min_units(0.0)
 
 
+def _kept(layout, masks):
+    return np.stack([masks[:, g.offset : g.offset + g.size].sum(1) for g in layout.groups], 1)
+
+
+@pytest.mark.parametrize("round_to", [2, 4])
+def test_rounding_keeps_multiples_of_round_to_or_whole_layers(net, round_to):
+    layout = build_layout(net, SHAPE)
+    importance = np.random.default_rng(3).random(layout.num_bits)
+    masks = np.random.default_rng(4).random((30, layout.num_bits)) < np.linspace(0.05, 1.0, 30)[:, None]
+    min_units = layout.min_units(0.7)
+    rounded = layout.repair(masks, importance, min_units, round_to=round_to)
+    before, after = _kept(layout, layout.repair(masks, importance, min_units)), _kept(layout, rounded)
+    for i, g in enumerate(layout.groups):
+        if g.size <= round_to:  # too small to round: only the floor applies
+            assert (after[:, i] == before[:, i]).all()
+            continue
+        floor = min(g.size, round_to * int(np.ceil(min_units[i] / round_to)))
+        assert ((after[:, i] % round_to == 0) | (after[:, i] == g.size)).all()
+        assert (after[:, i] >= floor).all()
+        assert (np.abs(after[:, i] - before[:, i]) < round_to).all()  # to a neighbouring multiple
+        # the nearer one, ties upward (a whole layer counts as a multiple)
+        lower = np.maximum(before[:, i] // round_to * round_to, floor)
+        upper = np.minimum(lower + round_to, g.size)
+        nearer = np.where(before[:, i] - lower >= (upper - lower) / 2, upper, lower)
+        expected = np.where(before[:, i] <= lower, lower, nearer)
+        assert (after[:, i] == np.where(before[:, i] % round_to == 0, np.maximum(before[:, i], floor), expected)).all()
+    assert np.array_equal(layout.round_units(rounded, round_to, importance, min_units), rounded)  # idempotent
+
+
+def test_rounding_adds_the_most_important_units_and_drops_the_least_important(net):
+    layout = build_layout(net, SHAPE)
+    g = max(layout.groups, key=lambda g: g.size)
+    importance = np.arange(layout.num_bits, dtype=float)  # later units matter more
+    mask = np.ones((2, layout.num_bits), dtype=bool)
+    block = mask[:, g.offset : g.offset + g.size]
+    block[0, :] = False
+    block[0, [0, 1, 2]] = True  # 3 units -> 4: the most important dropped unit comes back
+    block[1, [g.size - 3, g.size - 2, g.size - 1]] = False  # size - 3 -> size - 4: the least important kept goes
+    r = layout.round_units(mask, 4, importance)[:, g.offset : g.offset + g.size]
+    assert g.size % 4 == 0 and g.size >= 8
+    assert np.flatnonzero(r[0]).tolist() == [0, 1, 2, g.size - 1]
+    assert np.flatnonzero(~r[1]).tolist() == [0, g.size - 3, g.size - 2, g.size - 1]
+
+
+def test_stochastic_rounding_goes_both_ways_in_proportion_and_follows_its_generator(net):
+    layout = build_layout(net, SHAPE)
+    g = max(layout.groups, key=lambda g: g.size)
+    masks = np.ones((400, layout.num_bits), dtype=bool)
+    masks[:, g.offset + 5 : g.offset + g.size] = False  # 5 units kept: 4 or 8 with round_to=4
+    a = layout.round_units(masks, 4, rng=np.random.default_rng(0))
+    b = layout.round_units(masks, 4, rng=np.random.default_rng(0))
+    kept = a[:, g.offset : g.offset + g.size].sum(1)
+    assert np.array_equal(a, b) and set(kept.tolist()) == {4, 8}
+    assert 0.15 < (kept == 8).mean() < 0.35  # up with probability (5 - 4) / 4
+    with pytest.raises(ValueError, match="round_to"):
+        layout.round_units(masks, 0)
+
+
 def test_analytic_cost_equals_the_counter_on_physically_pruned_networks(net):
     layout = build_layout(net, SHAPE)
     assert layout.dense_flops == count_flops(net, SHAPE) and layout.dense_params == count_params(net)

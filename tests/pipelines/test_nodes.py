@@ -180,6 +180,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
             ),
             "params:baselines": MemoryDataset(BaselinesParams(criteria=["l1"])),
             "params:mask_search.search.max_pruning_ratio": MemoryDataset(1.0),
+            "params:mask_search.search.round_to": MemoryDataset(1),
             "params:seed": MemoryDataset(0),
             "params:device": MemoryDataset("cpu"),
         }

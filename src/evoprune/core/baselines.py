@@ -16,18 +16,28 @@ from evoprune.core.units import ChromosomeLayout
 
 
 def mask_within_budget(
-    layout: ChromosomeLayout, scores: np.ndarray, flops_budget: float, max_pruning_ratio: float = 1.0
+    layout: ChromosomeLayout,
+    scores: np.ndarray,
+    flops_budget: float,
+    max_pruning_ratio: float = 1.0,
+    round_to: int = 1,
 ) -> np.ndarray:
     """The mask that removes units globally in ascending ``scores`` (never a layer's last unit) until its
     FLOPs are at most ``flops_budget`` (a ratio of the dense FLOPs), then gives back the best removed
     units that still fit (one conv channel can hold a tenth of the FLOPs, so the first fitting mask can
     undershoot the budget by far). No layer loses more than ``max_pruning_ratio`` of its units. The
-    sparsest mask if none fits."""
+    sparsest mask if none fits.
+
+    With ``round_to`` > 1 every layer larger than it keeps a multiple of ``round_to`` units or all of
+    them (``ChromosomeLayout.round_units`` by the same scores): of the removal sequence rounded so, the
+    mask with the most FLOPs within the budget (the sparsest if none fits).
+    """
     if not 0.0 < flops_budget <= 1.0:
         raise ValueError(f"flops_budget is a ratio of the dense FLOPs in (0, 1], got {flops_budget}")
     mask = np.ones(layout.num_bits, dtype=bool)
     left = {g.name: g.size for g in layout.groups}
-    floor = dict(zip(left, layout.min_units(max_pruning_ratio), strict=True))
+    min_units = layout.min_units(max_pruning_ratio)
+    floor = dict(zip(left, min_units, strict=True))
     group_of = np.empty(layout.num_bits, dtype=object)
     for g in layout.groups:
         group_of[g.offset : g.offset + g.size] = g.name
@@ -37,11 +47,16 @@ def mask_within_budget(
             left[group_of[bit]] -= 1
             mask[bit] = False
             sequence.append(mask.copy())
-    ratios = layout.cost(np.stack(sequence))["flops"] / layout.dense_flops
+    masks = np.stack(sequence)
+    if round_to > 1:
+        masks = layout.round_units(masks, round_to, scores, min_units)
+    ratios = layout.cost(masks)["flops"] / layout.dense_flops
     fitting = np.flatnonzero(ratios <= flops_budget + 1e-12)
     if not len(fitting):
-        return sequence[-1]
-    mask = sequence[int(fitting[0])].copy()
+        return masks[-1]
+    if round_to > 1:
+        return masks[fitting[np.argmax(ratios[fitting])]]
+    mask = masks[int(fitting[0])].copy()
     for bit in np.flatnonzero(~mask)[np.argsort(-scores[~mask], kind="stable")]:
         mask[bit] = True
         if layout.cost(mask[None])["flops"][0] / layout.dense_flops > flops_budget + 1e-12:

@@ -179,13 +179,13 @@ def prune_to_member_budgets(
     policy: tuple[float, str],
     dense_measurements: dict[str, float],
     params: FinetuneParams,
-    max_pruning_ratio: float,
+    unit_limits: tuple[float, int],
     seed: int,
     device: torch.device,
 ) -> list[MeasuredModel]:
     """For each criterion and each member's FLOPs ratio: the trained network pruned globally by that
-    criterion to the member's FLOPs (``mask_within_budget``; no layer loses more than
-    ``max_pruning_ratio`` of its units, the limit the search obeyed), fine-tuned exactly like the members
+    criterion to the member's FLOPs (``mask_within_budget`` under ``unit_limits`` = (max_pruning_ratio,
+    round_to), the limits the search obeyed), fine-tuned exactly like the members
     (``params.training``) and measured.
 
     Args:
@@ -200,7 +200,7 @@ def prune_to_member_budgets(
     for name, criterion in criteria.items():
         scores = criterion(trained, layout)
         for member, budget in zip(member_ids, budgets, strict=True):
-            mask = mask_within_budget(layout, scores, float(budget), max_pruning_ratio)
+            mask = mask_within_budget(layout, scores, float(budget), *unit_limits)
             model = prune_physically(trained, layout, mask, shape)
             history = train(
                 model,

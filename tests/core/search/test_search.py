@@ -213,3 +213,15 @@ def test_old_checkpoint_folders_are_removed_newest_kept(tmp_path):
     assert remove_old_checkpoints(tmp_path / "new", kept=1) and not (tmp_path / "a").exists()
     with pytest.raises(ValueError, match=">= 1"):
         remove_old_checkpoints(current, kept=0)
+
+
+def test_a_rounded_search_evaluates_only_rounded_masks(setup):
+    _, layout, _, importance, rank, _, problem, _ = setup
+    cfg = SearchConfig(pop_size=12, generations=4, round_to=4)
+    result = run_search(problem, cfg, rank, importance, seed=0)
+    for g in layout.groups:
+        if g.size <= 4:
+            continue
+        kept = result.evaluated_X[:, g.offset : g.offset + g.size].sum(1)
+        assert ((kept % 4 == 0) | (kept == g.size)).all(), g.name
+        assert len(set(kept.tolist())) > 1  # the counts still vary

@@ -195,7 +195,9 @@ def search_pruning_masks(
         if cfg.seed_with_l1:
             scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
             budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
-            seeds = np.stack([mask_within_budget(layout, scores, b, cfg.max_pruning_ratio) for b in budgets])
+            seeds = np.stack(
+                [mask_within_budget(layout, scores, b, cfg.max_pruning_ratio, cfg.round_to) for b in budgets]
+            )
         result = run_search(
             problem,
             cfg,
@@ -210,7 +212,7 @@ def search_pruning_masks(
     seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed + 1)
     keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))
-    random_X = layout.repair(rng.random((random_masks, layout.num_bits)) < keep)
+    random_X = layout.repair(rng.random((random_masks, layout.num_bits)) < keep, round_to=cfg.round_to, rng=rng)
     random_accuracy = (
         evaluator.accuracy(random_X, validation_split)
         if random_masks

@@ -74,11 +74,18 @@ class RouletteMutation(Mutation):
 
 class KeepUnitsPerLayer(Repair):
     """Every layer keeps at least ``min_units`` of its units (default one), its most important ones
-    coming back first."""
+    coming back first; with ``round_to`` > 1, a multiple of ``round_to`` units or all of them
+    (``ChromosomeLayout.round_units``, rounding stochastically with pymoo's seeded generator)."""
 
-    def __init__(self, layout: ChromosomeLayout, importance: np.ndarray, min_units: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        layout: ChromosomeLayout,
+        importance: np.ndarray,
+        min_units: np.ndarray | None = None,
+        round_to: int = 1,
+    ) -> None:
         super().__init__()
-        self.layout, self.importance, self.min_units = layout, importance, min_units
+        self.layout, self.importance, self.min_units, self.round_to = layout, importance, min_units, round_to
 
-    def _do(self, problem, X, **kwargs):
-        return self.layout.repair(X, self.importance, self.min_units)
+    def _do(self, problem, X, random_state=None, **kwargs):
+        return self.layout.repair(X, self.importance, self.min_units, self.round_to, random_state)

@@ -99,7 +99,7 @@ def compare_dst(
         policy,
         dense_measurements,
         finetune,
-        1.0,
+        (1.0, 1),
         seed,
         device,
     )

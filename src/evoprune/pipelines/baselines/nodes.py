@@ -36,12 +36,14 @@ def prune_baselines(
     finetune: FinetuneParams,
     params: BaselinesParams,
     max_pruning_ratio: float,
+    round_to: int,
     seed: int,
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, object], list[ChildRun]]:
     """For each criterion and each selected member's FLOPs ratio: prune the trained network to that budget,
     fine-tune it exactly like the members (``finetune.training``) and measure it. No layer loses more
-    than ``max_pruning_ratio`` of its units, the limit the search obeyed.
+    than ``max_pruning_ratio`` of its units, and every layer larger than ``round_to`` keeps a multiple of
+    it: the limits the search obeyed.
 
     Returns: one row per (criterion, budget), MLflow metrics (``<criterion>.member<id>.<metric>``) and one
     nested MLflow run per row (tags stage, criterion, member, flops_budget).
@@ -51,7 +53,7 @@ def prune_baselines(
     splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
     dense, dev = dense_measurements, resolve_device(device)
     measured = prune_to_member_budgets(
-        trained, masks, ids, criteria, splits, policy, dense, finetune, max_pruning_ratio, seed, dev
+        trained, masks, ids, criteria, splits, policy, dense, finetune, (max_pruning_ratio, round_to), seed, dev
     )
     metrics = {f"{m.labels['criterion']}.member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()}
     return pd.DataFrame([m.row for m in measured]), to_mlflow_metrics(metrics), [_run(m) for m in measured]

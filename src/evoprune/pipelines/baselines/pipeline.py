@@ -20,6 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:finetune",
                     "params:baselines",
                     "params:mask_search.search.max_pruning_ratio",
+                    "params:mask_search.search.round_to",
                     "params:seed",
                     "params:device",
                 ],
