@@ -1,6 +1,8 @@
 """A whole `prune` run through a real KedroSession on tiny generated data, tracked in a temporary
 MLflow SQLite store which the test reads back."""
 
+import shutil
+
 import mlflow
 import pandas as pd
 import pytest
@@ -277,3 +279,16 @@ def test_images_that_do_not_fit_the_model_stop_the_run_before_training(tiny_proj
     ):
         _run(tiny_project, runtime_params={"train_dense": {"model": model}, "build_exits": {"exit_after": ["layer1"]}})
     assert not (tiny_project / "data/tiny/05_model_input/fashion_mnist_train.pt").exists()
+
+
+def test_population_scoring_on_local_dask_workers_gives_the_serial_front(tiny_project, capfd):
+    threads = torch.get_num_threads()  # the workers sum floats with as many threads as this process
+    _run(tiny_project, to_outputs=["pareto_set", "mask_search_history"])
+    folder = tiny_project / "data/tiny/07_model_output"
+    serial = {name: (folder / f"{name}.csv").read_text() for name in ("pareto_set", "mask_search_history")}
+    shutil.rmtree(folder / "mask_search_checkpoints")  # else the second run resumes the finished search
+    dask = {"scheduler": "local", "workers": 2, "threads_per_worker": threads}
+    capfd.readouterr()
+    _run(tiny_project, ["pareto_set", "mask_search_history"], runtime_params={"mask_search": {"distributed": dask}})
+    assert "scoring on Dask" in "".join(capfd.readouterr())  # Kedro's log handler writes to the terminal
+    assert {name: (folder / f"{name}.csv").read_text() for name in serial} == serial

@@ -21,6 +21,7 @@ from evoprune.core.exits import input_shape
 from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
+from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
 from evoprune.core.search.operators import rank_within_layers
 from evoprune.core.search.problem import POLICY_OBJECTIVES, MaskSearchProblem
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
@@ -140,6 +141,7 @@ def search_pruning_masks(
     policy: tuple[float, str] | None = None,
     checkpoints_kept: int = 3,
     on_bad_checkpoint: OnBadCheckpoint = "restart",
+    distributed: DistributedConfig | None = None,
 ) -> SearchOutcome:
     """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
     method, random masks for contrast and, when configured, the roulette branch path for comparison.
@@ -151,7 +153,34 @@ def search_pruning_masks(
             kept, this one included, most recently written first; older ones are deleted.
         on_bad_checkpoint: ``restart`` (warn, set the file aside, start afresh) or ``stop`` (raise
             ``CheckpointError``) on a corrupt, torn, old or foreign checkpoint.
+        distributed: with a ``scheduler``, the populations of NSGA-II / GA are scored on Dask workers
+            (``evoprune.core.search.distributed``); the random masks and the roulette branch stay here.
     """
+    args = (model, validation_split, calibration_images, cfg, seed, device, random_masks, roulette, checkpoint_dir)
+    kwargs = dict(policy=policy, checkpoints_kept=checkpoints_kept, on_bad_checkpoint=on_bad_checkpoint)
+    if distributed is None or distributed.scheduler is None:
+        return _search_pruning_masks(*args, **kwargs)
+    scored_policy = policy if any(o in POLICY_OBJECTIVES for o in cfg.objectives) else None
+    recipe = evaluator_recipe(model, validation_split, calibration_images, scored_policy, device)
+    with DaskScorer(distributed, recipe) as remote:
+        return _search_pruning_masks(*args, **kwargs, remote=remote)
+
+
+def _search_pruning_masks(
+    model: nn.Module,
+    validation_split: dict[str, torch.Tensor],
+    calibration_images: torch.Tensor | None,
+    cfg: SearchConfig,
+    seed: int,
+    device: torch.device,
+    random_masks: int,
+    roulette: RouletteBranchConfig | None,
+    checkpoint_dir: str | Path | None,
+    policy: tuple[float, str] | None,
+    checkpoints_kept: int,
+    on_bad_checkpoint: OnBadCheckpoint,
+    remote: DaskScorer | None = None,
+) -> SearchOutcome:
     layout = build_layout(model, input_shape(model))
     evaluator = SlicedEvaluator(model, layout, device, calibration_images)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
@@ -163,7 +192,7 @@ def search_pruning_masks(
     policy = policy if uses_policy else None
 
     def score(X: np.ndarray) -> dict[str, np.ndarray]:
-        return evaluator.evaluate(X, validation_split, policy)
+        return remote(X) if remote is not None else evaluator.evaluate(X, validation_split, policy)
 
     importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
     rank = rank_within_layers(importance, layout)

@@ -17,6 +17,7 @@ from evoprune.core.exits import final_exit_key
 from evoprune.core.mask_codec import decode_masks, encode_masks
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
+from evoprune.core.search.distributed import DistributedConfig
 from evoprune.core.search.roulette_branch import RouletteBranchConfig
 from evoprune.core.search.run import SearchConfig
 from evoprune.tracking import to_mlflow_metrics
@@ -54,6 +55,8 @@ class MaskSearchParams(BaseModel):
     # a corrupt, torn, old-format or another search's checkpoint: restart (warn, keep it as state.npz.bad and
     # search afresh) or stop (raise CheckpointError naming the file)
     on_bad_checkpoint: Literal["restart", "stop"] = "restart"
+    # population scoring on Dask workers (scheduler null: in this process)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 def search_masks(
@@ -82,6 +85,7 @@ def search_masks(
         policy,
         params.checkpoints_kept,
         params.on_bad_checkpoint,
+        params.distributed,
     )
 
 
