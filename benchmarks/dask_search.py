@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from evoprune.core.masking import SlicedEvaluator
+from evoprune.core.models.adapter import input_shape
 from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
 from evoprune.core.units import build_layout
-from evoprune.core.models.adapter import input_shape
 from evoprune.datasets import TensorDictDataset, TorchModelDataset
 
 
