@@ -1,0 +1,83 @@
+"""How well the latency model (evoprune.core.latency) predicts measured latency of pruned networks.
+
+    .venv/bin/python benchmarks/latency_prediction.py                           # LeNet-5, VGG-style, ResNet-20
+    .venv/bin/python benchmarks/latency_prediction.py --envs base --held-out 60 --round-to 1
+
+For each environment's multi-exit network (conf/<env>'s train_dense.model and build_exits; weights do not
+change latency, so an untrained network of the same shape serves), the tables are profiled here, then
+``--held-out`` random pruned networks (other seeds than the calibration's, 20-100% of the units kept,
+rounded like the search with ``--round-to``) are built physically and timed whole. Prints per network the
+share predicted within +-10%, the median and worst relative error, and the profiling time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+from kedro.config import OmegaConfigLoader
+
+from evoprune.core.exits import attach_exits
+from evoprune.core.latency import (
+    LatencySettings,
+    calibration_masks,
+    measure_masks_ms,
+    prediction_errors,
+    profile_latency,
+)
+from evoprune.core.models import build_model
+from evoprune.core.models.adapter import input_shape
+from evoprune.core.units import build_layout
+from evoprune.pipelines.build_exits.nodes import BuildExitsParams
+from evoprune.pipelines.train_dense.nodes import TrainDenseParams
+
+
+def _network(env: str) -> torch.nn.Module:
+    loader = OmegaConfigLoader("conf", base_env="base", default_run_env=env if env != "base" else "local")
+    params = loader["parameters"]
+    dense = TrainDenseParams.model_validate(params["train_dense"])
+    exits = BuildExitsParams.model_validate(params["build_exits"])
+    torch.manual_seed(0)
+    return attach_exits(build_model(dense.model), exits.exit_after, exits.head).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=["base", "vgg", "resnet"])
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--held-out", type=int, default=40)
+    parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calibration", type=int, default=8)
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    print(
+        f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}"
+    )
+    print(f"# batch {args.batch_size}, channels_last, median of {args.repeats}; {args.held_out} held-out pruned nets")
+    print("| network | round_to | profile s | within +-10% | median abs. error | worst | dense ms |")
+    print("|---|---|---|---|---|---|---|")
+    for env in args.envs:
+        model = _network(env)
+        layout = build_layout(model, input_shape(model))
+        for round_to in args.round_to:
+            settings = LatencySettings(
+                batch_size=args.batch_size, repeats=args.repeats, calibration_masks=args.calibration
+            )
+            start = time.perf_counter()
+            latency = profile_latency(model, layout, settings, device, round_to=round_to)
+            seconds = time.perf_counter() - start
+            held = calibration_masks(layout, args.held_out, seed=1000 + round_to, round_to=round_to)
+            measured = measure_masks_ms(model, layout, held, settings, device)
+            errors = prediction_errors(latency.predict_ms(layout, held), measured)
+            print(
+                f"| {env} ({model.backbone.spec.get('name')}) | {round_to} | {seconds:.0f} | "
+                f"{errors['within_10pct']:.0%} | {errors['median_abs_error']:.1%} | {errors['max_abs_error']:.1%} | "
+                f"{latency.dense_ms:.1f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

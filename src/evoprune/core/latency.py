@@ -1,0 +1,359 @@
+"""A latency model of the machine a network will run on: per-layer tables measured here, one calibrated sum.
+
+FLOPs mislead about speed: on this CPU a 3x3 conv on 32x32 maps at batch 256 costs as much with 11
+channels as with 16, and LeNet-5's first conv 4.4 ms per 1000 images with 1 filter against 5.8 ms with 6.
+So, as NetAdapt (Yang et al. 2018) and HALP (Shen et al. 2022) do, every conv/linear layer of the chromosome
+layout is timed alone on this machine over a grid of kept input and output units, at the feature-map size
+it sees in the network, followed by what usually follows it (conv: BatchNorm + ReLU; linear: ReLU). A
+mask's predicted latency is ``intercept + slope * sum(table entries)``, each layer's entry interpolated
+bilinearly between grid points, vectorised over a population. The intercept and slope are fitted by least
+squares to whole pruned networks measured here (``calibration_masks``): they take the parts no table holds
+(pooling, residual adds, exit heads' pooling, the framework's per-op overhead) in proportion.
+
+Grid points are multiples of 8 wherever a dimension has 16 units or more (the SIMD width oneDNN blocks
+channels by; a count between two points is interpolated, which underestimates the step an odd count
+costs: search with ``round_to: 8`` to stay on the grid's kind of counts).
+
+A model is keyed by the device, torch version, threads, batch size, memory layout and the model's digest:
+``check_key`` refuses a model measured elsewhere or for other settings instead of silently reusing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from torch import nn
+
+from evoprune.core.cost import interleaved_median_seconds
+from evoprune.core.lineage import content_digest
+from evoprune.core.masking import prune_physically
+from evoprune.core.models.adapter import input_shape
+from evoprune.core.units import ChromosomeLayout
+
+
+class LatencySettings(BaseModel):
+    """How a latency model is measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: PositiveInt = 1000
+    memory_format: Literal["channels_last", "contiguous"] = "channels_last"
+    repeats: PositiveInt = 5  # timings per entry (median)
+    grid_points: int = Field(5, ge=2)  # measured counts per prunable dimension, snapped to multiples of 8
+    calibration_masks: NonNegativeInt = 8  # random pruned networks timed whole to fit intercept and slope
+    seed: int = 0  # of the calibration masks
+
+
+class LatencyKeyError(ValueError):
+    """A latency model measured on another device, for other settings or for another model."""
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """Milliseconds of one layer (and its usual followers) at batch ``batch_size`` on a grid of kept units."""
+
+    name: str
+    in_units: np.ndarray  # kept input features/channels measured (ascending)
+    out_units: np.ndarray  # kept output units measured (ascending)
+    ms: np.ndarray  # (len(in_units), len(out_units))
+
+    def lookup(self, kept_in: np.ndarray, kept_out: np.ndarray) -> np.ndarray:
+        """Bilinear interpolation (linear extrapolation at the edges is clamped to the grid)."""
+        i, wi = _bracket(self.in_units, kept_in)
+        o, wo = _bracket(self.out_units, kept_out)
+        ms = self.ms
+        if ms.shape[0] == 1:
+            ms = np.vstack([ms, ms])
+        if ms.shape[1] == 1:
+            ms = np.hstack([ms, ms])
+        return (
+            (1 - wi) * (1 - wo) * ms[i, o]
+            + (1 - wi) * wo * ms[i, o + 1]
+            + wi * (1 - wo) * ms[i + 1, o]
+            + wi * wo * ms[i + 1, o + 1]
+        )
+
+
+def _bracket(grid: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower grid index of each query and its weight towards the next point (0 for a one-point grid)."""
+    q = np.asarray(q, dtype=float)
+    if len(grid) == 1:
+        return np.zeros(q.shape, dtype=int), np.zeros(q.shape)
+    q = np.clip(q, grid[0], grid[-1])
+    idx = np.clip(np.searchsorted(grid, q, side="right") - 1, 0, len(grid) - 2)
+    return idx, (q - grid[idx]) / (grid[idx + 1] - grid[idx])
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Per-layer tables + the calibrated sum; ``predict_ms`` for any population of masks."""
+
+    key: dict[str, Any]
+    tables: tuple[LayerTable, ...]
+    intercept_ms: float
+    slope: float
+    dense_ms: float  # the dense network measured whole
+
+    def table_sum(self, layout: ChromosomeLayout, masks: np.ndarray) -> np.ndarray:
+        """(K,) sum over layers of their table entries at each mask's kept units."""
+        m = np.asarray(masks, dtype=bool)
+        padded = np.concatenate([m, np.ones((m.shape[0], 1), dtype=bool)], axis=1)  # bit -1 -> kept
+        layers = {layer.name: layer for layer in layout.layers}
+        if set(layers) != {t.name for t in self.tables}:
+            raise LatencyKeyError("the latency tables were measured on a network with other layers; profile it again")
+        total = np.zeros(m.shape[0])
+        for table in self.tables:
+            layer = layers[table.name]
+            total += table.lookup(padded[:, layer.in_bits].sum(1), padded[:, layer.out_bits].sum(1))
+        return total
+
+    def predict_ms(self, layout: ChromosomeLayout, masks: np.ndarray) -> np.ndarray:
+        """(K,) predicted milliseconds per batch of ``key['batch_size']``."""
+        return self.intercept_ms + self.slope * self.table_sum(layout, masks)
+
+    def ratio(self, layout: ChromosomeLayout, masks: np.ndarray) -> np.ndarray:
+        """(K,) predicted latency relative to the dense network's prediction."""
+        dense = self.predict_ms(layout, np.ones((1, layout.num_bits), dtype=bool))[0]
+        return self.predict_ms(layout, masks) / dense
+
+    def check_key(self, expected: dict[str, Any]) -> None:
+        """Refuse tables measured for another device, batch size, layout, torch, threads or model."""
+        differ = {k: (self.key.get(k), v) for k, v in expected.items() if self.key.get(k) != v}
+        if differ:
+            what = ", ".join(f"{k}: tables {a!r} vs now {b!r}" for k, (a, b) in differ.items())
+            raise LatencyKeyError(f"latency tables do not match this run ({what}); profile the model again")
+
+    def state(self) -> dict[str, Any]:
+        """Plain tensors and strings (``torch.save`` it, ``torch.load(..., weights_only=True)`` it back)."""
+        return {
+            "key": {k: str(v) for k, v in self.key.items()},
+            "intercept_ms": self.intercept_ms,
+            "slope": self.slope,
+            "dense_ms": self.dense_ms,
+            "tables": [
+                {
+                    "name": t.name,
+                    "in_units": torch.as_tensor(t.in_units),
+                    "out_units": torch.as_tensor(t.out_units),
+                    "ms": torch.as_tensor(t.ms),
+                }
+                for t in self.tables
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LatencyModel:
+        tables = tuple(
+            LayerTable(t["name"], t["in_units"].numpy(), t["out_units"].numpy(), t["ms"].numpy())
+            for t in state["tables"]
+        )
+        return cls(
+            dict(state["key"]), tables, float(state["intercept_ms"]), float(state["slope"]), float(state["dense_ms"])
+        )
+
+
+def latency_key(model: nn.Module, settings: LatencySettings, device: torch.device) -> dict[str, Any]:
+    """What a latency model's figures depend on (all strings, as saved)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_name() or "cpu")
+    return {
+        "device": f"{device.type}:{name}",
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        "batch_size": str(settings.batch_size),
+        "memory_format": settings.memory_format,
+        "model": content_digest(model),
+    }
+
+
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def unit_grid(size: int, points: int) -> np.ndarray:
+    """Counts at which a dimension of ``size`` units is measured: every count up to ``points``; beyond,
+    ``points`` counts from 1 to ``size``, the inner ones snapped to multiples of 8 when ``size`` >= 16."""
+    if size <= points:
+        return np.arange(1, size + 1)
+    raw = np.linspace(1, size, points)
+    if size >= 16:
+        raw[1:-1] = np.maximum(8, np.round(raw[1:-1] / 8) * 8)
+    return np.unique(np.round(raw).astype(int))
+
+
+def _fmt(settings: LatencySettings) -> torch.memory_format:
+    return torch.channels_last if settings.memory_format == "channels_last" else torch.contiguous_format
+
+
+def _layer_inputs(model: nn.Module, names: list[str], device: torch.device) -> dict[str, tuple[int, ...]]:
+    """Per-sample input shape of every named layer, from one probe forward."""
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(record(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape(model), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _standalone(module: nn.Module, kept_in: int, kept_out: int) -> nn.Module:
+    """The layer with ``kept_in`` inputs and ``kept_out`` outputs, and its usual followers."""
+    if isinstance(module, nn.Conv2d):
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        if module.groups > 1 and not depthwise:
+            raise ValueError(f"latency tables support plain and depthwise convs, not groups={module.groups}")
+        c_in = kept_out if depthwise else kept_in
+        conv = nn.Conv2d(
+            c_in,
+            kept_out,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups=kept_out if depthwise else 1,
+            bias=module.bias is not None,
+        )
+        return nn.Sequential(conv, nn.BatchNorm2d(kept_out), nn.ReLU())
+    if isinstance(module, nn.Linear):
+        return nn.Sequential(nn.Linear(kept_in, kept_out, bias=module.bias is not None), nn.ReLU())
+    raise ValueError(f"latency tables cover Conv2d and Linear layers, not {type(module).__name__}")
+
+
+def _measure_layer(
+    module: nn.Module,
+    in_shape: tuple[int, ...],
+    in_units: np.ndarray,
+    out_units: np.ndarray,
+    settings: LatencySettings,
+    device: torch.device,
+) -> np.ndarray:
+    fmt = _fmt(settings)
+    fns = {}
+    for a, kin in enumerate(in_units):
+        for b, kout in enumerate(out_units):
+            op = _standalone(module, int(kin), int(kout)).eval().to(device)
+            if isinstance(module, nn.Conv2d):
+                depthwise = module.groups > 1
+                shape = (settings.batch_size, int(kout) if depthwise else int(kin), *in_shape[1:])
+                x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+                op = op.to(memory_format=fmt)
+            else:
+                x = torch.randn(settings.batch_size, int(kin), device=device)
+            fns[(a, b)] = lambda op=op, x=x: op(x)
+    with torch.inference_mode():
+        seconds = interleaved_median_seconds(fns, settings.repeats)
+    ms = np.zeros((len(in_units), len(out_units)))
+    for (a, b), s in seconds.items():
+        ms[a, b] = 1e3 * s
+    return ms
+
+
+def measure_masks_ms(
+    model: nn.Module, layout: ChromosomeLayout, masks: np.ndarray, settings: LatencySettings, device: torch.device
+) -> np.ndarray:
+    """(K,) measured milliseconds per batch of each mask's physically pruned network (inference mode,
+    the settings' memory layout; timed interleaved, median of ``repeats``)."""
+    fmt = _fmt(settings)
+    shape = input_shape(model)
+    x = torch.rand(settings.batch_size, *shape, device=device).contiguous(memory_format=fmt)
+    fns = {}
+    for k, mask in enumerate(np.asarray(masks, dtype=bool)):
+        net = model if mask.all() else prune_physically(model, layout, mask, shape)
+        net = net.eval().to(device=device, memory_format=fmt)
+        fns[k] = lambda net=net: net(x)
+    with torch.inference_mode():
+        seconds = interleaved_median_seconds(fns, settings.repeats)
+    return np.array([1e3 * seconds[k] for k in range(len(fns))])
+
+
+def calibration_masks(layout: ChromosomeLayout, count: int, seed: int, round_to: int = 1) -> np.ndarray:
+    """``count`` random masks keeping 20-100% of the units (layer by layer), rounded like the search's."""
+    rng = np.random.default_rng(seed)
+    keep = rng.uniform(0.2, 1.0, size=(count, 1))
+    return layout.repair(rng.random((count, layout.num_bits)) < keep, round_to=round_to, rng=rng)
+
+
+def profile_latency(
+    model: nn.Module,
+    layout: ChromosomeLayout,
+    settings: LatencySettings,
+    device: torch.device,
+    round_to: int = 1,
+    progress: Any = None,
+) -> LatencyModel:
+    """Measure every layer's table on this machine, then fit intercept and slope on the dense network and
+    ``settings.calibration_masks`` random pruned ones, timed whole."""
+    model = model.eval().to(device)
+    modules = dict(model.named_modules())
+    inputs = _layer_inputs(model, [layer.name for layer in layout.layers], device)
+    tables = []
+    for layer in layout.layers:
+        module = modules[layer.name]
+        in_dim, out_dim = len(layer.in_bits), len(layer.out_bits)
+        out_units = unit_grid(out_dim, settings.grid_points) if (layer.out_bits >= 0).any() else np.array([out_dim])
+        if (layer.in_bits >= 0).any() and not (isinstance(module, nn.Conv2d) and module.groups > 1):
+            channels = len(np.unique(layer.in_bits))  # a linear after a flatten: each channel feeds many features
+            per_unit = in_dim // channels if in_dim % channels == 0 else 1
+            in_units = unit_grid(in_dim // per_unit, settings.grid_points) * per_unit
+        else:
+            in_units = np.array([in_dim])
+        ms = _measure_layer(module, inputs[layer.name], in_units, out_units, settings, device)
+        tables.append(LayerTable(layer.name, in_units, out_units, ms))
+        if progress is not None:
+            progress(layer.name)
+    masks = np.vstack(
+        [
+            np.ones((1, layout.num_bits), dtype=bool),
+            calibration_masks(layout, settings.calibration_masks, settings.seed, round_to),
+        ]
+    )
+    measured = measure_masks_ms(model, layout, masks, settings, device)
+    partial = LatencyModel(latency_key(model, settings, device), tuple(tables), 0.0, 1.0, float(measured[0]))
+    sums = partial.table_sum(layout, masks)
+    if len(masks) >= 2 and np.ptp(sums) > 0:
+        slope, intercept = np.polyfit(sums, measured, 1)
+    else:  # the dense network alone: scale the sum to it
+        slope, intercept = measured[0] / sums[0], 0.0
+    return LatencyModel(partial.key, partial.tables, float(intercept), float(slope), float(measured[0]))
+
+
+def prediction_errors(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> dict[str, float]:
+    """Relative errors (predicted / measured - 1): share within 10%, median and worst absolute error."""
+    rel = np.asarray(predicted_ms) / np.asarray(measured_ms) - 1
+    return {
+        "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+        "median_abs_error": float(np.median(np.abs(rel))),
+        "max_abs_error": float(np.max(np.abs(rel))),
+        "count": float(len(rel)),
+    }
+
+
+__all__ = [
+    "LatencyKeyError",
+    "LatencyModel",
+    "LatencySettings",
+    "LayerTable",
+    "calibration_masks",
+    "latency_key",
+    "measure_masks_ms",
+    "prediction_errors",
+    "profile_latency",
+    "unit_grid",
+]

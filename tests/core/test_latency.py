@@ -1,0 +1,86 @@
+"""The latency model: tables, interpolation, calibrated sum, key checks, round trip (no timing asserted)."""
+
+import numpy as np
+import pytest
+import torch
+
+from evoprune.core.exits import attach_exits
+from evoprune.core.latency import (
+    LatencyKeyError,
+    LatencyModel,
+    LatencySettings,
+    LayerTable,
+    latency_key,
+    prediction_errors,
+    profile_latency,
+    unit_grid,
+)
+from evoprune.core.models import build_model
+from evoprune.core.units import build_layout
+
+CPU = torch.device("cpu")
+SETTINGS = LatencySettings(batch_size=4, repeats=1, grid_points=3, calibration_masks=3)
+
+
+@pytest.fixture(scope="module")
+def profiled():
+    torch.manual_seed(0)
+    model = attach_exits(build_model({"name": "lenet5", "conv_channels": [4, 16], "fc_features": [24, 12]}), [1])
+    layout = build_layout(model.eval(), (1, 28, 28))
+    return model, layout, profile_latency(model, layout, SETTINGS, CPU)
+
+
+def test_grids_cover_each_dimension_and_snap_inner_points_to_multiples_of_8():
+    assert unit_grid(4, 5).tolist() == [1, 2, 3, 4]
+    grid = unit_grid(64, 5)
+    assert grid[0] == 1 and grid[-1] == 64 and all(g % 8 == 0 for g in grid[1:])
+    assert (np.diff(grid) > 0).all()
+
+
+def test_lookup_is_exact_at_grid_points_and_bilinear_between():
+    table = LayerTable("conv", np.array([1, 3]), np.array([2, 6]), np.array([[1.0, 3.0], [5.0, 11.0]]))
+    assert table.lookup(np.array([1, 3]), np.array([2, 6])).tolist() == [1.0, 11.0]
+    mid = table.lookup(np.array([2.0]), np.array([4.0]))[0]
+    assert mid == pytest.approx((1.0 + 3.0 + 5.0 + 11.0) / 4)
+    assert table.lookup(np.array([9]), np.array([9]))[0] == 11.0  # clamped to the grid
+    one = LayerTable("fc", np.array([7]), np.array([1, 5]), np.array([[2.0, 6.0]]))
+    assert one.lookup(np.array([7, 7]), np.array([3, 5])).tolist() == [4.0, 6.0]
+
+
+def test_prediction_is_the_calibrated_sum_of_table_entries(profiled):
+    model, layout, latency = profiled
+    assert {t.name for t in latency.tables} == {layer.name for layer in layout.layers}
+    assert all((t.ms > 0).all() for t in latency.tables)
+    rng = np.random.default_rng(0)
+    masks = layout.repair(rng.random((5, layout.num_bits)) < 0.6)
+    padded = np.concatenate([masks, np.ones((5, 1), dtype=bool)], axis=1)
+    by_name = {layer.name: layer for layer in layout.layers}
+    expected = np.zeros(5)
+    for t in latency.tables:
+        layer = by_name[t.name]
+        for k in range(5):
+            expected[k] += t.lookup(padded[k, layer.in_bits].sum(), padded[k, layer.out_bits].sum())
+    assert np.allclose(latency.table_sum(layout, masks), expected)
+    assert np.allclose(latency.predict_ms(layout, masks), latency.intercept_ms + latency.slope * expected)
+    dense = np.ones((1, layout.num_bits), dtype=bool)
+    assert latency.ratio(layout, dense)[0] == pytest.approx(1.0)
+
+
+def test_tables_round_trip_without_pickle_and_refuse_another_key(profiled, tmp_path):
+    model, layout, latency = profiled
+    torch.save(latency.state(), tmp_path / "latency.pt")
+    back = LatencyModel.from_state(torch.load(tmp_path / "latency.pt", weights_only=True))
+    masks = np.random.default_rng(1).random((4, layout.num_bits)) < 0.7
+    masks = layout.repair(masks)
+    assert np.array_equal(back.predict_ms(layout, masks), latency.predict_ms(layout, masks))
+    back.check_key(latency_key(model, SETTINGS, CPU))  # same model, device and settings: accepted
+    other = latency_key(model, SETTINGS.model_copy(update={"batch_size": 8}), CPU)
+    with pytest.raises(LatencyKeyError, match=r"batch_size: tables '4' vs now '8'"):
+        back.check_key(other)
+    with pytest.raises(LatencyKeyError, match="device"):
+        back.check_key({**latency_key(model, SETTINGS, CPU), "device": "cuda:NVIDIA H200"})
+
+
+def test_prediction_errors_summarise_relative_errors():
+    errors = prediction_errors(np.array([10.0, 11.5, 9.0]), np.array([10.0, 10.0, 10.0]))
+    assert errors["within_10pct"] == pytest.approx(2 / 3) and errors["max_abs_error"] == pytest.approx(0.15)
