@@ -84,3 +84,18 @@ def test_tables_round_trip_without_pickle_and_refuse_another_key(profiled, tmp_p
 def test_prediction_errors_summarise_relative_errors():
     errors = prediction_errors(np.array([10.0, 11.5, 9.0]), np.array([10.0, 10.0, 10.0]))
     assert errors["within_10pct"] == pytest.approx(2 / 3) and errors["max_abs_error"] == pytest.approx(0.15)
+
+
+def test_a_search_on_predicted_latency_minimises_the_latency_model_ratio(profiled):
+    from evoprune.core.search.api import search_pruning_masks
+    from evoprune.core.search.run import SearchConfig
+    from tests.conftest import image_split
+
+    model, layout, latency = profiled
+    cfg = SearchConfig(pop_size=8, generations=2, max_accuracy_drop=0.9, objectives=["error", "latency_ratio"])
+    outcome = search_pruning_masks(model, image_split(60, 1), None, cfg, seed=0, device=CPU, latency=latency)
+    front = outcome.result.front_F
+    assert np.allclose(front[:, 1], latency.ratio(layout, outcome.result.front_X))
+    assert front[:, 1].min() < 1.0  # the front reaches below the dense network's predicted latency
+    with pytest.raises(ValueError, match="latency_ratio objective needs a latency model"):
+        search_pruning_masks(model, image_split(60, 1), None, cfg, seed=0, device=CPU)

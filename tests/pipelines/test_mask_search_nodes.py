@@ -92,6 +92,8 @@ def test_members_are_spread_and_round_trip_to_the_same_pruned_network(searched, 
         ({"search": {"algorithm": "cmaes"}}, "algorithm"),
         ({"search": {"max_accuracy_drop": 0}}, "max_accuracy_drop"),
         ({"validation_subset": 0}, "validation_subset"),
+        ({"search": {"objectives": ["error", "latency_ratio"]}}, "latency_ratio needs a latency model"),
+        ({"distributed": {"scheduler": "local", "workers": 0}}, "workers"),
     ],
 )
 def test_bad_mask_search_params_name_the_key(override, key):

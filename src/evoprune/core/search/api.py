@@ -19,6 +19,7 @@ from evoprune.core.atomic import is_temporary
 from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
 from evoprune.core.importance import GroupL1, own_filter_l1
+from evoprune.core.latency import LatencyModel
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
 from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
@@ -67,6 +68,7 @@ def search_fingerprint(
     calibration_images: torch.Tensor | None,
     policy: tuple | None,
     device: torch.device | str = "cpu",
+    latency: LatencyModel | None = None,
 ) -> str:
     """16 hex digits naming everything a candidate's score depends on: every search setting, the seed, the
     early-exit policy, the model's spec and weights, the validation images and labels it is scored on, the
@@ -75,6 +77,8 @@ def search_fingerprint(
     so an old front is never resumed on new inputs."""
     kind = torch.device(device).type
     payload = [cfg.model_dump(), seed, getattr(model, "spec", None), policy, sorted(validation_split), kind]
+    if latency is not None:  # a latency_ratio search depends on the tables it was scored with
+        payload.append([latency.key, latency.intercept_ms, latency.slope, [t.ms.tolist() for t in latency.tables]])
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -142,6 +146,7 @@ def search_pruning_masks(
     checkpoints_kept: int = 3,
     on_bad_checkpoint: OnBadCheckpoint = "restart",
     distributed: DistributedConfig | None = None,
+    latency: LatencyModel | None = None,
 ) -> SearchOutcome:
     """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
     method, random masks for contrast and, when configured, the roulette branch path for comparison.
@@ -155,9 +160,12 @@ def search_pruning_masks(
             ``CheckpointError``) on a corrupt, torn, old or foreign checkpoint.
         distributed: with a ``scheduler``, the populations of NSGA-II / GA are scored on Dask workers
             (``evoprune.core.search.distributed``); the random masks and the roulette branch stay here.
+        latency: the target's latency model (``evoprune.core.latency``), for the ``latency_ratio`` objective.
     """
     args = (model, validation_split, calibration_images, cfg, seed, device, random_masks, roulette, checkpoint_dir)
-    kwargs = dict(policy=policy, checkpoints_kept=checkpoints_kept, on_bad_checkpoint=on_bad_checkpoint)
+    kwargs = dict(
+        policy=policy, checkpoints_kept=checkpoints_kept, on_bad_checkpoint=on_bad_checkpoint, latency=latency
+    )
     if distributed is None or distributed.scheduler is None:
         return _search_pruning_masks(*args, **kwargs)
     scored_policy = policy if any(o in POLICY_OBJECTIVES for o in cfg.objectives) else None
@@ -179,6 +187,7 @@ def _search_pruning_masks(
     policy: tuple[float, str] | None,
     checkpoints_kept: int,
     on_bad_checkpoint: OnBadCheckpoint,
+    latency: LatencyModel | None = None,
     remote: DaskScorer | None = None,
 ) -> SearchOutcome:
     layout = build_layout(model, input_shape(model))
@@ -197,10 +206,13 @@ def _search_pruning_masks(
     importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
     rank = rank_within_layers(importance, layout)
     reference = score(np.ones((1, layout.num_bits), dtype=bool))
-    problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop)
+    predicted = None if latency is None else (lambda X: latency.ratio(layout, X))
+    problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted)
     fingerprint = None
     if checkpoint_dir is not None:
-        fingerprint = search_fingerprint(model, cfg, seed, validation_split, calibration_images, policy, device)
+        fingerprint = search_fingerprint(
+            model, cfg, seed, validation_split, calibration_images, policy, device, latency
+        )
         checkpoint_dir = Path(checkpoint_dir) / fingerprint
         remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
     start = time.perf_counter()

@@ -11,7 +11,14 @@ from pymoo.core.problem import Problem
 from evoprune.core.units import ChromosomeLayout
 
 Objective = Literal[
-    "error", "mean_error", "policy_error", "flops_ratio", "expected_flops_ratio", "params_ratio", "filters_ratio"
+    "error",
+    "mean_error",
+    "policy_error",
+    "flops_ratio",
+    "expected_flops_ratio",
+    "params_ratio",
+    "filters_ratio",
+    "latency_ratio",
 ]
 OBJECTIVES: tuple[str, ...] = (
     "error",
@@ -21,6 +28,7 @@ OBJECTIVES: tuple[str, ...] = (
     "expected_flops_ratio",
     "params_ratio",
     "filters_ratio",
+    "latency_ratio",
 )
 POLICY_OBJECTIVES = ("policy_error", "expected_flops_ratio")
 EXTRA_VALUES = ["accuracy", "flops", "params"]  # what _evaluate returns besides F and G, per candidate
@@ -33,7 +41,8 @@ class MaskSearchProblem(Problem):
     layer changes every later exit); ``policy_error`` and ``expected_flops_ratio`` judge the
     confidence-threshold early-exit policy (its error, and its expected FLOPs per sample as a share of
     the dense network's). The other ``*_ratio`` objectives are the kept share of FLOPs, params or
-    units, computed analytically from the mask. The constraint uses the accuracy of the first error
+    units, computed analytically from the mask, and ``latency_ratio`` the predicted latency over the
+    dense network's (``latency``: a latency model's ``ratio``, see ``evoprune.core.latency``). The constraint uses the accuracy of the first error
     objective chosen (``error`` if none is).
 
     Args:
@@ -44,6 +53,7 @@ class MaskSearchProblem(Problem):
         objectives: names from ``OBJECTIVES``.
         reference: the same dict for the unpruned network (K = 1), or its per-exit accuracy.
         max_accuracy_drop: the constraint's limit (accuracy, 0.05 = 5 points).
+        latency: masks (K, num_bits) -> (K,) predicted latency ratio; needed by ``latency_ratio``.
     """
 
     def __init__(
@@ -53,6 +63,7 @@ class MaskSearchProblem(Problem):
         objectives: list[str],
         reference: np.ndarray | dict[str, np.ndarray],
         max_accuracy_drop: float,
+        latency: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown or not objectives:
@@ -60,6 +71,9 @@ class MaskSearchProblem(Problem):
         super().__init__(n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=1, xl=0, xu=1, vtype=bool)
         self.layout, self.score, self.objectives = layout, score, list(objectives)
         self.max_accuracy_drop = max_accuracy_drop
+        if "latency_ratio" in objectives and latency is None:
+            raise ValueError("the latency_ratio objective needs a latency model of the target (evoprune.core.latency)")
+        self.latency = latency
         self.constraint_on = next((o for o in objectives if o in ("error", "mean_error", "policy_error")), "error")
         ref = _as_scores(reference)
         policy_objectives = [o for o in objectives if o in POLICY_OBJECTIVES]
@@ -82,6 +96,8 @@ class MaskSearchProblem(Problem):
             "params_ratio": cost["params"] / self.layout.dense_params,
             "filters_ratio": X.mean(1),
         }
+        if self.latency is not None:
+            values["latency_ratio"] = np.asarray(self.latency(X), dtype=float)
         if "policy_accuracy" in scores:
             values["policy_error"] = 1.0 - np.atleast_1d(scores["policy_accuracy"])
             expected = (np.atleast_2d(scores["exit_share"]) * self.layout.exit_flops(X)).sum(1)

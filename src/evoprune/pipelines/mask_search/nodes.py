@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 from torch import nn
 
 from evoprune.core import plots
@@ -57,6 +57,17 @@ class MaskSearchParams(BaseModel):
     on_bad_checkpoint: Literal["restart", "stop"] = "restart"
     # population scoring on Dask workers (scheduler null: in this process)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @field_validator("search")
+    @classmethod
+    def _no_latency_objective_yet(cls, search: SearchConfig) -> SearchConfig:
+        if "latency_ratio" in search.objectives:
+            raise ValueError(
+                "latency_ratio needs a latency model of the target, which only the core API builds so far "
+                "(evoprune.core.latency.profile_latency, then search_pruning_masks(..., latency=...)); "
+                "choose flops_ratio here"
+            )
+        return search
 
 
 def search_masks(
