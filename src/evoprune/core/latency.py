@@ -4,11 +4,12 @@ FLOPs mislead about speed: on this CPU a 3x3 conv on 32x32 maps at batch 256 cos
 channels as with 16, and LeNet-5's first conv 4.4 ms per 1000 images with 1 filter against 5.8 ms with 6.
 So, as NetAdapt (Yang et al. 2018) and HALP (Shen et al. 2022) do, every conv/linear layer of the chromosome
 layout is timed alone on this machine over a grid of kept input and output units, at the feature-map size
-it sees in the network, followed by what usually follows it (conv: BatchNorm + ReLU; linear: ReLU). A
-mask's predicted latency is ``intercept + slope * sum(table entries)``, each layer's entry interpolated
+it sees in the network, followed by the channel-wise modules that run right after it in the network
+(BatchNorm, activation, pooling; found by a probe forward), all sized to the kept units. A mask's
+predicted latency is ``intercept + slope * sum(table entries)``, each layer's entry interpolated
 bilinearly between grid points, vectorised over a population. The intercept and slope are fitted by least
 squares to whole pruned networks measured here (``calibration_masks``): they take the parts no table holds
-(pooling, residual adds, exit heads' pooling, the framework's per-op overhead) in proportion.
+(functional activations, residual adds, flattening, the framework's per-op overhead) in proportion.
 
 Grid points are multiples of 8 wherever a dimension has 16 units or more (the SIMD width oneDNN blocks
 channels by; a count between two points is interpolated, which underestimates the step an odd count
@@ -20,6 +21,7 @@ A model is keyed by the device, torch version, threads, batch size, memory layou
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -192,36 +194,66 @@ def _fmt(settings: LatencySettings) -> torch.memory_format:
     return torch.channels_last if settings.memory_format == "channels_last" else torch.contiguous_format
 
 
-def _layer_inputs(model: nn.Module, names: list[str], device: torch.device) -> dict[str, tuple[int, ...]]:
-    """Per-sample input shape of every named layer, from one probe forward."""
+CHANNELWISE = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    input_shape: tuple[int, ...]  # per sample
+    followers: tuple[nn.Module, ...]  # the channel-wise modules that run right after it (norm, activation, pool)
+
+
+def _probe(model: nn.Module, names: list[str], device: torch.device) -> dict[str, _Probe]:
+    """Per named layer: its per-sample input shape and the channel-wise modules run right after it, from
+    one probe forward."""
     modules = dict(model.named_modules())
+    leaves = {m: n for n, m in model.named_modules() if n and not list(m.children())}
+    order: list[str] = []
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def record(name: str):
-        def hook(_module: nn.Module, inputs: tuple) -> None:
-            shapes.setdefault(name, tuple(inputs[0].shape[1:]))
+    def hook(module: nn.Module, inputs: tuple) -> None:
+        name = leaves[module]
+        order.append(name)
+        shapes.setdefault(name, tuple(inputs[0].shape[1:]))
 
-        return hook
-
-    handles = [modules[n].register_forward_pre_hook(record(n)) for n in names]
+    handles = [m.register_forward_pre_hook(hook) for m in leaves]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *input_shape(model), device=device))
     finally:
         for h in handles:
             h.remove()
-    return shapes
+    probes = {}
+    for name in names:
+        i = order.index(name)
+        followers = []
+        for later in order[i + 1 :]:
+            if not isinstance(modules[later], CHANNELWISE):
+                break
+            followers.append(modules[later])
+        probes[name] = _Probe(shapes[name], tuple(followers))
+    return probes
 
 
-def _standalone(module: nn.Module, kept_in: int, kept_out: int) -> nn.Module:
-    """The layer with ``kept_in`` inputs and ``kept_out`` outputs, and its usual followers."""
+def _standalone(module: nn.Module, kept_in: int, kept_out: int, followers: tuple[nn.Module, ...] = ()) -> nn.Module:
+    """The layer with ``kept_in`` inputs and ``kept_out`` outputs, then its followers (norms re-made with
+    ``kept_out`` channels, the others copied)."""
     if isinstance(module, nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
         if module.groups > 1 and not depthwise:
             raise ValueError(f"latency tables support plain and depthwise convs, not groups={module.groups}")
-        c_in = kept_out if depthwise else kept_in
-        conv = nn.Conv2d(
-            c_in,
+        layer: nn.Module = nn.Conv2d(
+            kept_out if depthwise else kept_in,
             kept_out,
             module.kernel_size,
             module.stride,
@@ -230,15 +262,19 @@ def _standalone(module: nn.Module, kept_in: int, kept_out: int) -> nn.Module:
             groups=kept_out if depthwise else 1,
             bias=module.bias is not None,
         )
-        return nn.Sequential(conv, nn.BatchNorm2d(kept_out), nn.ReLU())
-    if isinstance(module, nn.Linear):
-        return nn.Sequential(nn.Linear(kept_in, kept_out, bias=module.bias is not None), nn.ReLU())
-    raise ValueError(f"latency tables cover Conv2d and Linear layers, not {type(module).__name__}")
+    elif isinstance(module, nn.Linear):
+        layer = nn.Linear(kept_in, kept_out, bias=module.bias is not None)
+    else:
+        raise ValueError(f"latency tables cover Conv2d and Linear layers, not {type(module).__name__}")
+    after = [
+        type(m)(kept_out) if isinstance(m, nn.modules.batchnorm._BatchNorm) else copy.deepcopy(m) for m in followers
+    ]
+    return nn.Sequential(layer, *after)
 
 
 def _measure_layer(
     module: nn.Module,
-    in_shape: tuple[int, ...],
+    probe: _Probe,
     in_units: np.ndarray,
     out_units: np.ndarray,
     settings: LatencySettings,
@@ -248,10 +284,10 @@ def _measure_layer(
     fns = {}
     for a, kin in enumerate(in_units):
         for b, kout in enumerate(out_units):
-            op = _standalone(module, int(kin), int(kout)).eval().to(device)
+            op = _standalone(module, int(kin), int(kout), probe.followers).eval().to(device)
             if isinstance(module, nn.Conv2d):
                 depthwise = module.groups > 1
-                shape = (settings.batch_size, int(kout) if depthwise else int(kin), *in_shape[1:])
+                shape = (settings.batch_size, int(kout) if depthwise else int(kin), *probe.input_shape[1:])
                 x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
                 op = op.to(memory_format=fmt)
             else:
@@ -302,7 +338,7 @@ def profile_latency(
     ``settings.calibration_masks`` random pruned ones, timed whole."""
     model = model.eval().to(device)
     modules = dict(model.named_modules())
-    inputs = _layer_inputs(model, [layer.name for layer in layout.layers], device)
+    probes = _probe(model, [layer.name for layer in layout.layers], device)
     tables = []
     for layer in layout.layers:
         module = modules[layer.name]
@@ -314,7 +350,7 @@ def profile_latency(
             in_units = unit_grid(in_dim // per_unit, settings.grid_points) * per_unit
         else:
             in_units = np.array([in_dim])
-        ms = _measure_layer(module, inputs[layer.name], in_units, out_units, settings, device)
+        ms = _measure_layer(module, probes[layer.name], in_units, out_units, settings, device)
         tables.append(LayerTable(layer.name, in_units, out_units, ms))
         if progress is not None:
             progress(layer.name)
