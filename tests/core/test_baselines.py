@@ -45,7 +45,7 @@ def test_rounded_budget_mask_fits_and_keeps_multiples(net, budget):
     scores = GroupL1((1, 28, 28))(model, layout)
     mask = mask_within_budget(layout, scores, budget, max_pruning_ratio=0.9, round_to=4)
     ratio = layout.cost(mask[None])["flops"][0] / layout.dense_flops
-    assert budget - 0.1 <= ratio <= budget
+    assert budget - 0.05 <= ratio <= budget  # rounded steps give back what still fits
     for g in layout.groups:
         kept = int(mask[g.offset : g.offset + g.size].sum())
         assert g.size <= 4 or kept % 4 == 0 or kept == g.size, (g.name, kept)

@@ -30,7 +30,8 @@ def mask_within_budget(
 
     With ``round_to`` > 1 every layer larger than it keeps a multiple of ``round_to`` units or all of
     them (``ChromosomeLayout.round_units`` by the same scores): of the removal sequence rounded so, the
-    mask with the most FLOPs within the budget (the sparsest if none fits).
+    mask with the most FLOPs within the budget (the sparsest if none fits), then removed units come back
+    ``round_to`` at a time, the layer whose best removed unit scores highest first, while they fit.
     """
     if not 0.0 < flops_budget <= 1.0:
         raise ValueError(f"flops_budget is a ratio of the dense FLOPs in (0, 1], got {flops_budget}")
@@ -55,10 +56,33 @@ def mask_within_budget(
     if not len(fitting):
         return masks[-1]
     if round_to > 1:
-        return masks[fitting[np.argmax(ratios[fitting])]]
+        return _give_back_rounded(layout, scores, masks[fitting[np.argmax(ratios[fitting])]], flops_budget, round_to)
     mask = masks[int(fitting[0])].copy()
     for bit in np.flatnonzero(~mask)[np.argsort(-scores[~mask], kind="stable")]:
         mask[bit] = True
         if layout.cost(mask[None])["flops"][0] / layout.dense_flops > flops_budget + 1e-12:
             mask[bit] = False
     return mask
+
+
+def _give_back_rounded(
+    layout: ChromosomeLayout, scores: np.ndarray, mask: np.ndarray, flops_budget: float, round_to: int
+) -> np.ndarray:
+    """Give removed units back in steps that keep every rounded layer's count a multiple of ``round_to``
+    (or whole), best-scoring layer first, while the FLOPs stay within the budget."""
+    mask = mask.copy()
+    while True:
+        steps = []
+        for g in layout.groups:
+            dropped = np.flatnonzero(~mask[g.offset : g.offset + g.size]) + g.offset
+            if not len(dropped):
+                continue
+            best_first = dropped[np.argsort(-scores[dropped], kind="stable")]
+            steps.append(best_first[: 1 if g.size <= round_to else min(round_to, len(dropped))])
+        for bits in sorted(steps, key=lambda b: -scores[b[0]]):
+            mask[bits] = True
+            if layout.cost(mask[None])["flops"][0] / layout.dense_flops <= flops_budget + 1e-12:
+                break
+            mask[bits] = False
+        else:
+            return mask
