@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -162,34 +163,6 @@ def search_pruning_masks(
             (``evoprune.core.search.distributed``); the random masks and the roulette branch stay here.
         latency: the target's latency model (``evoprune.core.latency``), for the ``latency_ratio`` objective.
     """
-    args = (model, validation_split, calibration_images, cfg, seed, device, random_masks, roulette, checkpoint_dir)
-    kwargs = dict(
-        policy=policy, checkpoints_kept=checkpoints_kept, on_bad_checkpoint=on_bad_checkpoint, latency=latency
-    )
-    if distributed is None or distributed.scheduler is None:
-        return _search_pruning_masks(*args, **kwargs)
-    scored_policy = policy if any(o in POLICY_OBJECTIVES for o in cfg.objectives) else None
-    recipe = evaluator_recipe(model, validation_split, calibration_images, scored_policy, device)
-    with DaskScorer(distributed, recipe) as remote:
-        return _search_pruning_masks(*args, **kwargs, remote=remote)
-
-
-def _search_pruning_masks(
-    model: nn.Module,
-    validation_split: dict[str, torch.Tensor],
-    calibration_images: torch.Tensor | None,
-    cfg: SearchConfig,
-    seed: int,
-    device: torch.device,
-    random_masks: int,
-    roulette: RouletteBranchConfig | None,
-    checkpoint_dir: str | Path | None,
-    policy: tuple[float, str] | None,
-    checkpoints_kept: int,
-    on_bad_checkpoint: OnBadCheckpoint,
-    latency: LatencyModel | None = None,
-    remote: DaskScorer | None = None,
-) -> SearchOutcome:
     layout = build_layout(model, input_shape(model))
     evaluator = SlicedEvaluator(model, layout, device, calibration_images)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
@@ -200,57 +173,64 @@ def _search_pruning_masks(
         )
     policy = policy if uses_policy else None
 
-    def score(X: np.ndarray) -> dict[str, np.ndarray]:
-        return remote(X) if remote is not None else evaluator.evaluate(X, validation_split, policy)
+    scorer = (
+        contextlib.nullcontext()
+        if distributed is None or distributed.scheduler is None
+        else DaskScorer(distributed, evaluator_recipe(model, validation_split, calibration_images, policy, device))
+    )
+    with scorer as remote:  # None: score in this process
 
-    importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
-    rank = rank_within_layers(importance, layout)
-    reference = score(np.ones((1, layout.num_bits), dtype=bool))
-    predicted = None if latency is None else (lambda X: latency.ratio(layout, X))
-    problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted)
-    fingerprint = None
-    if checkpoint_dir is not None:
-        fingerprint = search_fingerprint(
-            model, cfg, seed, validation_split, calibration_images, policy, device, latency
-        )
-        checkpoint_dir = Path(checkpoint_dir) / fingerprint
-        remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
-    start = time.perf_counter()
-    branch = None
-    if roulette is not None or cfg.algorithm == "roulette":
-        branch = roulette_branch_search(
-            layout,
-            lambda X: evaluator.accuracy(X, validation_split),
-            rank,
-            importance,
-            float(reference["accuracy"][0, -1]),
-            cfg.max_accuracy_drop,
-            cfg.roulette_floor,
-            roulette or RouletteBranchConfig(),
-            seed,
-        )
-    if cfg.algorithm == "roulette":
-        result = _branch_result(problem, branch)
-    else:
-        seeds = None
-        if cfg.seed_with_l1:
-            scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
-            budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
-            seeds = np.stack(
-                [mask_within_budget(layout, scores, b, cfg.max_pruning_ratio, cfg.round_to) for b in budgets]
+        def score(X: np.ndarray) -> dict[str, np.ndarray]:
+            return remote(X) if remote is not None else evaluator.evaluate(X, validation_split, policy)
+
+        importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
+        rank = rank_within_layers(importance, layout)
+        reference = score(np.ones((1, layout.num_bits), dtype=bool))
+        predicted = None if latency is None else (lambda X: latency.ratio(layout, X))
+        problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted)
+        fingerprint = None
+        if checkpoint_dir is not None:
+            fingerprint = search_fingerprint(
+                model, cfg, seed, validation_split, calibration_images, policy, device, latency
             )
-        result = run_search(
-            problem,
-            cfg,
-            rank,
-            importance,
-            seed,
-            checkpoint_dir,
-            seeds=seeds,
-            fingerprint=fingerprint,
-            on_bad_checkpoint=on_bad_checkpoint,
-        )
-    seconds = time.perf_counter() - start
+            checkpoint_dir = Path(checkpoint_dir) / fingerprint
+            remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
+        start = time.perf_counter()
+        branch = None
+        if roulette is not None or cfg.algorithm == "roulette":
+            branch = roulette_branch_search(
+                layout,
+                lambda X: evaluator.accuracy(X, validation_split),
+                rank,
+                importance,
+                float(reference["accuracy"][0, -1]),
+                cfg.max_accuracy_drop,
+                cfg.roulette_floor,
+                roulette or RouletteBranchConfig(),
+                seed,
+            )
+        if cfg.algorithm == "roulette":
+            result = _branch_result(problem, branch)
+        else:
+            seeds = None
+            if cfg.seed_with_l1:
+                scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
+                budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
+                seeds = np.stack(
+                    [mask_within_budget(layout, scores, b, cfg.max_pruning_ratio, cfg.round_to) for b in budgets]
+                )
+            result = run_search(
+                problem,
+                cfg,
+                rank,
+                importance,
+                seed,
+                checkpoint_dir,
+                seeds=seeds,
+                fingerprint=fingerprint,
+                on_bad_checkpoint=on_bad_checkpoint,
+            )
+        seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed + 1)
     keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))
     random_X = layout.repair(rng.random((random_masks, layout.num_bits)) < keep, round_to=cfg.round_to, rng=rng)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from pymoo.core.problem import Problem
@@ -20,16 +20,7 @@ Objective = Literal[
     "filters_ratio",
     "latency_ratio",
 ]
-OBJECTIVES: tuple[str, ...] = (
-    "error",
-    "mean_error",
-    "policy_error",
-    "flops_ratio",
-    "expected_flops_ratio",
-    "params_ratio",
-    "filters_ratio",
-    "latency_ratio",
-)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 POLICY_OBJECTIVES = ("policy_error", "expected_flops_ratio")
 EXTRA_VALUES = ["accuracy", "flops", "params"]  # what _evaluate returns besides F and G, per candidate
 
