@@ -1,5 +1,7 @@
 """The latency model: tables, interpolation, calibrated sum, key checks, round trip (no timing asserted)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from evoprune.core.latency import (
     LatencyModel,
     LatencySettings,
     LayerTable,
+    calibrate,
     latency_key,
     prediction_errors,
     profile_latency,
@@ -91,7 +94,10 @@ def test_a_search_on_predicted_latency_minimises_the_latency_model_ratio(profile
     from evoprune.core.search.run import SearchConfig
     from tests.conftest import image_split
 
-    model, layout, latency = profiled
+    model, layout, profiled_latency = profiled
+    # timing-free tables (ms = kept in x kept out): the front must not depend on this machine's timing noise
+    tables = tuple(replace(t, ms=np.outer(t.in_units, t.out_units).astype(float)) for t in profiled_latency.tables)
+    latency = replace(profiled_latency, tables=tables, intercept_ms=0.0, slope=1.0)
     cfg = SearchConfig(pop_size=8, generations=2, max_accuracy_drop=0.9, objectives=["error", "latency_ratio"])
     outcome = search_pruning_masks(model, image_split(60, 1), None, cfg, seed=0, device=CPU, latency=latency)
     front = outcome.result.front_F
@@ -99,3 +105,12 @@ def test_a_search_on_predicted_latency_minimises_the_latency_model_ratio(profile
     assert front[:, 1].min() < 1.0  # the front reaches below the dense network's predicted latency
     with pytest.raises(ValueError, match="latency_ratio objective needs a latency model"):
         search_pruning_masks(model, image_split(60, 1), None, cfg, seed=0, device=CPU)
+
+
+def test_calibration_never_makes_smaller_networks_slower():
+    sums = np.array([10.0, 4.0, 6.0])
+    intercept, slope = calibrate(sums, np.array([5.5, 2.5, 3.5]))
+    assert slope == pytest.approx(0.5) and intercept == pytest.approx(0.5)
+    intercept, slope = calibrate(sums, np.array([5.0, 6.0, 5.5]))  # noise: pruned nets timed slower
+    assert (intercept, slope) == (0.0, 0.5)  # scaled to the dense time instead of an inverted fit
+    assert calibrate(sums[:1], np.array([5.0])) == (0.0, 0.5)

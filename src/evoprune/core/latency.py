@@ -362,12 +362,18 @@ def profile_latency(
     )
     measured = measure_masks_ms(model, layout, masks, settings, device)
     partial = LatencyModel(latency_key(model, settings, device), tuple(tables), 0.0, 1.0, float(measured[0]))
-    sums = partial.table_sum(layout, masks)
-    if len(masks) >= 2 and np.ptp(sums) > 0:
-        slope, intercept = np.polyfit(sums, measured, 1)
-    else:  # the dense network alone: scale the sum to it
-        slope, intercept = measured[0] / sums[0], 0.0
-    return LatencyModel(partial.key, partial.tables, float(intercept), float(slope), float(measured[0]))
+    intercept, slope = calibrate(partial.table_sum(layout, masks), measured)
+    return LatencyModel(partial.key, partial.tables, intercept, slope, float(measured[0]))
+
+
+def calibrate(table_sums: np.ndarray, measured_ms: np.ndarray) -> tuple[float, float]:
+    """(intercept, slope) of measured ~ table sum; row 0 is the dense network. A fit that would make smaller
+    networks slower (slope <= 0: timing noise on a tiny model) falls back to scaling the sum to the dense time."""
+    if len(table_sums) >= 2 and np.ptp(table_sums) > 0:
+        slope, intercept = np.polyfit(table_sums, measured_ms, 1)
+        if slope > 0:
+            return float(intercept), float(slope)
+    return 0.0, float(measured_ms[0] / table_sums[0])
 
 
 def prediction_errors(predicted_ms: np.ndarray, measured_ms: np.ndarray) -> dict[str, float]:
