@@ -20,7 +20,7 @@ from torch import nn
 
 from evoprune.core.models import ModelSpec, build_model, parse_model_spec
 from evoprune.core.models.adapter import input_shape, model_spec
-from evoprune.core.models.segments import split_after
+from evoprune.core.models.segments import SplitError, split_after
 
 Criterion = Literal["max_softmax", "entropy"]
 
@@ -220,6 +220,11 @@ def attach_exits(
 ) -> MultiExitNet:
     """A multi-exit network around ``backbone`` (shared, not copied) with exits after the named modules
     (integers: stages of a built-in staged network); heads get fresh weights."""
+    if any(isinstance(m, nn.LSTM) for m in backbone.modules()):
+        raise SplitError(
+            f"{type(backbone).__name__} is recurrent: early exits after its layers do not apply to an LSTM (every "
+            "exit would need the whole sequence). Prune it without build_exits (conf/lstm)."
+        )
     spec = MultiExitSpec(
         backbone=parse_model_spec(model_spec(backbone)), exit_after=exit_after, head=head or ExitHeadSpec()
     )

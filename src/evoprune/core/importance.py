@@ -29,6 +29,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from evoprune.core.lstm import has_lstm, lstm_unit_l1
 from evoprune.core.units import ChromosomeLayout, dependency_graph
 
 UnitImportance = Callable[[nn.Module, ChromosomeLayout], np.ndarray]
@@ -39,6 +40,8 @@ BASELINE_CRITERIA: tuple[str, ...] = ("l1", "random")
 
 def own_filter_l1(model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
     """L1 norm of each unit's outgoing weights (its row of the root layer), per bit."""
+    if has_lstm(model):
+        return lstm_unit_l1(model, layout, coupled=False)
     modules = dict(model.named_modules())
     out = np.zeros(layout.num_bits)
     for g in layout.groups:
@@ -70,6 +73,8 @@ class GroupL1:
     input_shape: tuple[int, ...]  # one sample (C, H, W), for the dependency graph's example input
 
     def __call__(self, model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
+        if has_lstm(model):
+            return lstm_unit_l1(model, layout, coupled=True)
         return group_scores(model, layout, self.input_shape, tp.importance.GroupMagnitudeImportance(p=1))
 
 
@@ -83,6 +88,8 @@ class GroupRandom:
     def __call__(self, model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
         importance = tp.importance.RandomImportance()
         torch.manual_seed(self.seed)  # RandomImportance draws from torch's global generator
+        if has_lstm(model):
+            return torch.rand(layout.num_bits).numpy().astype(float)
         return group_scores(model, layout, self.input_shape, importance)
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from evoprune.core.data import images_to_float
+from evoprune.core.lstm import LSTMEvaluator, has_lstm, prune_lstm_physically
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import ChromosomeLayout, dependency_graph
@@ -96,6 +97,8 @@ def prune_physically(
         raise ValueError(f"mask has shape {mask.shape}, the layout expects ({layout.num_bits},)")
     if any(not mask[g.offset : g.offset + g.size].any() for g in layout.groups):
         raise ValueError("mask removes every unit of a layer; repair it first (ChromosomeLayout.repair)")
+    if has_lstm(model):  # torch-pruning's LSTM pruner is broken: our own shrinker
+        return prune_lstm_physically(model, layout, mask).eval()
     pruned = copy.deepcopy(model).eval()
     graph = dependency_graph(pruned, input_shape)
     modules = dict(pruned.named_modules())
@@ -325,3 +328,15 @@ def _depthwise_follows_weights(convs: list[nn.Conv2d]) -> Iterator[None]:
     finally:
         for conv in convs:
             del conv.forward
+
+
+def mask_evaluator(
+    model: nn.Module,
+    layout: ChromosomeLayout,
+    device: torch.device,
+    calibration_images: torch.Tensor | None = None,
+) -> SlicedEvaluator | LSTMEvaluator:
+    """The exact evaluator for ``model``'s masks: sliced weights, or shrunk LSTMs for a model with one."""
+    if has_lstm(model):
+        return LSTMEvaluator(model, layout, device)
+    return SlicedEvaluator(model, layout, device, calibration_images)

@@ -232,6 +232,10 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
         model: the network; not modified.
         input_shape: one sample's shape (C, H, W).
     """
+    if any(isinstance(m, nn.LSTM) for m in model.modules()):  # hidden units: our own layout (core.lstm)
+        from evoprune.core.lstm import lstm_layout
+
+        return lstm_layout(model, input_shape)
     was_training = model.training
     model.eval()
     example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)

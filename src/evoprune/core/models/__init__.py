@@ -1,7 +1,8 @@
 """Networks built from a typed spec: built-ins, torchvision constructors and the user's factories.
 
 ``train_dense.model`` is one of
-- a built-in (``source: builtin``, the default): ``lenet5``, ``lenet300``, ``vgg``, ``resnet_cifar``, ``alexnet_small``;
+- a built-in (``source: builtin``, the default): ``lenet5``, ``lenet300``, ``vgg``, ``resnet_cifar``, ``alexnet_small``,
+  ``lstm_seq`` (a row-sequential LSTM);
 - ``source: torchvision`` with a constructor ``name`` (``resnet18``, ``mobilenet_v2``, ...);
 - ``source: factory`` with ``factory: "package.module:function"`` and ``kwargs``.
 Every built model carries ``model.spec``, a plain dict that rebuilds the architecture: checkpoints
@@ -20,6 +21,7 @@ from evoprune.core.models.alexnet_small import AlexNetSmall, AlexNetSmallSpec
 from evoprune.core.models.base import StagedNet
 from evoprune.core.models.lenet5 import LeNet5, LeNet5Spec
 from evoprune.core.models.lenet300 import LeNet300, LeNet300Spec
+from evoprune.core.models.lstm_seq import LSTMSeq, LSTMSeqSpec
 from evoprune.core.models.resnet_cifar import ResNetCifar, ResNetCifarSpec
 from evoprune.core.models.sources import (
     BUILTIN_NAMES,
@@ -37,6 +39,7 @@ BUILTIN_CLASSES: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "vgg": (VGGSpec, VGGNet),
     "resnet_cifar": (ResNetCifarSpec, ResNetCifar),
     "alexnet_small": (AlexNetSmallSpec, AlexNetSmall),
+    "lstm_seq": (LSTMSeqSpec, LSTMSeq),
 }
 
 
@@ -47,20 +50,30 @@ def _kind(value: Any) -> str | None:
     return get("name") if source == "builtin" else source
 
 
-AnySpec = LeNet5Spec | LeNet300Spec | VGGSpec | ResNetCifarSpec | AlexNetSmallSpec | TorchvisionSpec | FactorySpec
+AnySpec = (
+    LeNet5Spec
+    | LeNet300Spec
+    | VGGSpec
+    | ResNetCifarSpec
+    | AlexNetSmallSpec
+    | LSTMSeqSpec
+    | TorchvisionSpec
+    | FactorySpec
+)
 ModelSpec = Annotated[
     Annotated[LeNet5Spec, Tag("lenet5")]
     | Annotated[LeNet300Spec, Tag("lenet300")]
     | Annotated[VGGSpec, Tag("vgg")]
     | Annotated[ResNetCifarSpec, Tag("resnet_cifar")]
     | Annotated[AlexNetSmallSpec, Tag("alexnet_small")]
+    | Annotated[LSTMSeqSpec, Tag("lstm_seq")]
     | Annotated[TorchvisionSpec, Tag("torchvision")]
     | Annotated[FactorySpec, Tag("factory")],
     Discriminator(
         _kind,
         custom_error_type="unknown_model",
         custom_error_message="unknown model: `source` must be builtin (default), torchvision or factory, and a "
-        "built-in `name` one of 'lenet5', 'lenet300', 'vgg', 'resnet_cifar', 'alexnet_small'",
+        "built-in `name` one of 'lenet5', 'lenet300', 'vgg', 'resnet_cifar', 'alexnet_small', 'lstm_seq'",
     ),
 ]
 _SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelSpec)
@@ -118,6 +131,7 @@ __all__ = [
     "FactorySpec",
     "LeNet5Spec",
     "LeNet300Spec",
+    "LSTMSeqSpec",
     "ModelSpec",
     "ResNetCifarSpec",
     "StagedNet",

@@ -33,7 +33,7 @@ class TorchvisionSpec(BaseSpec):
     logits: str | None = None  # module whose output is the logits; None: the last conv/linear to run
 
 
-BUILTIN_NAMES = ("lenet5", "lenet300", "vgg", "resnet_cifar", "alexnet_small")
+BUILTIN_NAMES = ("lenet5", "lenet300", "vgg", "resnet_cifar", "alexnet_small", "lstm_seq")
 
 
 class FactorySpec(BaseSpec):

@@ -21,7 +21,7 @@ from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
 from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.latency import LatencyModel
-from evoprune.core.masking import SlicedEvaluator
+from evoprune.core.masking import mask_evaluator
 from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
 from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
 from evoprune.core.search.operators import rank_within_layers
@@ -164,7 +164,7 @@ def search_pruning_masks(
         latency: the target's latency model (``evoprune.core.latency``), for the ``latency_ratio`` objective.
     """
     layout = build_layout(model, input_shape(model))
-    evaluator = SlicedEvaluator(model, layout, device, calibration_images)
+    evaluator = mask_evaluator(model, layout, device, calibration_images)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
     if uses_policy and (policy is None or not hasattr(model, "exit_heads")):
         raise ValueError(

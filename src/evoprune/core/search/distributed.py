@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from evoprune.core.exits import build_network
-from evoprune.core.masking import SlicedEvaluator
+from evoprune.core.lstm import LSTMEvaluator
+from evoprune.core.masking import SlicedEvaluator, mask_evaluator
 from evoprune.core.models.adapter import input_shape, model_spec
 from evoprune.core.units import build_layout
 
@@ -88,17 +89,17 @@ def evaluator_recipe(
     )
 
 
-_WORKER_EVALUATOR: dict[str, SlicedEvaluator] = {}  # one per worker process: the latest recipe's
+_WORKER_EVALUATOR: dict[str, SlicedEvaluator | LSTMEvaluator] = {}  # one per worker process: the latest recipe's
 
 
-def _worker_evaluator(recipe: EvaluatorRecipe) -> SlicedEvaluator:
+def _worker_evaluator(recipe: EvaluatorRecipe) -> SlicedEvaluator | LSTMEvaluator:
     if recipe.key not in _WORKER_EVALUATOR:
         _WORKER_EVALUATOR.clear()
         model = build_network(recipe.spec)
         model.load_state_dict(recipe.state_dict)
         model.eval()
         layout = build_layout(model, input_shape(model))
-        _WORKER_EVALUATOR[recipe.key] = SlicedEvaluator(
+        _WORKER_EVALUATOR[recipe.key] = mask_evaluator(
             model, layout, torch.device(recipe.device), recipe.calibration_images
         )
     return _WORKER_EVALUATOR[recipe.key]

@@ -1,0 +1,238 @@
+"""Hidden-state pruning at run time (E-LSTM, DAC 2019; Liu, HKU 2020).
+
+At every step, the hidden state h_t of LSTM layer k is cut into groups of ``group`` consecutive units
+(the paper's 4); a group whose largest |h| lies below the layer's threshold is set to zero before h_t is
+used anywhere (the recurrence U·h_t of the next step, the next layer's input, the head). The products with
+zero groups could be skipped: ``HiddenStateStats`` counts those multiply-adds per sequence. Thresholds are
+chosen on validation data for a target share of zeroed elements per layer (``calibrate_thresholds``).
+Without retraining the network loses accuracy fast; ``finetune_hidden_state`` trains it with the pruning in
+its forward (gradients flow through the kept elements) and chooses the thresholds again afterwards.
+
+The forward is unrolled (one step at a time, the input projection batched over all steps); it equals
+``nn.LSTM`` with thresholds 0 (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from evoprune.core.data import images_to_float
+from evoprune.core.lstm import GATES, lstm_modules
+from evoprune.core.train import TrainConfig, train
+
+
+@dataclass
+class HiddenStateStats:
+    """Counts over the sequences run so far, per LSTM layer (all LSTMs of the model, in order)."""
+
+    elements: list[int] = field(default_factory=list)  # hidden-state elements produced (B * T * H)
+    zeroed: list[int] = field(default_factory=list)  # of which set to zero
+    skipped_macs: list[int] = field(default_factory=list)  # multiply-adds with zeroed elements (U·h, next W·h)
+    dense_macs: list[int] = field(default_factory=list)  # multiply-adds of the layer's gates, dense
+    sequences: int = 0
+    group_maxima: list[list[torch.Tensor]] = field(default_factory=list)  # per layer, before zeroing (recorded)
+
+    def sparsity(self) -> list[float]:
+        return [z / e if e else 0.0 for z, e in zip(self.zeroed, self.elements, strict=True)]
+
+    def per_sequence(self, counts: list[int]) -> float:
+        return float(sum(counts)) / max(self.sequences, 1)
+
+
+def _group_maxima(h: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, H) -> (B, ceil(H / group)) largest |h| in each group of consecutive units."""
+    pad = (-h.shape[1]) % group
+    return nn.functional.pad(h.abs(), (0, pad)).view(h.shape[0], -1, group).amax(-1)
+
+
+def thresholded_lstm_forward(
+    lstm: nn.LSTM,
+    x: torch.Tensor,
+    thresholds: Sequence[float],
+    group: int = 4,
+    stats: HiddenStateStats | None = None,
+    layer_offset: int = 0,
+    record: bool = False,
+) -> torch.Tensor:
+    """``lstm``'s output sequence with hidden-state groups below ``thresholds[k]`` zeroed in layer k.
+
+    Args:
+        x: (B, T, F) if ``lstm.batch_first`` else (T, B, F).
+        stats: counts are added at index ``layer_offset + k``; ``record`` also keeps the group maxima.
+    """
+    if len(thresholds) != lstm.num_layers:
+        raise ValueError(f"{len(thresholds)} thresholds for an LSTM of {lstm.num_layers} layers")
+    if any(t < 0 for t in thresholds):
+        raise ValueError(f"hidden-state thresholds must be >= 0 (|h| below it is zeroed), got {list(thresholds)}")
+    if group < 1:
+        raise ValueError(f"hidden-state group must be >= 1 unit, got {group}")
+    seq = x if lstm.batch_first else x.transpose(0, 1)  # (B, T, F)
+    hidden = lstm.hidden_size
+    for k in range(lstm.num_layers):
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")
+        bias = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}") if lstm.bias else 0.0
+        projected = seq @ w_ih.T + bias  # (B, T, 4H): every step's input product in one matmul
+        b, steps = seq.shape[:2]
+        h = seq.new_zeros(b, hidden)
+        c = seq.new_zeros(b, hidden)
+        outs, zeroed, maxima = [], 0, []
+        for t in range(steps):
+            i, f, g, o = (projected[:, t] + h @ w_hh.T).chunk(GATES, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            peak = _group_maxima(h, group)  # (B, G)
+            if record:
+                maxima.append(peak.flatten().cpu())
+            keep = (peak >= thresholds[k]).repeat_interleave(group, dim=1)[:, :hidden]
+            h = h * keep
+            zeroed += int((~keep).sum())
+            outs.append(h)
+        seq = torch.stack(outs, 1)
+        if stats is not None:
+            j = layer_offset + k
+            while len(stats.elements) <= j:
+                for counts in (stats.elements, stats.zeroed, stats.skipped_macs, stats.dense_macs):
+                    counts.append(0)
+                stats.group_maxima.append([])
+            readers = GATES * hidden * (2 if k + 1 < lstm.num_layers else 1)  # U·h (+ next layer's W·h)
+            stats.elements[j] += b * steps * hidden
+            stats.zeroed[j] += zeroed
+            stats.skipped_macs[j] += zeroed * readers
+            stats.dense_macs[j] += b * steps * GATES * hidden * (w_ih.shape[1] + hidden)
+            if record:
+                stats.group_maxima[j] += maxima
+    return seq if lstm.batch_first else seq.transpose(0, 1)
+
+
+@contextmanager
+def hidden_state_pruning(
+    model: nn.Module,
+    thresholds: Sequence[float],
+    group: int = 4,
+    stats: HiddenStateStats | None = None,
+    record: bool = False,
+) -> Iterator[None]:
+    """While active, every LSTM of ``model`` runs ``thresholded_lstm_forward``; ``thresholds`` lists one per
+    LSTM layer, all LSTMs in order."""
+    lstms = [m for _, m in lstm_modules(model)]
+    total = sum(m.num_layers for m in lstms)
+    if not lstms:
+        raise ValueError("hidden-state pruning needs a model with an nn.LSTM")
+    if len(thresholds) != total:
+        raise ValueError(f"{len(thresholds)} hidden-state thresholds given; the model's LSTMs have {total} layers")
+    offset = 0
+    for lstm in lstms:
+        own = list(thresholds[offset : offset + lstm.num_layers])
+
+        def forward(x, hx=None, lstm=lstm, own=own, offset=offset):
+            if hx is not None:
+                raise ValueError("hidden-state pruning runs from a zero initial state")
+            if stats is not None:
+                stats.sequences += x.shape[0 if lstm.batch_first else 1] if offset == 0 else 0
+            out = thresholded_lstm_forward(lstm, x, own, group, stats, offset, record)
+            return out, (None, None)
+
+        lstm.forward = forward
+        offset += lstm.num_layers
+    try:
+        yield
+    finally:
+        for lstm in lstms:
+            del lstm.forward
+
+
+@torch.no_grad()
+def run_pruned(
+    model: nn.Module,
+    split: dict[str, torch.Tensor],
+    thresholds: Sequence[float],
+    group: int,
+    device: torch.device,
+    batch_size: int = 2000,
+    record: bool = False,
+) -> tuple[float, HiddenStateStats]:
+    """Accuracy of ``model`` on ``split`` with hidden-state pruning, and the counts."""
+    model = model.eval().to(device)
+    stats = HiddenStateStats()
+    images, labels = split["images"], split["labels"].to(device)
+    correct = 0
+    with hidden_state_pruning(model, thresholds, group, stats, record):
+        for b in range(0, images.shape[0], batch_size):
+            logits = model(images_to_float(images[b : b + batch_size].to(device)))
+            correct += int((logits.argmax(-1) == labels[b : b + batch_size]).sum())
+    return correct / labels.numel(), stats
+
+
+def calibrate_thresholds(
+    model: nn.Module,
+    split: dict[str, torch.Tensor],
+    sparsity: float,
+    group: int,
+    device: torch.device,
+    rounds: int = 3,
+) -> list[float]:
+    """Per-layer thresholds that zero about ``sparsity`` of each layer's hidden-state elements on ``split``:
+    each round sets every threshold to the ``sparsity`` quantile of the group maxima seen with the previous
+    round's thresholds (earlier layers' pruning changes later layers' states)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"target hidden-state sparsity must lie in [0, 1), got {sparsity}")
+    layers = sum(m.num_layers for _, m in lstm_modules(model))
+    thresholds = [0.0] * layers
+    for _ in range(rounds):
+        _, stats = run_pruned(model, split, thresholds, group, device, record=True)
+        thresholds = [
+            float(np.quantile(torch.cat(m).numpy(), sparsity)) if sparsity > 0 else 0.0 for m in stats.group_maxima
+        ]
+    return thresholds
+
+
+def hidden_state_table(
+    model: nn.Module,
+    validation_split: dict[str, torch.Tensor],
+    test_split: dict[str, torch.Tensor],
+    sparsities: Sequence[float],
+    group: int,
+    device: torch.device,
+) -> list[dict[str, float]]:
+    """One row per target sparsity (0 = dense): thresholds from validation, accuracy and the measured
+    sparsity and skipped multiply-adds on test."""
+    rows = []
+    for target in [0.0, *sparsities]:
+        thresholds = calibrate_thresholds(model, validation_split, target, group, device)
+        accuracy, stats = run_pruned(model, test_split, thresholds, group, device)
+        row = {"target_sparsity": target, "test_accuracy": accuracy}
+        for k, (t, s) in enumerate(zip(thresholds, stats.sparsity(), strict=True)):
+            row[f"threshold_l{k}"] = t
+            row[f"hidden_sparsity_l{k}"] = s
+        row["skipped_macs_per_sequence"] = stats.per_sequence(stats.skipped_macs)
+        row["lstm_macs_per_sequence"] = stats.per_sequence(stats.dense_macs)
+        rows.append(row)
+    return rows
+
+
+def finetune_hidden_state(
+    model: nn.Module,
+    train_split: dict[str, torch.Tensor],
+    validation_split: dict[str, torch.Tensor],
+    sparsity: float,
+    group: int,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int,
+) -> tuple[list[float], dict]:
+    """Train ``model`` in place with hidden-state pruning at ``sparsity`` in its forward (thresholds chosen on
+    validation before and again after training, since training moves the hidden states).
+
+    Returns:
+        The thresholds for the trained model, and the training history.
+    """
+    thresholds = calibrate_thresholds(model, validation_split, sparsity, group, device)
+    with hidden_state_pruning(model, thresholds, group):
+        history = train(model, train_split, validation_split, cfg, device, seed, f"hidden-state {sparsity:.0%}")
+    return calibrate_thresholds(model, validation_split, sparsity, group, device), history
