@@ -48,12 +48,28 @@ def test_evaluate_exits_tables_are_consistent(trained):
     assert latency["latency.dense_ms"]["value"] > 0 and latency["latency.speedup"]["value"] > 0
 
 
+def test_no_exits_pass_the_dense_network_on_as_the_one_exit():
+    params = BuildExitsParams(exit_after=[], thresholds=[0.5, 0.9], latency={"batch_size": 20, "repeats": 1})
+    dense, init = build_model({"name": "lenet300"}), build_model({"name": "lenet300"})
+    model = attach_exit_heads(dense, params, seed=0)
+    assert model is not dense and not hasattr(model, "exit_heads")
+    assert initial_multi_exit_weights(init, model).state_dict().keys() == init.state_dict().keys()
+    trained, history = train_exit_heads(model, _split(20, 0), _split(20, 1), params, seed=0, device="cpu")
+    assert trained is model and history == {}
+    summary, table, operating, metrics = evaluate_exits(model, _split(50, 1), _split(50, 2), params, device="cpu")
+    assert summary["after"].tolist() == ["output"] and summary["flops"].iloc[0] == summary["flops_policy"].iloc[0]
+    assert (table["test_share_exit1"] == 1.0).all() and (table["test_flops_saving"] == 0.0).all()
+    assert operating["test_accuracy_drop"] == 0.0 and metrics["exit1.flops"]["value"] > 0
+    latency = measure_latency(model, _split(50, 2), operating, params, device="cpu")
+    assert latency["latency.speedup"]["value"] == 1.0 and latency["latency.dense_ms"]["value"] > 0
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ({"thresholds": [0.5, 0.0]}, r"thresholds must lie in \(0, 1\]"),
         ({"thresholds": [1.2]}, r"thresholds must lie in \(0, 1\]"),
-        ({"exit_after": []}, "exit_after"),
+        ({"exit_after": [0]}, "exit_after"),
         ({"mode": "frozen"}, "mode"),
         ({"criterion": "margin"}, "criterion"),
         ({"loss_weights": [1.0, -1.0]}, "loss_weights"),

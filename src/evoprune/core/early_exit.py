@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from evoprune.core.cost import count_flops, count_params, interleaved_median_seconds
 from evoprune.core.data import images_to_float
 from evoprune.core.exits import Criterion, MultiExitNet, confidence, input_shape
 
 
-def exit_costs(model: MultiExitNet) -> list[dict[str, float]]:
+def exit_costs(model: MultiExitNet | nn.Module) -> list[dict[str, float]]:
     """FLOPs and params of each exit, counted by torch's FlopCounterMode on the modules involved.
 
     Returns one dict per exit with
@@ -19,6 +20,8 @@ def exit_costs(model: MultiExitNet) -> list[dict[str, float]]:
         ``params``: parameters of the prefix + head.
     """
     image = input_shape(model)
+    if not isinstance(model, MultiExitNet):  # a network without early exits: its output is the one exit
+        return [{"flops": (f := count_flops(model, image)), "flops_policy": f, "params": count_params(model)}]
     head_flops = [
         count_flops(head, shape) for shape, head in zip(model.feature_shapes(), model.exit_heads, strict=True)
     ]
@@ -80,7 +83,7 @@ def choose_operating_point(
 
 @torch.no_grad()
 def early_exit_latency(
-    model: MultiExitNet,
+    model: MultiExitNet | nn.Module,
     images: torch.Tensor,
     threshold: float,
     criterion: Criterion,
@@ -88,14 +91,18 @@ def early_exit_latency(
     batch_size: int,
     repeats: int,
 ) -> dict[str, float]:
-    """Median seconds per batch of the dense backbone vs real early-exit inference on the same batch."""
+    """Median seconds per batch of the dense backbone vs real early-exit inference on the same batch (a
+    network without early exits is timed once: both are its own time)."""
     was_training = model.training
     model.eval().to(device)
     x = images_to_float(images[:batch_size].to(device))
-    seconds = interleaved_median_seconds(
-        {"dense": lambda: model.backbone(x), "early": lambda: model.early_exit_predict(x, threshold, criterion)},
-        repeats,
-    )
-    dense, early = seconds["dense"], seconds["early"]
+    if isinstance(model, MultiExitNet):
+        seconds = interleaved_median_seconds(
+            {"dense": lambda: model.backbone(x), "early": lambda: model.early_exit_predict(x, threshold, criterion)},
+            repeats,
+        )
+        dense, early = seconds["dense"], seconds["early"]
+    else:
+        dense = early = interleaved_median_seconds({"dense": lambda: model(x)}, repeats)["dense"]
     model.train(was_training)
     return {"dense_seconds": dense, "early_exit_seconds": early, "speedup": dense / early}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from torch import nn
 
 from evoprune.core.early_exit import choose_operating_point, exit_costs, sweep_thresholds
 from evoprune.core.exits import MultiExitNet
@@ -25,7 +26,7 @@ class ExitEvaluation:
 
 
 def summarise_exits(
-    model: MultiExitNet,
+    model: MultiExitNet | nn.Module,
     validation_split: Split,
     test_split: Split,
     thresholds: Sequence[float],
@@ -37,6 +38,7 @@ def summarise_exits(
     validation accuracy stays within ``max_accuracy_drop`` of the final exit's.
 
     The ``after`` column names where each exit hangs (the module an early exit follows), the last one ``output``.
+    A network without early exits (``build_exits.exit_after: []``) has that one row and the threshold 1.0.
     """
     costs = exit_costs(model)
     policy_flops = [c["flops_policy"] for c in costs]
@@ -46,7 +48,8 @@ def summarise_exits(
     }
     labels = {"val": validation_split["labels"], "test": test_split["labels"]}
     acc = {n: (logits[n].argmax(-1).cpu() == labels[n]).double().mean(1).tolist() for n in logits}
-    after = model.exit_points
+    after = model.exit_points if isinstance(model, MultiExitNet) else ["output"]
+    num_exits = len(after)
     summary = pd.DataFrame(
         [
             {
@@ -56,7 +59,7 @@ def summarise_exits(
                 "test_accuracy": acc["test"][e],
                 **costs[e],
             }
-            for e in range(model.num_exits)
+            for e in range(num_exits)
         ]
     )
     sweep = {n: sweep_thresholds(logits[n], labels[n], list(thresholds), criterion, policy_flops) for n in logits}
@@ -86,7 +89,7 @@ def summarise_exits(
     }
     metrics = {
         f"exit{e + 1}.{k}": summary.iloc[e][k]
-        for e in range(model.num_exits)
+        for e in range(num_exits)
         for k in ("val_accuracy", "test_accuracy", "flops", "flops_policy", "params")
     }
     metrics.update({f"operating.{k}": v for k, v in operating.items() if k != "criterion"})

@@ -34,8 +34,9 @@ class BuildExitsParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # module names of the backbone (model.named_modules(), e.g. layer1); an integer k = stage k of lenet5/vgg/alexnet_small
-    exit_after: list[PositiveInt | str] = Field(default_factory=lambda: [1], min_length=1)
+    # module names of the backbone (model.named_modules(), e.g. layer1); an integer k = stage k of lenet5/vgg/alexnet_small;
+    # [] = no early exits: the dense network goes on as the one-exit network (an LSTM, conf/lstm)
+    exit_after: list[PositiveInt | str] = Field(default_factory=lambda: [1])
     head: ExitHeadSpec = Field(default_factory=ExitHeadSpec)
     mode: Literal["heads_only", "joint"] = "heads_only"
     loss_weights: list[PositiveFloat] | None = None  # one per exit, final exit last; default 1 each
@@ -61,9 +62,11 @@ class BuildExitsParams(BaseModel):
         return sorted(set(value) | {1.0})  # 1.0 (never exit early) is the reference row
 
 
-def attach_exit_heads(dense_model: nn.Module, params: BuildExitsParams, seed: int) -> MultiExitNet:
+def attach_exit_heads(dense_model: nn.Module, params: BuildExitsParams, seed: int) -> MultiExitNet | nn.Module:
     """A copy of the dense model with fresh early-exit heads (seeded); in ``heads_only`` mode the
-    backbone is frozen."""
+    backbone is frozen. Without ``exit_after``, the copy alone (the later stages see one exit)."""
+    if not params.exit_after:
+        return copy.deepcopy(dense_model)
     torch.manual_seed(seed)
     model = attach_exits(copy.deepcopy(dense_model), params.exit_after, params.head)
     return model.freeze_backbone() if params.mode == "heads_only" else model
@@ -72,6 +75,8 @@ def attach_exit_heads(dense_model: nn.Module, params: BuildExitsParams, seed: in
 def initial_multi_exit_weights(dense_model_init: nn.Module, multi_exit_model_untrained: MultiExitNet) -> MultiExitNet:
     """θ0 of the whole multi-exit network: the backbone's initial weights (train_dense) with the exit
     heads' initial weights, for lottery-ticket rewinding of pruned multi-exit members."""
+    if not isinstance(multi_exit_model_untrained, MultiExitNet):  # no early exits
+        return copy.deepcopy(dense_model_init)
     model = copy.deepcopy(multi_exit_model_untrained)
     model.backbone.load_state_dict(dense_model_init.state_dict())
     return model
@@ -80,7 +85,10 @@ def initial_multi_exit_weights(dense_model_init: nn.Module, multi_exit_model_unt
 def train_exit_heads(
     model: MultiExitNet, train_split: Split, validation_split: Split, params: BuildExitsParams, seed: int, device: str
 ) -> tuple[MultiExitNet, dict[str, object]]:
-    """Train the exit heads (or the whole network, ``joint``) on the weighted sum of exit losses."""
+    """Train the exit heads (or the whole network, ``joint``) on the weighted sum of exit losses; a
+    network without early exits is returned as it is."""
+    if not isinstance(model, MultiExitNet):
+        return model, {}
     model = copy.deepcopy(model)
     history = train(
         model,

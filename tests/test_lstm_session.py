@@ -1,0 +1,36 @@
+"""`prune` on a row-sequential LSTM through a real KedroSession: no early exits, hidden units searched,
+pruned physically by our shrinker, fine-tuned, compared with the baselines and reported."""
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tests.conftest import run_tiny_session
+
+pytestmark = pytest.mark.slow
+
+LSTM = {
+    "train_dense": {"model": {"name": "lstm_seq", "hidden_size": 8}},
+    "build_exits": {"exit_after": []},
+    "finetune": {"variants": ["keep"]},
+    "mask_search": {"roulette_branch": None, "member_budgets": [0.5]},
+}
+
+
+def test_prune_runs_on_an_lstm_without_early_exits(tiny_project):
+    run_tiny_session(tiny_project, "prune", runtime_params=LSTM)
+    reporting = tiny_project / "data/tiny/08_reporting"
+    summary = pd.read_csv(reporting / "exit_summary.csv")
+    assert summary["after"].tolist() == ["output"]  # one exit: the network's own output
+    report = pd.read_csv(reporting / "report_table.csv").set_index("method")
+    assert {"dense", "keep", "l1", "random"} <= set(report.index)
+    dense_flops = report.loc["dense", "flops"]
+    assert dense_flops == 2 * 28 * 4 * 8 * (28 + 8) + 2 * 8 * 10  # gate products of every step + head, counted
+    members = report.loc[["keep"]]
+    assert (members["flops"] < dense_flops).all() and (members["units_kept"] < 8).all()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("evoprune").experiment_id
+    (run,) = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
+    assert run.data.params["train_dense.model.name"] == "lstm_seq"
+    assert "build_exits.exit1.test_accuracy" in run.data.metrics
+    assert run.data.metrics["build_exits.latency.speedup"] == 1.0
