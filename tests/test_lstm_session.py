@@ -34,3 +34,12 @@ def test_prune_runs_on_an_lstm_without_early_exits(tiny_project):
     assert run.data.params["train_dense.model.name"] == "lstm_seq"
     assert "build_exits.exit1.test_accuracy" in run.data.metrics
     assert run.data.metrics["build_exits.latency.speedup"] == 1.0
+
+    hidden = {"hidden_state": {"sparsities": [0.5], "training": {"epochs": 1, "batch_size": 50}}}
+    run_tiny_session(tiny_project, "hidden_state", runtime_params=LSTM | hidden)
+    report = pd.read_csv(reporting / "report_table.csv")
+    rows = report[report["kind"] == "hidden_state"].set_index("method")
+    assert set(rows.index) == {"hidden_state@50%", "hidden_state@50% (no fine-tune)"}
+    assert (rows["hidden_sparsity"].between(0.2, 0.8)).all() and (rows["flops_ratio"] < 1.0).all()
+    assert {"keep", "l1"} <= set(report["method"])  # prune's rows are still there
+    assert (reporting / "hidden_state_sparsity.png").is_file()

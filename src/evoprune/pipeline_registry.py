@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from evoprune.pipelines import baselines, build_exits, data_preparation, dst, finetune, mask_search, report, train_dense
+from evoprune.pipelines import (
+    baselines,
+    build_exits,
+    data_preparation,
+    dst,
+    finetune,
+    hidden_state,
+    mask_search,
+    report,
+    train_dense,
+)
 
 # Stages of `prune`, in order. Each stage is a Kedro modular pipeline under its own namespace (Kedro-Viz
 # draws one box per stage; `kedro run --namespaces=mask_search` runs one stage); `finetune` holds one
@@ -43,10 +53,12 @@ def register_pipelines() -> dict[str, Pipeline]:
 
     Returns:
         Each stage by its folder name, ``prune`` (all stages) and ``__default__`` (= ``prune``); beside them
-        ``dst`` (dynamic sparse training after a prune run, then the report again with its rows).
+        ``dst`` (dynamic sparse training after a prune run, then the report again with its rows) and
+        ``hidden_state`` (hidden-state pruning of an LSTM after a prune run, then the report again).
     """
     pipelines = {name: as_stage(name, create()) for name, create in PRUNE_STAGES.items()}
     pipelines["prune"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["prune"]
     pipelines["dst"] = as_stage("dst", dst.create_pipeline()) + pipelines["report"]
+    pipelines["hidden_state"] = as_stage("hidden_state", hidden_state.create_pipeline()) + pipelines["report"]
     return pipelines

@@ -212,3 +212,25 @@ def test_bad_input_to_the_sequence_model_gets_a_clear_error():
         from evoprune.core.lstm import lstm_modules
 
         lstm_modules(nn.Sequential(nn.LSTM(3, 4, bidirectional=True)))
+
+
+def test_hidden_state_contexts_nest_and_fine_tuning_ramps_its_target():
+    from evoprune.core.hidden_state import finetune_hidden_state
+    from evoprune.core.train import TrainConfig
+    from tests.conftest import image_split
+
+    model = _lstm_model(1, hidden=8)
+    x = torch.rand(3, *SHAPE)
+    with torch.no_grad():
+        dense = model(x)
+        with hidden_state_pruning(model, [1e9]):
+            with hidden_state_pruning(model, [0.0]):
+                inner = model(x)
+            outer = model(x)  # the outer context is back after the inner one
+    assert torch.allclose(inner, dense, atol=1e-5) and torch.allclose(outer, model.head.bias.expand(3, -1))
+    assert "forward" not in model.lstm.__dict__
+    cfg = TrainConfig(epochs=6, batch_size=20, optimizer="adamw", learning_rate=1e-3)
+    cpu = torch.device("cpu")
+    thresholds, history = finetune_hidden_state(model, image_split(60, 0), image_split(40, 1), 0.5, 4, cfg, cpu, 0)
+    assert history["hidden_sparsity_target"] == pytest.approx([1 / 3, 0.5, 0.5, 0.5, 0.5, 0.5])
+    assert len(thresholds) == 1 and thresholds[0] > 0 and "forward" not in model.lstm.__dict__

@@ -14,6 +14,9 @@ The forward is unrolled (one step at a time, the input projection batched over a
 
 from __future__ import annotations
 
+import copy
+import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from torch import nn
 
 from evoprune.core.data import images_to_float
 from evoprune.core.lstm import GATES, lstm_modules
-from evoprune.core.train import TrainConfig, train
+from evoprune.core.train import TrainConfig, TrainingExtras, train
 
 
 @dataclass
@@ -119,7 +122,8 @@ def hidden_state_pruning(
     record: bool = False,
 ) -> Iterator[None]:
     """While active, every LSTM of ``model`` runs ``thresholded_lstm_forward``; ``thresholds`` lists one per
-    LSTM layer, all LSTMs in order."""
+    LSTM layer, all LSTMs in order, and is read at every forward (a list changed in place takes effect).
+    Contexts nest: the previous forward comes back on exit."""
     lstms = [m for _, m in lstm_modules(model)]
     total = sum(m.num_layers for m in lstms)
     if not lstms:
@@ -127,14 +131,15 @@ def hidden_state_pruning(
     if len(thresholds) != total:
         raise ValueError(f"{len(thresholds)} hidden-state thresholds given; the model's LSTMs have {total} layers")
     offset = 0
+    previous = [lstm.__dict__.get("forward") for lstm in lstms]
     for lstm in lstms:
-        own = list(thresholds[offset : offset + lstm.num_layers])
 
-        def forward(x, hx=None, lstm=lstm, own=own, offset=offset):
+        def forward(x, hx=None, lstm=lstm, offset=offset):
             if hx is not None:
                 raise ValueError("hidden-state pruning runs from a zero initial state")
             if stats is not None:
                 stats.sequences += x.shape[0 if lstm.batch_first else 1] if offset == 0 else 0
+            own = [thresholds[offset + k] for k in range(lstm.num_layers)]
             out = thresholded_lstm_forward(lstm, x, own, group, stats, offset, record)
             return out, (None, None)
 
@@ -143,8 +148,11 @@ def hidden_state_pruning(
     try:
         yield
     finally:
-        for lstm in lstms:
-            del lstm.forward
+        for lstm, before in zip(lstms, previous, strict=True):
+            if before is None:
+                del lstm.forward
+            else:
+                lstm.forward = before
 
 
 @torch.no_grad()
@@ -157,8 +165,9 @@ def run_pruned(
     batch_size: int = 2000,
     record: bool = False,
 ) -> tuple[float, HiddenStateStats]:
-    """Accuracy of ``model`` on ``split`` with hidden-state pruning, and the counts."""
-    model = model.eval().to(device)
+    """Accuracy of ``model`` on ``split`` with hidden-state pruning, and the counts (the model's mode is kept)."""
+    was_training = model.training
+    model.eval().to(device)
     stats = HiddenStateStats()
     images, labels = split["images"], split["labels"].to(device)
     correct = 0
@@ -166,6 +175,7 @@ def run_pruned(
         for b in range(0, images.shape[0], batch_size):
             logits = model(images_to_float(images[b : b + batch_size].to(device)))
             correct += int((logits.argmax(-1) == labels[b : b + batch_size]).sum())
+    model.train(was_training)
     return correct / labels.numel(), stats
 
 
@@ -192,27 +202,53 @@ def calibrate_thresholds(
     return thresholds
 
 
-def hidden_state_table(
+def _row(model: nn.Module, test_split, thresholds: list[float], group: int, device: torch.device) -> dict[str, float]:
+    accuracy, stats = run_pruned(model, test_split, thresholds, group, device)
+    row = {"test_accuracy": accuracy, "hidden_sparsity": float(np.mean(stats.sparsity()))}
+    for k, (t, s) in enumerate(zip(thresholds, stats.sparsity(), strict=True)):
+        row[f"threshold_l{k}"] = t
+        row[f"hidden_sparsity_l{k}"] = s
+    row["skipped_macs_per_sequence"] = stats.per_sequence(stats.skipped_macs)
+    row["lstm_macs_per_sequence"] = stats.per_sequence(stats.dense_macs)
+    return row
+
+
+def hidden_state_sweep(
     model: nn.Module,
-    validation_split: dict[str, torch.Tensor],
-    test_split: dict[str, torch.Tensor],
+    splits: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]],
     sparsities: Sequence[float],
     group: int,
+    cfg: TrainConfig | None,
     device: torch.device,
+    seed: int,
 ) -> list[dict[str, float]]:
-    """One row per target sparsity (0 = dense): thresholds from validation, accuracy and the measured
-    sparsity and skipped multiply-adds on test."""
+    """Per target sparsity: hidden-state pruning of ``model`` as it is, and (with ``cfg``) of a copy fine-tuned
+    with the pruning in its forward; thresholds from validation, figures on test. ``model`` is not modified.
+
+    Args:
+        splits: (train, validation, test).
+    Returns:
+        One row per (sparsity, fine-tuned or not): target_sparsity, finetuned, test_accuracy, hidden_sparsity
+        (mean over layers, and per layer), thresholds, multiply-adds skipped and of the LSTM per sequence,
+        finetune_seconds.
+    """
+    train_split, validation_split, test_split = splits
+    if any(not 0.0 < s < 1.0 for s in sparsities):
+        raise ValueError(f"hidden_state.sparsities must lie in (0, 1), got {list(sparsities)}")
     rows = []
-    for target in [0.0, *sparsities]:
+    for target in sparsities:
         thresholds = calibrate_thresholds(model, validation_split, target, group, device)
-        accuracy, stats = run_pruned(model, test_split, thresholds, group, device)
-        row = {"target_sparsity": target, "test_accuracy": accuracy}
-        for k, (t, s) in enumerate(zip(thresholds, stats.sparsity(), strict=True)):
-            row[f"threshold_l{k}"] = t
-            row[f"hidden_sparsity_l{k}"] = s
-        row["skipped_macs_per_sequence"] = stats.per_sequence(stats.skipped_macs)
-        row["lstm_macs_per_sequence"] = stats.per_sequence(stats.dense_macs)
-        rows.append(row)
+        rows.append(
+            {"target_sparsity": target, "finetuned": False, **_row(model, test_split, thresholds, group, device)}
+        )
+        if cfg is None:
+            continue
+        tuned = copy.deepcopy(model)
+        start = time.perf_counter()
+        thresholds, _ = finetune_hidden_state(tuned, train_split, validation_split, target, group, cfg, device, seed)
+        seconds = time.perf_counter() - start
+        row = {"target_sparsity": target, "finetuned": True, **_row(tuned, test_split, thresholds, group, device)}
+        rows.append(row | {"finetune_seconds": seconds})
     return rows
 
 
@@ -225,14 +261,56 @@ def finetune_hidden_state(
     cfg: TrainConfig,
     device: torch.device,
     seed: int,
+    calibration_size: int = 2000,
 ) -> tuple[list[float], dict]:
-    """Train ``model`` in place with hidden-state pruning at ``sparsity`` in its forward (thresholds chosen on
-    validation before and again after training, since training moves the hidden states).
+    """Train ``model`` in place with hidden-state pruning in its forward. The target sparsity ramps up
+    linearly over the first half of the epochs (the thresholds chosen again after each epoch on
+    ``calibration_size`` validation images), then holds; the final thresholds come from the whole split.
 
     Returns:
-        The thresholds for the trained model, and the training history.
+        The thresholds for the trained model, and the training history (with ``hidden_sparsity_target``).
     """
-    thresholds = calibrate_thresholds(model, validation_split, sparsity, group, device)
+    calibration = {k: v[:calibration_size] for k, v in validation_split.items()}
+    ramp_epochs = max(1, math.ceil(cfg.epochs / 2))
+
+    def target(epoch: int) -> float:
+        return sparsity * min(1.0, (epoch + 1) / ramp_epochs)
+
+    thresholds = calibrate_thresholds(model, calibration, target(0), group, device)
+
+    def after_epoch(epoch: int) -> dict[str, float]:
+        thresholds[:] = calibrate_thresholds(model, calibration, target(epoch + 1), group, device)
+        return {"hidden_sparsity_target": target(epoch + 1)}
+
     with hidden_state_pruning(model, thresholds, group):
-        history = train(model, train_split, validation_split, cfg, device, seed, f"hidden-state {sparsity:.0%}")
+        history = train(
+            model,
+            train_split,
+            validation_split,
+            cfg,
+            device,
+            seed,
+            f"hidden-state {sparsity:.0%}",
+            extras=TrainingExtras(after_epoch=after_epoch),
+        )
     return calibrate_thresholds(model, validation_split, sparsity, group, device), history
+
+
+def report_rows(rows: list[dict[str, float]], dense_flops: float, dense_accuracy: float) -> list[dict[str, object]]:
+    """``hidden_state_sweep`` rows as report rows: ``flops_ratio`` counts the skipped products as saved (2 FLOPs
+    per multiply-add; a dense kernel still runs them), no parameter is removed."""
+    out = []
+    for row in rows:
+        label = f"hidden_state@{round(100 * row['target_sparsity'])}%" + ("" if row["finetuned"] else " (no fine-tune)")
+        out.append(
+            {
+                "method": label,
+                "member": -1,
+                "flops_ratio": (dense_flops - 2 * row["skipped_macs_per_sequence"]) / dense_flops,
+                "params_ratio": 1.0,
+                "test_accuracy": row["test_accuracy"],
+                "accuracy_drop_pt": 100 * (dense_accuracy - row["test_accuracy"]),
+                **row,
+            }
+        )
+    return out

@@ -187,3 +187,19 @@ def sparse_training(histories: dict[str, dict[str, Sequence[float]]], title: str
             ax.grid(alpha=0.3)
     fig.suptitle(title)
     return fig
+
+
+def hidden_state_sparsity(
+    sparsity: dict[str, Sequence[float]], accuracy: dict[str, Sequence[float]], dense_accuracy: float, title: str
+) -> Figure:
+    """Test accuracy against the measured hidden-state sparsity, one line per series (e.g. with and without
+    fine-tuning), the dense network's accuracy as a reference line."""
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, xs in sparsity.items():
+        ax.plot([100 * x for x in xs], [100 * a for a in accuracy[name]], marker="o", label=name)
+    ax.axhline(100 * dense_accuracy, color="grey", linestyle="--", label="dense")
+    ax.set(xlabel="hidden-state elements zeroed (%)", ylabel="test accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
