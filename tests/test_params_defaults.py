@@ -19,6 +19,7 @@ from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams
 from evoprune.pipelines.dst.nodes import DSTParams
+from evoprune.pipelines.hidden_state.nodes import HiddenStateParams
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 from tests.conftest import PROJECT_ROOT
@@ -31,6 +32,7 @@ PARAMS_CLASSES = {
     "finetune": FinetuneParams,
     "baselines": BaselinesParams,
     "dst": DSTParams,
+    "hidden_state": HiddenStateParams,
 }
 
 
@@ -83,6 +85,7 @@ def test_every_parameters_section_has_a_class(base_parameters):
         "mask_search",
         "finetune",
         "baselines",
+        "hidden_state",
     ],
 )
 def test_defaults_equal_conf_base(base_parameters, key):
