@@ -209,6 +209,11 @@ def test_bad_input_to_the_sequence_model_gets_a_clear_error():
     with pytest.raises(SplitError, match="early exits .* do not apply to an LSTM"):
         attach_exits(model, [1])
     from evoprune.core.latency import LatencySettings, profile_latency
+    from evoprune.core.sparse import SparseTrainingConfig, train_sparse
+    from tests.conftest import image_split
+
+    with pytest.raises(ValueError, match="an LSTM's gate matrices are not built yet"):
+        train_sparse(model, image_split(8, 0), None, SparseTrainingConfig(), torch.device("cpu"), 0)
 
     with pytest.raises(ValueError, match="a model with an LSTM is not covered"):
         profile_latency(model, build_layout(model, SHAPE), LatencySettings(), torch.device("cpu"))

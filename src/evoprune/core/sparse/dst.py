@@ -96,7 +96,13 @@ def train_sparse(
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf (the training loop's clear error).
+        ValueError: the model has an LSTM (its gate matrices have no thresholds yet: only the head would be sparse).
     """
+    if any(isinstance(m, nn.LSTM) for m in model.modules()):
+        raise ValueError(
+            "dynamic sparse training covers conv and linear weights; an LSTM's gate matrices are not built yet "
+            "(issue 15), so only its head would become sparse. Run dst on a CNN or MLP environment."
+        )
     model.to(device)
     if cfg.mode == "structured":
         layout = build_layout(model, input_shape(model))
