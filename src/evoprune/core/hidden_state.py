@@ -8,7 +8,7 @@ chosen on validation data for a target share of zeroed elements per layer (``cal
 Without retraining the network loses accuracy fast; ``finetune_hidden_state`` trains it with the pruning in
 its forward (gradients flow through the kept elements) and chooses the thresholds again afterwards.
 
-The forward is unrolled (one step at a time, the input projection batched over all steps); it equals
+The forward is ``core.lstm.unrolled_lstm_forward`` with the zeroing applied to every step's h_t; it equals
 ``nn.LSTM`` with thresholds 0 (tested).
 """
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from evoprune.core.data import images_to_float
-from evoprune.core.lstm import GATES, lstm_modules
+from evoprune.core.lstm import GATES, lstm_modules, unrolled_lstm_forward
 from evoprune.core.train import TrainConfig, TrainingExtras, train
 
 
@@ -75,42 +75,35 @@ def thresholded_lstm_forward(
         raise ValueError(f"hidden-state thresholds must be >= 0 (|h| below it is zeroed), got {list(thresholds)}")
     if group < 1:
         raise ValueError(f"hidden-state group must be >= 1 unit, got {group}")
-    seq = x if lstm.batch_first else x.transpose(0, 1)  # (B, T, F)
     hidden = lstm.hidden_size
-    for k in range(lstm.num_layers):
-        w_ih, w_hh = getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")
-        bias = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}") if lstm.bias else 0.0
-        projected = seq @ w_ih.T + bias  # (B, T, 4H): every step's input product in one matmul
-        b, steps = seq.shape[:2]
-        h = seq.new_zeros(b, hidden)
-        c = seq.new_zeros(b, hidden)
-        outs, zeroed, maxima = [], 0, []
-        for t in range(steps):
-            i, f, g, o = (projected[:, t] + h @ w_hh.T).chunk(GATES, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            peak = _group_maxima(h, group)  # (B, G)
-            if record:
-                maxima.append(peak.flatten().cpu())
-            keep = (peak >= thresholds[k]).repeat_interleave(group, dim=1)[:, :hidden]
-            h = h * keep
-            zeroed += int((~keep).sum())
-            outs.append(h)
-        seq = torch.stack(outs, 1)
-        if stats is not None:
+    zeroed = [0] * lstm.num_layers
+    maxima: list[list[torch.Tensor]] = [[] for _ in range(lstm.num_layers)]
+
+    def prune(k: int, h: torch.Tensor) -> torch.Tensor:
+        peak = _group_maxima(h, group)  # (B, G)
+        if record:
+            maxima[k].append(peak.flatten().cpu())
+        keep = (peak >= thresholds[k]).repeat_interleave(group, dim=1)[:, :hidden]
+        zeroed[k] += int((~keep).sum())
+        return h * keep
+
+    out = unrolled_lstm_forward(lstm, x, prune)
+    if stats is not None:
+        b, steps = (x.shape[0], x.shape[1]) if lstm.batch_first else (x.shape[1], x.shape[0])
+        for k in range(lstm.num_layers):
             j = layer_offset + k
             while len(stats.elements) <= j:
                 for counts in (stats.elements, stats.zeroed, stats.skipped_macs, stats.dense_macs):
                     counts.append(0)
                 stats.group_maxima.append([])
             readers = GATES * hidden * (2 if k + 1 < lstm.num_layers else 1)  # U·h (+ next layer's W·h)
+            inputs = lstm.input_size if k == 0 else hidden
             stats.elements[j] += b * steps * hidden
-            stats.zeroed[j] += zeroed
-            stats.skipped_macs[j] += zeroed * readers
-            stats.dense_macs[j] += b * steps * GATES * hidden * (w_ih.shape[1] + hidden)
-            if record:
-                stats.group_maxima[j] += maxima
-    return seq if lstm.batch_first else seq.transpose(0, 1)
+            stats.zeroed[j] += zeroed[k]
+            stats.skipped_macs[j] += zeroed[k] * readers
+            stats.dense_macs[j] += b * steps * GATES * hidden * (inputs + hidden)
+            stats.group_maxima[j] += maxima[k]
+    return out
 
 
 @contextmanager

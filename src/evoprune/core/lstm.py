@@ -18,6 +18,7 @@ numbers of units becomes a ``LayerwiseLSTM``: one single-layer ``nn.LSTM`` per l
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -109,9 +110,12 @@ def shrink_lstm(lstm: nn.LSTM, kept: list[torch.Tensor], kept_inputs: torch.Tens
     return merged
 
 
-def masked_lstm_forward(lstm: nn.LSTM, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """The LSTM's output sequence (batch_first like ``lstm``) with hidden unit j of layer k zeroed at every
-    step where ``masks[k][j]`` is 0: the reference the shrinker must equal (unrolled, slow)."""
+def unrolled_lstm_forward(
+    lstm: nn.LSTM, x: torch.Tensor, on_hidden: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``lstm``'s output sequence computed one step at a time (the input products of all steps in one matmul),
+    with ``on_hidden(k, h)`` applied to every step's hidden state (B, H) of layer k before it is used anywhere
+    (the next step, the next layer, the output). ``x``: (B, T, F) if ``lstm.batch_first`` else (T, B, F)."""
     seq = x if lstm.batch_first else x.transpose(0, 1)  # (B, T, F)
     hidden = lstm.hidden_size
     for k in range(lstm.num_layers):
@@ -120,17 +124,24 @@ def masked_lstm_forward(lstm: nn.LSTM, x: torch.Tensor, masks: list[torch.Tensor
         projected = seq @ w_ih.T + bias  # (B, T, 4H)
         h = seq.new_zeros(seq.shape[0], hidden)
         c = seq.new_zeros(seq.shape[0], hidden)
-        keep = None if masks is None else masks[k].to(seq.dtype)
         outs = []
         for t in range(seq.shape[1]):
             i, f, g, o = (projected[:, t] + h @ w_hh.T).chunk(GATES, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-            if keep is not None:
-                h = h * keep
+            if on_hidden is not None:
+                h = on_hidden(k, h)
             outs.append(h)
         seq = torch.stack(outs, 1)
     return seq if lstm.batch_first else seq.transpose(0, 1)
+
+
+def masked_lstm_forward(lstm: nn.LSTM, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The LSTM's output sequence (batch_first like ``lstm``) with hidden unit j of layer k zeroed at every
+    step where ``masks[k][j]`` is 0: the reference the shrinker must equal (unrolled, slow)."""
+    if masks is None:
+        return unrolled_lstm_forward(lstm, x)
+    return unrolled_lstm_forward(lstm, x, lambda k, h: h * masks[k].to(h.dtype))
 
 
 def _steps(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> int:
