@@ -17,8 +17,8 @@ from evoprune.core.hidden_state import (
     thresholded_lstm_forward,
 )
 from evoprune.core.importance import GroupL1, own_filter_l1
-from evoprune.core.lstm import LayerwiseLSTM, LSTMEvaluator, masked_lstm_forward, shrink_lstm
-from evoprune.core.masking import prune_physically
+from evoprune.core.lstm import LayerwiseLSTM, masked_lstm_forward, shrink_lstm
+from evoprune.core.masking import LSTMEvaluator, prune_physically
 from evoprune.core.models import build_model
 from evoprune.core.models.segments import SplitError
 from evoprune.core.units import build_layout

@@ -86,11 +86,10 @@ class GroupRandom:
     seed: int
 
     def __call__(self, model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
-        importance = tp.importance.RandomImportance()
         torch.manual_seed(self.seed)  # RandomImportance draws from torch's global generator
         if has_lstm(model):
             return torch.rand(layout.num_bits).numpy().astype(float)
-        return group_scores(model, layout, self.input_shape, importance)
+        return group_scores(model, layout, self.input_shape, tp.importance.RandomImportance())
 
 
 def baseline_criterion(name: str, input_shape: tuple[int, ...], seed: int) -> UnitImportance:

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from evoprune.core.data import images_to_float
 from evoprune.core.units import ChromosomeLayout, LayerCost, UnitGroup, flops_per_layer
 
 GATES = 4  # i, f, g, o
@@ -259,45 +258,3 @@ def lstm_unit_l1(model: nn.Module, layout: ChromosomeLayout, coupled: bool) -> n
             g = next(g for g in layout.groups if g.name == f"{name}.l{k}")
             scores[g.offset : g.offset + g.size] = rows.float().cpu().numpy()
     return scores
-
-
-class LSTMEvaluator:
-    """Scores masks of a model with LSTMs exactly: each candidate is shrunk (``prune_lstm_physically``) and
-    run with the fused LSTM kernel, so it costs what it keeps. Same interface as ``SlicedEvaluator``."""
-
-    def __init__(self, model: nn.Module, layout: ChromosomeLayout, device: torch.device) -> None:
-        self.model = model.eval().to(device)
-        self.layout = layout
-        self.device = device
-
-    @torch.no_grad()
-    def logits(self, mask: np.ndarray | torch.Tensor, images: torch.Tensor) -> list[torch.Tensor]:
-        net = prune_lstm_physically(self.model, self.layout, np.asarray(torch.as_tensor(mask).cpu(), dtype=bool))
-        return [net(images.to(self.device))]
-
-    def accuracy(
-        self, masks: np.ndarray | torch.Tensor, split: dict[str, torch.Tensor], batch_size: int = 5000
-    ) -> np.ndarray:
-        return self.evaluate(masks, split, batch_size=batch_size)["accuracy"]
-
-    @torch.no_grad()
-    def evaluate(
-        self,
-        masks: np.ndarray | torch.Tensor,
-        split: dict[str, torch.Tensor],
-        policy: tuple[float, str] | None = None,
-        batch_size: int = 5000,
-    ) -> dict[str, np.ndarray]:
-        """Accuracy (K, 1) of every mask; an LSTM model has one exit, so there is no early-exit policy."""
-        if policy is not None:
-            raise ValueError("an LSTM model has no early exits: choose error / *_ratio objectives")
-        images, labels = split["images"].to(self.device), split["labels"].to(self.device)
-        batches = [
-            (images_to_float(images[b : b + batch_size]), labels[b : b + batch_size])
-            for b in range(0, images.shape[0], batch_size)
-        ]
-        hits = []
-        for mask in np.asarray(torch.as_tensor(masks).cpu(), dtype=bool):
-            net = prune_lstm_physically(self.model, self.layout, mask).eval()
-            hits.append(sum(int((net(x).argmax(-1) == y).sum()) for x, y in batches))
-        return {"accuracy": np.array(hits, dtype=float)[:, None] / labels.numel()}

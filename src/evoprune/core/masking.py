@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from evoprune.core.data import images_to_float
-from evoprune.core.lstm import LSTMEvaluator, has_lstm, prune_lstm_physically
+from evoprune.core.lstm import has_lstm, prune_lstm_physically
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import ChromosomeLayout, dependency_graph
@@ -110,7 +110,37 @@ def prune_physically(
     return pruned
 
 
-class SlicedEvaluator:
+def _float_batches(
+    split: dict[str, torch.Tensor], batch_size: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(float images, labels) batches of a uint8 split, on ``device``."""
+    images, labels = split["images"].to(device), split["labels"].to(device)
+    return [
+        (images_to_float(images[b : b + batch_size]), labels[b : b + batch_size])
+        for b in range(0, images.shape[0], batch_size)
+    ]
+
+
+class _MaskScorer:
+    """What the search needs of an exact evaluator: ``evaluate`` (per subclass) and ``accuracy`` from it."""
+
+    def evaluate(
+        self,
+        masks: np.ndarray | torch.Tensor,
+        split: dict[str, torch.Tensor],
+        policy: tuple[float, str] | None = None,
+        batch_size: int = 5000,
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def accuracy(
+        self, masks: np.ndarray | torch.Tensor, split: dict[str, torch.Tensor], batch_size: int = 5000
+    ) -> np.ndarray:
+        """Accuracy of every exit under every mask: (K, num_exits)."""
+        return self.evaluate(masks, split, batch_size=batch_size)["accuracy"]
+
+
+class SlicedEvaluator(_MaskScorer):
     """Scores masks by running each candidate on its own *sliced* weights (kept rows/columns only)
     through the unchanged module code (``torch.func.functional_call``): exact, like physical pruning,
     and each candidate costs in proportion to the FLOPs it keeps."""
@@ -221,12 +251,6 @@ class SlicedEvaluator:
         with _depthwise_follows_weights(self.depthwise):
             return as_exit_list(torch.func.functional_call(self.model, params, (images.to(self.device),)))
 
-    def accuracy(
-        self, masks: np.ndarray | torch.Tensor, split: dict[str, torch.Tensor], batch_size: int = 5000
-    ) -> np.ndarray:
-        """Accuracy of every exit under every mask: (K, num_exits)."""
-        return self.evaluate(masks, split, batch_size=batch_size)["accuracy"]
-
     @torch.no_grad()
     def evaluate(
         self,
@@ -241,11 +265,8 @@ class SlicedEvaluator:
 
         policy_hits, shares = [], []
         masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
-        images, labels = split["images"].to(self.device), split["labels"].to(self.device)
-        batches = [
-            (images_to_float(images[b : b + batch_size]), labels[b : b + batch_size])
-            for b in range(0, images.shape[0], batch_size)
-        ]
+        labels = split["labels"]
+        batches = _float_batches(split, batch_size, self.device)
         block = dict(self.model.named_modules()).get(self.input_block_name) if self.input_block_name else None
         cached = [block(x) for x, _ in batches] if block is not None else [None] * len(batches)  # dense (B, C, ...)
         out = []
@@ -328,6 +349,39 @@ def _depthwise_follows_weights(convs: list[nn.Conv2d]) -> Iterator[None]:
     finally:
         for conv in convs:
             del conv.forward
+
+
+class LSTMEvaluator(_MaskScorer):
+    """Scores masks of a model with LSTMs exactly: each candidate is shrunk (``prune_lstm_physically``) and
+    run with the fused LSTM kernel, so it costs what it keeps."""
+
+    def __init__(self, model: nn.Module, layout: ChromosomeLayout, device: torch.device) -> None:
+        self.model = model.eval().to(device)
+        self.layout = layout
+        self.device = device
+
+    @torch.no_grad()
+    def logits(self, mask: np.ndarray | torch.Tensor, images: torch.Tensor) -> list[torch.Tensor]:
+        net = prune_lstm_physically(self.model, self.layout, np.asarray(torch.as_tensor(mask).cpu(), dtype=bool))
+        return [net(images.to(self.device))]
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        masks: np.ndarray | torch.Tensor,
+        split: dict[str, torch.Tensor],
+        policy: tuple[float, str] | None = None,
+        batch_size: int = 5000,
+    ) -> dict[str, np.ndarray]:
+        """Accuracy (K, 1) of every mask; an LSTM model has one exit, so there is no early-exit policy."""
+        if policy is not None:
+            raise ValueError("an LSTM model has no early exits: choose error / *_ratio objectives")
+        batches = _float_batches(split, batch_size, self.device)
+        hits = []
+        for mask in np.asarray(torch.as_tensor(masks).cpu(), dtype=bool):
+            net = prune_lstm_physically(self.model, self.layout, mask).eval()
+            hits.append(sum(int((net(x).argmax(-1) == y).sum()) for x, y in batches))
+        return {"accuracy": np.array(hits, dtype=float)[:, None] / split["labels"].numel()}
 
 
 def mask_evaluator(

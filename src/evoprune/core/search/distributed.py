@@ -26,8 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from evoprune.core.exits import build_network
-from evoprune.core.lstm import LSTMEvaluator
-from evoprune.core.masking import SlicedEvaluator, mask_evaluator
+from evoprune.core.masking import LSTMEvaluator, SlicedEvaluator, mask_evaluator
 from evoprune.core.models.adapter import input_shape, model_spec
 from evoprune.core.units import build_layout
 
