@@ -181,6 +181,10 @@ def _config(context: Any, name: str, patterns: list[str] | None) -> dict:
         return {}
 
 
+END_ATTEMPTS = 5  # tries to end a run still open at exit (the tracking store may be locked for a moment)
+END_RETRY_SECONDS = 1.0
+
+
 class MlflowRunStatusHook:
     """Keeps the MLflow run's status truthful (see ``evoprune.run_status``).
 
@@ -286,8 +290,16 @@ class MlflowRunStatusHook:
             status, reason = run_status.KILLED, f"{self._signal} received: the run was interrupted"
         else:
             status, reason = run_status.FAILED, "the process exited with the run open (an error outside the nodes)"
-        with _logged_failure(f"could not end MLflow run {self._run_id} {status}"):
-            self._end_open_runs(status, reason)
+        # The SQLite store can answer "database is locked" here (seen in 2 of 4 full test runs on a loaded 2-core
+        # machine, SIGTERM mid-run); MLflow's own exit handler could write moments later and ended the run
+        # FINISHED. The lock is transient: try again before giving up.
+        for attempt in range(1, END_ATTEMPTS + 1):
+            with _logged_failure(
+                f"could not end MLflow run {self._run_id} {status} (attempt {attempt}/{END_ATTEMPTS})"
+            ):
+                self._end_open_runs(status, reason)
+                return
+            time.sleep(END_RETRY_SECONDS)
 
     def _end_open_runs(self, status: str, reason: str) -> None:
         """Ends this thread's open runs, and the nested runs of ours that are RUNNING (or that the interrupt

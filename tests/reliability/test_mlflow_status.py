@@ -78,3 +78,36 @@ def test_an_error_in_a_node_ends_the_run_failed_with_the_error(tiny_project):
     (run,) = tracked_runs(tiny_project)
     assert run.info.status == "FAILED"
     assert "train-images-idx3-ubyte" in run.data.tags[END_REASON_TAG]
+
+
+def test_ending_a_run_at_exit_is_retried_while_the_store_is_locked(monkeypatch):
+    import threading
+
+    from evoprune import hooks
+
+    hook = hooks.MlflowRunStatusHook()
+    hook._run_id, hook._signal = "run-1", "SIGTERM"
+    calls = []
+
+    def end(status, reason):
+        calls.append((status, reason))
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(hook, "_end_open_runs", end)
+    monkeypatch.setattr(hooks, "END_RETRY_SECONDS", 0.0)
+    worker = threading.Thread(target=hook._at_exit)  # not the main thread: leaves pytest's signal handlers alone
+    worker.start()
+    worker.join()
+    assert [status for status, _ in calls] == ["KILLED"] * 3  # two locked attempts, then it ended the run
+    calls.clear()
+
+    def always_locked(status, reason):
+        calls.append((status, reason))
+        raise RuntimeError("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(hook, "_end_open_runs", always_locked)
+    worker = threading.Thread(target=hook._at_exit)
+    worker.start()
+    worker.join()
+    assert len(calls) == hooks.END_ATTEMPTS  # gives up after the last attempt, without raising
