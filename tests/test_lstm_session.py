@@ -1,10 +1,13 @@
 """`prune` on a row-sequential LSTM through a real KedroSession: no early exits, hidden units searched,
-pruned physically by our shrinker, fine-tuned, compared with the baselines and reported."""
+pruned physically by our shrinker, fine-tuned, compared with the baselines and reported; then hidden-state
+pruning and dynamic sparse training of its gate matrices on the same run."""
 
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
+from evoprune.datasets import SparseModelDataset
 from tests.conftest import run_tiny_session
 
 pytestmark = pytest.mark.slow
@@ -43,3 +46,24 @@ def test_prune_runs_on_an_lstm_without_early_exits(tiny_project):
     assert (rows["hidden_sparsity"].between(0.2, 0.8)).all() and (rows["flops_ratio"] < 1.0).all()
     assert {"keep", "l1"} <= set(report["method"])  # prune's rows are still there
     assert (reporting / "hidden_state_sparsity.png").is_file()
+
+    lstm_dst = {
+        "dst": {
+            "start_from": "trained",
+            "unstructured": {"alpha": 0.05, "training": {"epochs": 1, "optimizer": "adamw", "train_subset": 2000}},
+            "structured": {"alpha": 0.05, "training": {"epochs": 1, "optimizer": "adamw", "train_subset": 2000}},
+        }
+    }
+    run_tiny_session(tiny_project, "dst", runtime_params=LSTM | lstm_dst)
+    sparse = SparseModelDataset(filepath=str(tiny_project / "data/tiny/06_models/dst_sparse_model.pt")).load()
+    lstm = sparse["model"].lstm
+    for name in ("weight_ih_l0", "weight_hh_l0"):  # the gate matrices are sparse, zeros where the masks drop
+        mask = sparse["weight_masks"][f"lstm.{name}"]
+        assert torch.all(getattr(lstm, name)[~mask] == 0) and 0 < mask.float().mean() < 1
+    report = pd.read_csv(reporting / "report_table.csv")
+    rows = report[report["kind"] == "dst"].set_index("method")
+    assert set(rows.index) == {"dst_unstructured", "magnitude_unstructured", "dst_structured", "l1_at_dst_flops"}
+    assert rows.loc["dst_unstructured", "weights_kept"] < 1.0
+    assert abs(rows.loc["dst_unstructured", "weights_kept"] - rows.loc["magnitude_unstructured", "weights_kept"]) < 1e-3
+    assert rows.loc["dst_unstructured", "nonzero_flops"] < dense_flops
+    assert rows.loc["dst_structured", "units_kept"] <= 8 and rows["test_accuracy"].between(0, 1).all()

@@ -209,12 +209,6 @@ def test_bad_input_to_the_sequence_model_gets_a_clear_error():
     with pytest.raises(SplitError, match="early exits .* do not apply to an LSTM"):
         attach_exits(model, [1])
     from evoprune.core.latency import LatencySettings, profile_latency
-    from evoprune.core.sparse import SparseTrainingConfig, train_sparse
-    from tests.conftest import image_split
-
-    with pytest.raises(ValueError, match="an LSTM's gate matrices are not built yet"):
-        train_sparse(model, image_split(8, 0), None, SparseTrainingConfig(), torch.device("cpu"), 0)
-
     with pytest.raises(ValueError, match="a model with an LSTM is not covered"):
         profile_latency(model, build_layout(model, SHAPE), LatencySettings(), torch.device("cpu"))
     with pytest.raises(ValueError, match="bidirectional"):
@@ -243,3 +237,23 @@ def test_hidden_state_contexts_nest_and_fine_tuning_ramps_its_target():
     thresholds, history = finetune_hidden_state(model, image_split(60, 0), image_split(40, 1), 0.5, 4, cfg, cpu, 0)
     assert history["hidden_sparsity_target"] == pytest.approx([1 / 3, 0.5, 0.5, 0.5, 0.5, 0.5])
     assert len(thresholds) == 1 and thresholds[0] > 0 and "forward" not in model.lstm.__dict__
+
+
+def test_an_activity_penalty_shrinks_the_hidden_state_during_fine_tuning():
+    from evoprune.core.hidden_state import finetune_hidden_state
+    from evoprune.core.lstm import unrolled_lstm_forward
+    from evoprune.core.train import TrainConfig
+    from tests.conftest import image_split
+
+    cfg = TrainConfig(epochs=2, batch_size=20, optimizer="adamw", learning_rate=1e-2)
+    cpu = torch.device("cpu")
+    x = images_to_float(image_split(40, 2)["images"]).flatten(1).view(40, 28, 28)
+    mean_h = {}
+    for weight in (0.0, 1.0):
+        model = _lstm_model(1, hidden=8)
+        finetune_hidden_state(model, image_split(60, 0), image_split(40, 1), 0.3, 4, cfg, cpu, 0, activity_l1=weight)
+        with torch.no_grad():
+            mean_h[weight] = float(unrolled_lstm_forward(model.lstm, x).abs().mean())
+    assert mean_h[1.0] < 0.8 * mean_h[0.0]
+    with pytest.raises(ValueError, match="activity_l1 must be >= 0"):
+        finetune_hidden_state(_lstm_model(), image_split(8, 0), image_split(8, 1), 0.3, 4, cfg, cpu, 0, activity_l1=-1)

@@ -151,8 +151,8 @@ def test_a_diverging_loss_stops_with_the_training_loops_error():
         train_sparse(model, data, None, _config(), CPU, 0)
 
 
-def test_a_model_without_conv_or_linear_layers_is_refused():
-    with pytest.raises(ValueError, match="no conv or linear layer"):
+def test_a_model_without_conv_linear_or_lstm_layers_is_refused():
+    with pytest.raises(ValueError, match="no conv, linear or LSTM layer"):
         UnstructuredThresholds(nn.Sequential(nn.ReLU()))
 
 

@@ -62,12 +62,14 @@ def thresholded_lstm_forward(
     stats: HiddenStateStats | None = None,
     layer_offset: int = 0,
     record: bool = False,
+    activity: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``lstm``'s output sequence with hidden-state groups below ``thresholds[k]`` zeroed in layer k.
 
     Args:
         x: (B, T, F) if ``lstm.batch_first`` else (T, B, F).
         stats: counts are added at index ``layer_offset + k``; ``record`` also keeps the group maxima.
+        activity: while gradients are on, every step's mean |h| after zeroing is appended (for a penalty).
     """
     if len(thresholds) != lstm.num_layers:
         raise ValueError(f"{len(thresholds)} thresholds for an LSTM of {lstm.num_layers} layers")
@@ -85,7 +87,10 @@ def thresholded_lstm_forward(
             maxima[k].append(peak.flatten().cpu())
         keep = (peak >= thresholds[k]).repeat_interleave(group, dim=1)[:, :hidden]
         zeroed[k] += int((~keep).sum())
-        return h * keep
+        kept = h * keep
+        if activity is not None and torch.is_grad_enabled():
+            activity.append(kept.abs().mean())
+        return kept
 
     out = unrolled_lstm_forward(lstm, x, prune)
     if stats is not None:
@@ -113,6 +118,7 @@ def hidden_state_pruning(
     group: int = 4,
     stats: HiddenStateStats | None = None,
     record: bool = False,
+    activity: list[torch.Tensor] | None = None,
 ) -> Iterator[None]:
     """While active, every LSTM of ``model`` runs ``thresholded_lstm_forward``; ``thresholds`` lists one per
     LSTM layer, all LSTMs in order, and is read at every forward (a list changed in place takes effect).
@@ -133,7 +139,7 @@ def hidden_state_pruning(
             if stats is not None:
                 stats.sequences += x.shape[0 if lstm.batch_first else 1] if offset == 0 else 0
             own = [thresholds[offset + k] for k in range(lstm.num_layers)]
-            out = thresholded_lstm_forward(lstm, x, own, group, stats, offset, record)
+            out = thresholded_lstm_forward(lstm, x, own, group, stats, offset, record, activity)
             return out, (None, None)
 
         lstm.forward = forward
@@ -214,6 +220,7 @@ def hidden_state_sweep(
     cfg: TrainConfig | None,
     device: torch.device,
     seed: int,
+    activity_l1: float = 0.0,
 ) -> list[dict[str, float]]:
     """Per target sparsity: hidden-state pruning of ``model`` as it is, and (with ``cfg``) of a copy fine-tuned
     with the pruning in its forward; thresholds from validation, figures on test. ``model`` is not modified.
@@ -238,7 +245,9 @@ def hidden_state_sweep(
             continue
         tuned = copy.deepcopy(model)
         start = time.perf_counter()
-        thresholds, _ = finetune_hidden_state(tuned, train_split, validation_split, target, group, cfg, device, seed)
+        thresholds, _ = finetune_hidden_state(
+            tuned, train_split, validation_split, target, group, cfg, device, seed, activity_l1=activity_l1
+        )
         seconds = time.perf_counter() - start
         row = {"target_sparsity": target, "finetuned": True, **_row(tuned, test_split, thresholds, group, device)}
         rows.append(row | {"finetune_seconds": seconds})
@@ -255,14 +264,19 @@ def finetune_hidden_state(
     device: torch.device,
     seed: int,
     calibration_size: int = 2000,
+    activity_l1: float = 0.0,
 ) -> tuple[list[float], dict]:
     """Train ``model`` in place with hidden-state pruning in its forward. The target sparsity ramps up
     linearly over the first half of the epochs (the thresholds chosen again after each epoch on
     ``calibration_size`` validation images), then holds; the final thresholds come from the whole split.
+    ``activity_l1`` > 0 adds that weight times the mean |h| of the kept hidden state (ours: an activity penalty
+    that pushes small elements toward zero, so zeroing them later costs less).
 
     Returns:
         The thresholds for the trained model, and the training history (with ``hidden_sparsity_target``).
     """
+    if activity_l1 < 0:
+        raise ValueError(f"hidden_state.activity_l1 must be >= 0, got {activity_l1}")
     calibration = {k: v[:calibration_size] for k, v in validation_split.items()}
     ramp_epochs = max(1, math.ceil(cfg.epochs / 2))
 
@@ -275,7 +289,14 @@ def finetune_hidden_state(
         thresholds[:] = calibrate_thresholds(model, calibration, target(epoch + 1), group, device)
         return {"hidden_sparsity_target": target(epoch + 1)}
 
-    with hidden_state_pruning(model, thresholds, group):
+    activity: list[torch.Tensor] = []
+
+    def penalty() -> torch.Tensor:
+        value = activity_l1 * torch.stack(activity).mean()
+        activity.clear()
+        return value
+
+    with hidden_state_pruning(model, thresholds, group, activity=activity if activity_l1 > 0 else None):
         history = train(
             model,
             train_split,
@@ -284,7 +305,7 @@ def finetune_hidden_state(
             device,
             seed,
             f"hidden-state {sparsity:.0%}",
-            extras=TrainingExtras(after_epoch=after_epoch),
+            extras=TrainingExtras(penalty=penalty if activity_l1 > 0 else None, after_epoch=after_epoch),
         )
     return calibrate_thresholds(model, validation_split, sparsity, group, device), history
 

@@ -143,7 +143,7 @@ def masked_lstm_forward(lstm: nn.LSTM, x: torch.Tensor, masks: list[torch.Tensor
     return unrolled_lstm_forward(lstm, x, lambda k, h: h * masks[k].to(h.dtype))
 
 
-def _steps(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> int:
+def lstm_steps(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> int:
     """Time steps the LSTM ``name`` runs for one sample, read from a forward."""
     module = dict(model.named_modules())[name]
     seen: list[int] = []
@@ -167,6 +167,19 @@ def _consumers(model: nn.Module, lstm: nn.LSTM) -> list[str]:
     ]
 
 
+def unit_readers(model: nn.Module) -> dict[str, tuple[nn.LSTM, int, list[tuple[nn.Module, str]]]]:
+    """Per layout group (``<lstm>.l{k}``): the LSTM, k, and the weights whose columns read the layer's hidden
+    state, as (module, attribute): its own ``weight_hh_l{k}``, then the next layer's ``weight_ih_l{k+1}`` or the
+    consumers' ``weight``. Zeroing a unit's columns in all of them is removing the unit."""
+    out = {}
+    for name, lstm in lstm_modules(model):
+        consumers = [(model.get_submodule(c), "weight") for c in _consumers(model, lstm)]
+        for k in range(lstm.num_layers):
+            after = [(lstm, f"weight_ih_l{k + 1}")] if k + 1 < lstm.num_layers else consumers
+            out[f"{name}.l{k}"] = (lstm, k, [(lstm, f"weight_hh_l{k}"), *after])
+    return out
+
+
 def lstm_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLayout:
     """The chromosome layout of a model with LSTMs: one block of bits per LSTM layer (its hidden units);
     costs of the gate matrices analytic (2 FLOPs per multiply-add per step), of the other layers from the
@@ -177,7 +190,7 @@ def lstm_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLay
     consumer_bits: dict[str, np.ndarray] = {}
     offset = 0
     for name, lstm in lstms:
-        steps = _steps(model, name, input_shape)
+        steps = lstm_steps(model, name, input_shape)
         previous = np.full(lstm.input_size, -1)
         for k in range(lstm.num_layers):
             bits = offset + np.arange(lstm.hidden_size)

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from evoprune.core.models.adapter import input_shape
-from evoprune.core.sparse.thresholds import StructuredThresholds, UnstructuredThresholds
+from evoprune.core.lstm import lstm_modules, lstm_steps
+from evoprune.core.sparse.thresholds import StructuredThresholds, UnstructuredThresholds, sparse_weights
 from evoprune.core.train import TrainConfig, TrainingExtras, train
 from evoprune.core.units import build_layout, flops_per_layer
 
@@ -96,13 +97,7 @@ def train_sparse(
 
     Raises:
         TrainingDivergedError: the loss became NaN/inf (the training loop's clear error).
-        ValueError: the model has an LSTM (its gate matrices have no thresholds yet: only the head would be sparse).
     """
-    if any(isinstance(m, nn.LSTM) for m in model.modules()):
-        raise ValueError(
-            "dynamic sparse training covers conv and linear weights; an LSTM's gate matrices are not built yet "
-            "(issue 15), so only its head would become sparse. Run dst on a CNN or MLP environment."
-        )
     model.to(device)
     if cfg.mode == "structured":
         layout = build_layout(model, input_shape(model))
@@ -164,23 +159,31 @@ def train_sparse(
 
 @torch.no_grad()
 def nonzero_flops(model: nn.Module) -> dict[str, float]:
-    """FLOPs of one sample as a sparse kernel would count them (only non-zero weights multiply), per conv/linear
-    layer and in ``total``; a dense layer counts what torch's FLOP counter counts."""
+    """FLOPs of one sample as a sparse kernel would count them (only non-zero weights multiply), per weight
+    matrix (``sparse_weights``' names) and in ``total``. A conv/linear layer counts what torch's FLOP counter
+    counts, times its share of non-zero weights; an LSTM gate matrix 2 FLOPs per non-zero weight per step (the
+    layout's analytic count; the gates' element-wise work is left out, as there)."""
     names = {m: n for n, m in model.named_modules()}
+    shape = input_shape(model)
     was_training = model.training
     model.eval()
-    per_layer = flops_per_layer(model, torch.zeros(1, *input_shape(model), device=next(model.parameters()).device))
+    per_layer = flops_per_layer(model, torch.zeros(1, *shape, device=next(model.parameters()).device))
     model.train(was_training)
     out = {names[m]: flops * float((m.weight != 0).float().mean()) for m, flops in per_layer.items()}
+    for name, lstm in lstm_modules(model):
+        steps = lstm_steps(model, name, shape)
+        for attribute in lstm._flat_weights_names:
+            if attribute.startswith("weight_"):
+                out[f"{name}.{attribute}"] = 2.0 * steps * int((getattr(lstm, attribute) != 0).sum())
     out["total"] = sum(out.values())
     return out
 
 
 def weight_sparsity(model: nn.Module) -> dict[str, float]:
-    """Share of zero weights per conv/linear layer and over all of them (``total``)."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    zeros = {n: int((m.weight == 0).sum()) for n, m in layers.items()}
-    sizes = {n: m.weight.numel() for n, m in layers.items()}
-    out = {n: zeros[n] / sizes[n] for n in layers}
-    out["total"] = sum(zeros.values()) / sum(sizes.values())
+    """Share of zero weights per masked weight matrix (``sparse_weights``: conv/linear weights, LSTM gate
+    matrices) and over all of them (``total``)."""
+    weights = {n: getattr(m, a) for n, (m, a) in sparse_weights(model).items()}
+    zeros = {n: int((w == 0).sum()) for n, w in weights.items()}
+    out = {n: zeros[n] / weights[n].numel() for n in weights}
+    out["total"] = sum(zeros.values()) / sum(w.numel() for w in weights.values())
     return out

@@ -9,27 +9,27 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from evoprune.core.sparse.thresholds import sparse_layers
+from evoprune.core.sparse.thresholds import sparse_weights
 from evoprune.core.train import TrainConfig, train
 
 
 def global_magnitude_prune(model: nn.Module, kept_share: float) -> nn.Module:
-    """A copy of ``model`` whose conv/linear weights keep the ``kept_share`` largest |w| over the whole network
+    """A copy of ``model`` whose conv/linear weights and LSTM gate matrices keep the ``kept_share`` largest |w| over the whole network
     (``prune.global_unstructured`` with ``L1Unstructured``); the pruning stays attached (``weight_orig`` x
     ``weight_mask``), so training the copy keeps the pruned weights at zero. ``bake`` makes it plain again."""
     if not 0.0 < kept_share <= 1.0:
         raise ValueError(f"kept_share must lie in (0, 1], got {kept_share}")
     pruned = copy.deepcopy(model)
-    targets = [(layer, "weight") for layer in sparse_layers(pruned).values()]
+    targets = list(sparse_weights(pruned).values())
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=1.0 - kept_share)
     return pruned
 
 
 def bake(model: nn.Module) -> nn.Module:
     """Make the pruning of ``global_magnitude_prune`` permanent (plain ``weight`` tensors with zeros)."""
-    for layer in sparse_layers(model).values():
-        if prune.is_pruned(layer):
-            prune.remove(layer, "weight")
+    for module, attribute in sparse_weights(model).values():
+        if hasattr(module, f"{attribute}_orig"):
+            prune.remove(module, attribute)
     return model
 
 

@@ -35,7 +35,8 @@ class DSTParams(BaseModel):
     structured: SparseTrainingConfig = Field(
         default_factory=lambda: SparseTrainingConfig(mode="structured", controller=ControllerConfig(target_kept=0.25))
     )
-    # magnitude baseline's fine-tune epochs; null: DST's epochs minus train_dense's (equal total epochs), at least 1
+    # magnitude baseline's fine-tune epochs; null: equal total epochs (from init: DST's epochs minus train_dense's,
+    # at least 1; from the trained weights: DST's epochs)
     magnitude_finetune_epochs: PositiveInt | None = None
 
     @model_validator(mode="after")
@@ -45,9 +46,11 @@ class DSTParams(BaseModel):
         return self
 
     def magnitude_training(self, finetune: TrainConfig, dense_epochs: int) -> TrainConfig:
-        """The magnitude baseline's fine-tune: ``finetune`` for ``magnitude_finetune_epochs``, by default DST's
-        epochs minus the dense network's (equal total epochs), at least 1."""
-        epochs = self.magnitude_finetune_epochs or max(1, self.unstructured.training.epochs - dense_epochs)
+        """The magnitude baseline's fine-tune: ``finetune`` for ``magnitude_finetune_epochs``, by default as many
+        epochs as make its total equal DST's (DST from θ0: DST's minus the dense network's, at least 1; DST from
+        the trained weights: DST's)."""
+        already = dense_epochs if self.start_from == "init" else 0
+        epochs = self.magnitude_finetune_epochs or max(1, self.unstructured.training.epochs - already)
         return finetune.model_copy(update={"epochs": epochs})
 
 

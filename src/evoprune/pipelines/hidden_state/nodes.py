@@ -28,6 +28,7 @@ class HiddenStateParams(BaseModel):
     sparsities: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7], min_length=1)  # target shares zeroed
     group: PositiveInt = 4  # consecutive hidden units zeroed together (the paper's 4)
     finetune: bool = True  # also fine-tune a copy with the pruning in its forward
+    activity_l1: float = Field(0.0, ge=0.0)  # fine-tune penalty on the mean |h| kept (ours); 0: none
     training: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=3, optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4)
     )
@@ -59,7 +60,9 @@ def prune_hidden_states(
         )
     cfg = params.training if params.finetune else None
     splits = (train_split, validation_split, test_split)
-    rows = hidden_state_sweep(dense_model, splits, params.sparsities, params.group, cfg, resolve_device(device), seed)
+    rows = hidden_state_sweep(
+        dense_model, splits, params.sparsities, params.group, cfg, resolve_device(device), seed, params.activity_l1
+    )
     accuracy = dense_measurements[final_exit_key(dense_measurements, ".test_accuracy")]
     table = pd.DataFrame(report_rows(rows, dense_measurements["flops"], accuracy)).assign(kind="hidden_state")
     metrics = {
