@@ -22,8 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
-from evoprune.core.models.adapter import input_shape
 from evoprune.core.lstm import lstm_modules, lstm_steps
+from evoprune.core.models.adapter import input_shape
 from evoprune.core.sparse.thresholds import StructuredThresholds, UnstructuredThresholds, sparse_weights
 from evoprune.core.train import TrainConfig, TrainingExtras, train
 from evoprune.core.units import build_layout, flops_per_layer
