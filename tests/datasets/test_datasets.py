@@ -182,3 +182,22 @@ def test_sparse_model_round_trip_keeps_zeros_and_masks(tmp_path):
     torch.save(ckpt, tmp_path / "sparse.pt")
     with pytest.raises(DatasetError, match=r"weight masks do not fit the network \(layers \['head.1'\]\); re-run dst"):
         ds.load()
+
+
+def test_a_sparse_lstm_round_trips_with_masks_on_its_gate_matrices(tmp_path):
+    from evoprune.core.sparse.magnitude import bake, global_magnitude_prune
+    from evoprune.datasets import SparseModelDataset
+
+    torch.manual_seed(0)
+    model = bake(global_magnitude_prune(build_model({"name": "lstm_seq", "hidden_size": 8}), 0.2))
+    masks = {f"lstm.{n}": getattr(model.lstm, n) != 0 for n in ("weight_ih_l0", "weight_hh_l0")}
+    ds = SparseModelDataset(filepath=str(tmp_path / "sparse.pt"))
+    ds.save({"model": model, "weight_masks": masks | {"head": model.head.weight != 0}})
+    loaded = ds.load()
+    assert torch.equal(loaded["weight_masks"]["lstm.weight_hh_l0"], masks["lstm.weight_hh_l0"])
+    assert torch.equal(loaded["model"].lstm.weight_hh_l0, model.lstm.weight_hh_l0)
+    ckpt = torch.load(tmp_path / "sparse.pt", weights_only=True)
+    ckpt["weight_masks"]["lstm.weight_hh_l0"] = torch.ones(8, 8, dtype=torch.bool)  # gate rows missing
+    torch.save(ckpt, tmp_path / "sparse.pt")
+    with pytest.raises(DatasetError, match=r"do not fit the network \(layers \['lstm.weight_hh_l0'\]\)"):
+        ds.load()

@@ -9,6 +9,7 @@ from torch import nn
 
 from evoprune.core.exits import build_network
 from evoprune.core.models.adapter import CheckpointMismatchError, rebuild_checked
+from evoprune.core.sparse.thresholds import sparse_weights
 from evoprune.datasets._file_dataset import TorchFileDataset
 
 CHECKPOINT_FORMAT = "evoprune.model/1"
@@ -65,8 +66,8 @@ SPARSE_FORMAT = "evoprune.sparse_model/1"
 
 class SparseModelDataset(TorchFileDataset):
     """``{"model": nn.Module, "weight_masks": {layer: bool tensor}}`` <-> one file without pickle: the network
-    as dense tensors (zeros where pruned; spec + state_dict, like ``TorchModelDataset``) and each conv/linear
-    layer's keep mask (the shape of its weight)."""
+    as dense tensors (zeros where pruned; spec + state_dict, like ``TorchModelDataset``) and the keep mask of
+    each masked weight (``core.sparse.thresholds.sparse_weights``: conv/linear layers, LSTM gate matrices)."""
 
     def load(self) -> dict[str, Any]:
         payload: Any = self._read()
@@ -80,12 +81,12 @@ class SparseModelDataset(TorchFileDataset):
             )
         except Exception as exc:
             raise DatasetError(f"Cannot rebuild the sparse model of {self._filepath}: {exc} Re-run dst.") from exc
-        layers = dict(model.named_modules())
+        weights = {name: getattr(module, attribute) for name, (module, attribute) in sparse_weights(model).items()}
         masks = payload.get("weight_masks")
         bad = [
             name
             for name, mask in (masks or {}).items()
-            if name not in layers or tuple(mask.shape) != tuple(layers[name].weight.shape)
+            if name not in weights or tuple(mask.shape) != tuple(weights[name].shape)
         ]
         if not isinstance(masks, dict) or bad:
             raise DatasetError(f"{self._filepath}: weight masks do not fit the network (layers {bad}); re-run dst.")
