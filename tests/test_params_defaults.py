@@ -21,6 +21,7 @@ from evoprune.pipelines.data_preparation.nodes import DataPreparationParams
 from evoprune.pipelines.dst.nodes import DSTParams
 from evoprune.pipelines.hidden_state.nodes import HiddenStateParams
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
+from evoprune.pipelines.scoring_net.nodes import ScoringNetParams
 from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 from tests.conftest import PROJECT_ROOT
 
@@ -33,6 +34,7 @@ PARAMS_CLASSES = {
     "baselines": BaselinesParams,
     "dst": DSTParams,
     "hidden_state": HiddenStateParams,
+    "scoring_net": ScoringNetParams,
 }
 
 

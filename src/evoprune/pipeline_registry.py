@@ -17,6 +17,7 @@ from evoprune.pipelines import (
     hidden_state,
     mask_search,
     report,
+    scoring_net,
     train_dense,
 )
 
@@ -54,11 +55,13 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         Each stage by its folder name, ``prune`` (all stages) and ``__default__`` (= ``prune``); beside them
         ``dst`` (dynamic sparse training after a prune run, then the report again with its rows) and
-        ``hidden_state`` (hidden-state pruning of an LSTM after a prune run, then the report again).
+        ``hidden_state`` (hidden-state pruning of an LSTM after a prune run, then the report again) and
+        ``scoring_net`` (a learned criterion's masks at the members' budgets after a prune run, then the report).
     """
     pipelines = {name: as_stage(name, create()) for name, create in PRUNE_STAGES.items()}
     pipelines["prune"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["prune"]
     pipelines["dst"] = as_stage("dst", dst.create_pipeline()) + pipelines["report"]
     pipelines["hidden_state"] = as_stage("hidden_state", hidden_state.create_pipeline()) + pipelines["report"]
+    pipelines["scoring_net"] = as_stage("scoring_net", scoring_net.create_pipeline()) + pipelines["report"]
     return pipelines

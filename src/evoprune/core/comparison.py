@@ -192,40 +192,64 @@ def prune_to_member_budgets(
         criteria: name -> importance criterion (``evoprune.core.importance``), e.g. ``{"l1": GroupL1(...)}``.
         splits: train, validation and test split.
     """
-    train_split, validation_split, test_split = splits
-    shape = input_shape(trained)
-    layout = build_layout(trained, shape)
+    layout = build_layout(trained, input_shape(trained))
     budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
     out = []
     for name, criterion in criteria.items():
         scores = criterion(trained, layout)
-        for member, budget in zip(member_ids, budgets, strict=True):
-            mask = mask_within_budget(layout, scores, float(budget), *unit_limits)
-            model = prune_physically(trained, layout, mask, shape)
-            history = train(
+        fitted = np.stack([mask_within_budget(layout, scores, float(b), *unit_limits) for b in budgets])
+        out += finetune_criterion_masks(
+            trained, layout, fitted, member_ids, budgets, name, splits, policy, dense_measurements, params, seed, device
+        )
+    return out
+
+
+def finetune_criterion_masks(
+    trained: nn.Module,
+    layout: ChromosomeLayout,
+    masks: np.ndarray,
+    member_ids: Sequence[int],
+    budgets: Sequence[float],
+    criterion: str,
+    splits: tuple[Split, Split, Split],
+    policy: tuple[float, str],
+    dense_measurements: dict[str, float],
+    params: FinetuneParams,
+    seed: int,
+    device: torch.device,
+) -> list[MeasuredModel]:
+    """Each of a criterion's ``masks`` (one per member, fitted to its FLOPs ``budgets``): the trained network
+    pruned physically to it, fine-tuned exactly like the members (``params.training``) and measured, labelled
+    ``criterion``, ``member`` and ``flops_budget``."""
+    train_split, validation_split, test_split = splits
+    shape = input_shape(trained)
+    out = []
+    for member, budget, mask in zip(member_ids, budgets, masks, strict=True):
+        model = prune_physically(trained, layout, mask, shape)
+        history = train(
+            model,
+            train_split,
+            validation_split,
+            params.training,
+            device,
+            seed,
+            f"baseline[{criterion}] budget of member {member}",
+            params.loss_weights,
+        )
+        labels = {"criterion": criterion, "member": int(member), "flops_budget": float(budget)}
+        out.append(
+            measure_against_dense(
                 model,
-                train_split,
-                validation_split,
-                params.training,
+                history,
+                trained,
+                mask,
+                layout,
+                test_split,
+                policy,
+                params.measurement,
+                dense_measurements,
                 device,
-                seed,
-                f"baseline[{name}] budget of member {member}",
-                params.loss_weights,
+                labels,
             )
-            labels = {"criterion": name, "member": int(member), "flops_budget": float(budget)}
-            out.append(
-                measure_against_dense(
-                    model,
-                    history,
-                    trained,
-                    mask,
-                    layout,
-                    test_split,
-                    policy,
-                    params.measurement,
-                    dense_measurements,
-                    device,
-                    labels,
-                )
-            )
+        )
     return out

@@ -10,6 +10,7 @@ from evoprune.datasets.members_dataset import FinetunedMembersDataset, PrunedMem
 from evoprune.datasets.method_results_dataset import MethodResultsDataset
 from evoprune.datasets.mlflow_child_runs_dataset import MlflowChildRunsDataset
 from evoprune.datasets.raw_images_dataset import RawImagesDataset
+from evoprune.datasets.scoring_net_dataset import ScoringNetDataset
 from evoprune.datasets.tensor_dataset import TensorDictDataset
 from evoprune.datasets.torch_model_dataset import SparseModelDataset, TorchModelDataset
 
@@ -23,6 +24,7 @@ __all__ = [
     "MlflowChildRunsDataset",
     "PrunedMembersDataset",
     "RawImagesDataset",
+    "ScoringNetDataset",
     "SparseModelDataset",
     "TensorDictDataset",
     "TorchModelDataset",

@@ -11,6 +11,7 @@ from evoprune.core.scoring_net.features import (
     FEATURE_VERSION,
     at_budget,
     group_flops_share,
+    split_features,
     unit_features,
 )
 from evoprune.core.scoring_net.gates import SoftFlops, check_budget, hard_mask_accuracy, unit_gates
@@ -38,6 +39,7 @@ __all__ = [
     "ScoringNet",
     "ScoringNetConfig",
     "ScoringNetResult",
+    "split_features",
     "SoftFlops",
     "at_budget",
     "check_budget",

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evoprune.core.data import images_to_float
 from evoprune.core.scoring_net.gates import check_budget, check_gateable
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import ChromosomeLayout
@@ -174,3 +175,17 @@ def unit_features(
     if bad:
         raise ValueError(f"features {bad} are not finite; check the model's weights and the calibration images.")
     return out.float()
+
+
+def split_features(
+    model: nn.Module, layout: ChromosomeLayout, split: dict[str, torch.Tensor], images: int, seed: int
+) -> torch.Tensor:
+    """``unit_features`` of ``model`` on ``images`` images drawn from ``split`` with ``seed`` (uint8 images as the
+    pipelines hold them; budget column 0.5, replaced by ``at_budget`` / ``mask_at_budget``)."""
+    if not split["labels"].numel():
+        raise ValueError("the split is empty; the Scoring Net's features need calibration images.")
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+    pick = torch.as_tensor(rng.choice(split["labels"].shape[0], min(images, split["labels"].shape[0]), replace=False))
+    x = images_to_float(split["images"][pick].to(device))
+    return unit_features(model, layout, x, split["labels"][pick].to(device), 0.5)

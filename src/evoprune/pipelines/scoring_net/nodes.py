@@ -1,0 +1,107 @@
+"""Nodes of scoring_net: train the Scoring Net on the trained network (``evoprune.core.scoring_net``), then prune
+to the selected members' FLOPs with its masks, fine-tune and measure them exactly like the baselines."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from evoprune.core.comparison import early_exit_policy, finetune_criterion_masks, unpack_members
+from evoprune.core.exits import input_shape
+from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.runtime import resolve_device
+from evoprune.core.scoring_net import (
+    ScoringNet,
+    ScoringNetConfig,
+    mask_at_budget,
+    split_features,
+    train_scoring_net,
+)
+from evoprune.core.units import build_layout
+from evoprune.tracking import to_mlflow_metrics
+
+Split = dict[str, torch.Tensor]
+
+
+class ScoringNetParams(BaseModel):
+    """conf/base/parameters_scoring_net.yml"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training: ScoringNetConfig = Field(default_factory=ScoringNetConfig)  # stages, losses, optimisers, features
+
+
+def train_criterion(
+    multi_exit_model: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    params: ScoringNetParams,
+    seed: int,
+    device: str,
+) -> tuple[ScoringNet, dict[str, object], dict[str, object]]:
+    """The trained Scoring Net (saved as weights + feature spec), its history (per stage: wall time, losses, hard-mask
+    accuracy at the evaluation budgets) and MLflow metrics."""
+    result = train_scoring_net(
+        multi_exit_model, train_split, params.training, seed, validation_split, device=resolve_device(device)
+    )
+    metrics: dict[str, object] = {"train.feature_seconds": result.history["feature_seconds"]}
+    for k, stage in enumerate(result.history["stages"]):
+        prefix = f"train.stage{k + 1}_{stage['stage']}"
+        metrics[f"{prefix}.seconds"] = stage["seconds"]
+        metrics[f"{prefix}.loss"] = stage["loss"]
+        for budget, accuracy in stage.get("accuracy_at_budget", {}).items():
+            metrics[f"{prefix}.accuracy_at_{round(100 * float(budget))}pct"] = accuracy
+    return result.net.cpu(), result.history, to_mlflow_metrics(metrics)
+
+
+def prune_with_scoring_net(
+    scoring_net: ScoringNet,
+    selected_members: dict[str, object],
+    train_split: Split,
+    validation_split: Split,
+    test_split: Split,
+    early_exit_operating_point: dict[str, object],
+    dense_measurements: dict[str, float],
+    finetune: FinetuneParams,
+    params: ScoringNetParams,
+    max_pruning_ratio: float,
+    round_to: int,
+    seed: int,
+    device: str,
+) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
+    """``method_results["scoring_net"]``: per selected member, the trained network pruned to the member's FLOPs
+    by the Scoring Net's mask (``mask_seconds``: features + scoring + budget fitting), fine-tuned like the
+    members and measured; and its metrics (``<member>.<metric>``)."""
+    trained, masks, ids = unpack_members(selected_members)
+    layout = build_layout(trained, input_shape(trained))
+    budgets = layout.cost(masks)["flops"] / layout.dense_flops
+    start = time.perf_counter()
+    features = split_features(trained, layout, train_split, params.training.feature_images, seed)
+    fitted = np.stack(
+        [mask_at_budget(scoring_net, features, layout, float(b), max_pruning_ratio, round_to) for b in budgets]
+    )
+    mask_seconds = (time.perf_counter() - start) / len(budgets)
+    splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
+    measured = finetune_criterion_masks(
+        trained,
+        layout,
+        fitted,
+        ids,
+        budgets,
+        "scoring_net",
+        splits,
+        policy,
+        dense_measurements,
+        finetune,
+        seed,
+        resolve_device(device),
+    )
+    rows = [{**m.row, "kind": "scoring_net", "method": "scoring_net", "mask_seconds": mask_seconds} for m in measured]
+    metrics = {f"member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()}
+    metrics["mask_seconds"] = mask_seconds
+    return {"scoring_net": pd.DataFrame(rows).drop(columns=["criterion"], errors="ignore")}, to_mlflow_metrics(metrics)
