@@ -12,8 +12,8 @@ from evoprune.core.reinit import VARIANTS
 from evoprune.pipeline_registry import PRUNE_STAGES, register_pipelines
 from tests.conftest import run_tiny_session
 from tests.dst_check import assert_dst_runs_after_prune
-from tests.scoring_net_check import assert_scoring_net_runs_after_prune
 from tests.notebook_check import assert_notebook_explores
+from tests.scoring_net_check import assert_scoring_net_runs_after_prune
 
 pytestmark = pytest.mark.slow
 
