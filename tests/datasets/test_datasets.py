@@ -201,3 +201,22 @@ def test_a_sparse_lstm_round_trips_with_masks_on_its_gate_matrices(tmp_path):
     torch.save(ckpt, tmp_path / "sparse.pt")
     with pytest.raises(DatasetError, match=r"do not fit the network \(layers \['lstm.weight_hh_l0'\]\)"):
         ds.load()
+
+
+def test_a_scoring_net_round_trips_and_one_of_another_feature_version_is_refused(tmp_path):
+    from evoprune.core.scoring_net import FEATURE_NAMES, ScoringNet
+    from evoprune.datasets import ScoringNetDataset
+
+    torch.manual_seed(0)
+    net = ScoringNet(hidden=(8,))
+    ds = ScoringNetDataset(filepath=str(tmp_path / "net.pt"))
+    ds.save(net)
+    features = torch.randn(5, len(FEATURE_NAMES))
+    assert torch.equal(ds.load().scores(features), net.scores(features))
+    state = torch.load(tmp_path / "net.pt", weights_only=True)
+    state["feature_version"] = "evoprune.scoring_net.features/0"
+    torch.save(state, tmp_path / "net.pt")
+    with pytest.raises(DatasetError, match="does not match this version.*retrain the Scoring Net"):
+        ds.load()
+    with pytest.raises(DatasetError, match="saves a ScoringNet"):
+        ds.save({"weights": torch.zeros(1)})

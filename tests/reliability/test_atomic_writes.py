@@ -21,6 +21,7 @@ from evoprune.datasets import (
     AtomicJSONDataset,
     AtomicMatplotlibDataset,
     ExportedModelsDataset,
+    ScoringNetDataset,
     TensorDictDataset,
     TorchModelDataset,
 )
@@ -59,6 +60,12 @@ def _model(tmp: Path):
     return TorchModelDataset(filepath=str(tmp / "model.pt")), build_model(TINY_NET), build_model({"name": "lenet5"})
 
 
+def _scoring_net(tmp: Path):
+    from evoprune.core.scoring_net import ScoringNet
+
+    return ScoringNetDataset(filepath=str(tmp / "net.pt")), ScoringNet(hidden=(2,)), ScoringNet(hidden=(512, 512))
+
+
 def _mlflow_wrapped_csv(tmp: Path):
     """The catalog's artifacts wrap our datasets in kedro-mlflow's MlflowArtifactDataset (logging off here)."""
     dataset = MlflowArtifactDataset(
@@ -68,7 +75,7 @@ def _mlflow_wrapped_csv(tmp: Path):
     return dataset, pd.DataFrame({"a": [1]}), pd.DataFrame({"a": range(9000)})
 
 
-CASES = [_csv, _json, _png, _tensors, _model, _mlflow_wrapped_csv]
+CASES = [_csv, _json, _png, _tensors, _model, _scoring_net, _mlflow_wrapped_csv]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda f: f.__name__.strip("_"))
@@ -151,6 +158,7 @@ ATOMIC = {
         "FinetunedMembersDataset",
         "ExportedModelsDataset",
         "SparseModelDataset",
+        "ScoringNetDataset",
         "MethodResultsDataset",
     )
 }
