@@ -369,3 +369,37 @@ def test_an_lstm_layout_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="LSTM models are not supported"):
         with unit_gates(nn.Identity(), layout, torch.ones(4)):
             pass
+
+
+def test_the_digits_are_a_real_28_by_28_uint8_dataset_split_by_seed():
+    from evoprune.core.scoring_net import digits_split
+
+    train_split, test_split = digits_split(seed=0)
+    assert train_split["images"].shape[1:] == (28, 28) and train_split["images"].dtype == torch.uint8
+    assert len(train_split["labels"]) + len(test_split["labels"]) == 1797
+    assert set(test_split["labels"].tolist()) == set(range(10)) and int(train_split["images"].max()) > 200
+    again, _ = digits_split(seed=0)
+    other, _ = digits_split(seed=1)
+    assert torch.equal(again["labels"], train_split["labels"]) and not torch.equal(
+        other["labels"], train_split["labels"]
+    )
+
+
+def test_zero_shot_transfer_scores_both_criteria_at_each_budget_on_another_model():
+    from evoprune.core.scoring_net import zero_shot_comparison
+
+    torch.manual_seed(0)
+    net = ScoringNet(hidden=(8,))
+    model = build_model({"name": "vgg", "stages": [[4], [8]], "fc_features": [16]}).eval()  # not the net's model
+    split = image_split(64, 0)
+    rows = zero_shot_comparison(net, model, split, image_split(32, 1), [0.3, 0.6], seed=0, feature_images=32)
+    assert [(r["budget"], r["method"]) for r in rows] == [
+        (0.3, "scoring_net"),
+        (0.3, "l1"),
+        (0.6, "scoring_net"),
+        (0.6, "l1"),
+    ]
+    assert all(r["flops_ratio"] <= r["budget"] + 1e-9 and 0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    assert rows[0]["units_kept"] < rows[2]["units_kept"]  # a larger budget keeps more units
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        zero_shot_comparison(net, model, split, split, [1.5], seed=0)

@@ -30,6 +30,7 @@ from evoprune.core.scoring_net.training import (
     fit_to_targets,
     train_scoring_net,
 )
+from evoprune.core.scoring_net.transfer import digits_split, zero_shot_comparison
 
 __all__ = [
     "FEATURE_NAMES",
@@ -39,6 +40,8 @@ __all__ = [
     "ScoringNet",
     "ScoringNetConfig",
     "ScoringNetResult",
+    "digits_split",
+    "zero_shot_comparison",
     "split_features",
     "SoftFlops",
     "at_budget",
