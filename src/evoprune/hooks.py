@@ -218,6 +218,14 @@ class MlflowRunStatusHook:
         self._adopt_active_run()
         return result
 
+    @hook_impl
+    def before_node_run(self) -> None:
+        """Interrupts again at the next node when a signal's ``KeyboardInterrupt`` was swallowed on its way (raised
+        where Python ignores exceptions, e.g. in a finaliser: seen once in a fresh-clone test run, where a SIGINT
+        right after the first node left the whole run to finish FINISHED)."""
+        if self._signal:
+            raise KeyboardInterrupt(f"{self._signal} received")
+
     @hook_impl(wrapper=True)
     def on_pipeline_error(self, error: Exception):
         """Tags the run with the error before kedro-mlflow ends it FAILED."""

@@ -111,3 +111,13 @@ def test_ending_a_run_at_exit_is_retried_while_the_store_is_locked(monkeypatch):
     worker.start()
     worker.join()
     assert len(calls) == hooks.END_ATTEMPTS  # gives up after the last attempt, without raising
+
+
+def test_a_signal_whose_interrupt_was_swallowed_stops_the_run_at_the_next_node():
+    from evoprune import hooks
+
+    hook = hooks.MlflowRunStatusHook()
+    hook.before_node_run()  # no signal: nodes run
+    hook._signal = "SIGINT"  # the handler ran, but its KeyboardInterrupt was lost (e.g. raised in a finaliser)
+    with pytest.raises(KeyboardInterrupt, match="SIGINT received"):
+        hook.before_node_run()
