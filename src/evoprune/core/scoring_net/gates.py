@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evoprune.core.masking import population_masks
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import ChromosomeLayout
 
@@ -64,21 +65,8 @@ def unit_gates(model: nn.Module, layout: ChromosomeLayout, gates: torch.Tensor) 
     check_gateable(layout)
     if gates.shape != (layout.num_bits,):
         raise ValueError(f"gates have shape {tuple(gates.shape)}, the layout expects ({layout.num_bits},)")
-    modules = dict(model.named_modules())
-    handles = []
-    for group in layout.groups:
-        block = gates[group.offset : group.offset + group.size]
-
-        def hook(_module, _inputs, output: torch.Tensor, block=block) -> torch.Tensor:
-            scale = block.to(output.device, output.dtype)
-            return output * scale.view(1, -1, *([1] * (output.dim() - 2)))  # (B, C, ...) * (1, C, 1, ...)
-
-        handles += [modules[name].register_forward_hook(hook) for name in group.mask_modules]
-    try:
+    with population_masks(model, layout, gates[None]):  # one tile: the whole batch under these gates
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class SoftFlops:

@@ -3,26 +3,16 @@ to the selected members' FLOPs with its masks, fine-tune and measure them exactl
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from evoprune.core.comparison import early_exit_policy, finetune_criterion_masks, unpack_members
-from evoprune.core.exits import input_shape
+from evoprune.core.comparison import early_exit_policy, unpack_members
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.runtime import resolve_device
-from evoprune.core.scoring_net import (
-    ScoringNet,
-    ScoringNetConfig,
-    mask_at_budget,
-    split_features,
-    train_scoring_net,
-)
-from evoprune.core.units import build_layout
+from evoprune.core.scoring_net import ScoringNet, ScoringNetConfig, train_scoring_net
+from evoprune.core.scoring_net.compare import prune_to_member_budgets_by_scoring_net
 from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
@@ -78,30 +68,13 @@ def prune_with_scoring_net(
     by the Scoring Net's mask (``mask_seconds``: features + scoring + budget fitting), fine-tuned like the
     members and measured; and its metrics (``<member>.<metric>``)."""
     trained, masks, ids = unpack_members(selected_members)
-    layout = build_layout(trained, input_shape(trained))
-    budgets = layout.cost(masks)["flops"] / layout.dense_flops
-    start = time.perf_counter()
-    features = split_features(trained, layout, train_split, params.training.feature_images, seed)
-    fitted = np.stack(
-        [mask_at_budget(scoring_net, features, layout, float(b), max_pruning_ratio, round_to) for b in budgets]
-    )
-    mask_seconds = (time.perf_counter() - start) / len(budgets)
     splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
-    measured = finetune_criterion_masks(
-        trained,
-        layout,
-        fitted,
-        ids,
-        budgets,
-        "scoring_net",
-        splits,
-        policy,
-        dense_measurements,
-        finetune,
-        seed,
-        resolve_device(device),
+    limits, images, dev = (max_pruning_ratio, round_to), params.training.feature_images, resolve_device(device)
+    measured, mask_seconds = prune_to_member_budgets_by_scoring_net(
+        scoring_net, trained, masks, ids, splits, policy, dense_measurements, finetune, limits, images, seed, dev
     )
     rows = [{**m.row, "kind": "scoring_net", "method": "scoring_net", "mask_seconds": mask_seconds} for m in measured]
-    metrics = {f"member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()}
-    metrics["mask_seconds"] = mask_seconds
+    metrics = {f"member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()} | {
+        "mask_seconds": mask_seconds
+    }
     return {"scoring_net": pd.DataFrame(rows).drop(columns=["criterion"], errors="ignore")}, to_mlflow_metrics(metrics)
