@@ -144,6 +144,8 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
         "data_preparation:\n  validation_size: 100\ntrain_dense:\n  training:\n    epochs: 2\n    batch_size: 20\n"
         "    optimizer: adamw\n    learning_rate: 3.0e-3\n"
         "build_exits:\n  training:\n    epochs: 1\n    batch_size: 20\n  latency:\n    batch_size: 50\n    repeats: 2\n"
+        "latency_profile:\n  batch_size: 16\n  repeats: 1\n  grid_points: 2\n  calibration_masks: 3\n"
+        "  validation_masks: 3\n"
         "mask_search:\n  validation_subset: 100\n  adaptive_bn_images: 64\n  random_masks: 4\n"
         "  member_budgets: [0.5, 0.25]\n  candidates_per_budget: 2\n"
         "  search:\n    pop_size: 8\n    generations: 2\n    checkpoint_every: 1\n    max_accuracy_drop: 0.9\n"

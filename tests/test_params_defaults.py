@@ -20,6 +20,7 @@ from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams
 from evoprune.pipelines.dst.nodes import DSTParams
 from evoprune.pipelines.hidden_state.nodes import HiddenStateParams
+from evoprune.pipelines.latency_profile.nodes import LatencyProfileParams
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.pipelines.scoring_net.nodes import ScoringNetParams
 from evoprune.pipelines.train_dense.nodes import TrainDenseParams
@@ -29,6 +30,7 @@ PARAMS_CLASSES = {
     "data_preparation": DataPreparationParams,
     "train_dense": TrainDenseParams,
     "build_exits": BuildExitsParams,
+    "latency_profile": LatencyProfileParams,
     "mask_search": MaskSearchParams,
     "finetune": FinetuneParams,
     "baselines": BaselinesParams,
@@ -88,6 +90,7 @@ def test_every_parameters_section_has_a_class(base_parameters):
         "finetune",
         "baselines",
         "hidden_state",
+        "latency_profile",
     ],
 )
 def test_defaults_equal_conf_base(base_parameters, key):

@@ -11,7 +11,7 @@ def test_each_stage_is_one_namespace_with_the_variants_inside_finetune():
     pipelines = register_pipelines()
     prune = pipelines["prune"]
     top_level = {n.namespace.split(".")[0] for n in prune.nodes}
-    assert top_level == set(PRUNE_STAGES)  # seven stage boxes, no node outside them
+    assert top_level == set(PRUNE_STAGES)  # one box per stage, no node outside them
     inside_finetune = {n.namespace for n in prune.nodes if n.namespace.startswith("finetune.")}
     assert inside_finetune == {f"finetune.{v}" for v in finetune_variants()}
     assert prune.only_nodes_with_namespaces(["finetune.rewind"]).all_outputs() == {

@@ -12,11 +12,18 @@ from evoprune.core.latency import (
     LatencyModel,
     LatencySettings,
     LayerTable,
+    UnsupportedLatencyModel,
+    architecture_digest,
+    cached_or_profiled,
     calibrate,
+    key_digest,
     latency_key,
+    measure_masks_ms,
     prediction_errors,
     profile_latency,
+    timing_threads,
     unit_grid,
+    validation_masks,
 )
 from evoprune.core.models import build_model
 from evoprune.core.units import build_layout
@@ -114,3 +121,59 @@ def test_calibration_never_makes_smaller_networks_slower():
     intercept, slope = calibrate(sums, np.array([5.0, 6.0, 5.5]))  # noise: pruned nets timed slower
     assert (intercept, slope) == (0.0, 0.5)  # scaled to the dense time instead of an inverted fit
     assert calibrate(sums[:1], np.array([5.0])) == (0.0, 0.5)
+
+
+def test_the_key_names_the_architecture_not_the_weights():
+    torch.manual_seed(0)
+    a = build_model({"name": "lenet5", "conv_channels": [4, 16], "fc_features": [24, 12]})
+    b = build_model({"name": "lenet5", "conv_channels": [4, 16], "fc_features": [24, 12]})  # other weights
+    wider = build_model({"name": "lenet5", "conv_channels": [6, 16], "fc_features": [24, 12]})
+    assert architecture_digest(a) == architecture_digest(b) != architecture_digest(wider)
+    assert latency_key(a, SETTINGS, CPU) == latency_key(b, SETTINGS, CPU)
+    assert latency_key(a, SETTINGS, CPU)["threads"] == "1"  # the settings' threads, not the process's
+    keys = {
+        key_digest(latency_key(a, SETTINGS.model_copy(update=u), CPU)) for u in ({}, {"repeats": 2}, {"round_to": 8})
+    }
+    assert len(keys) == 3  # every measurement setting is part of the key
+
+
+def test_timing_threads_are_restored():
+    before = torch.get_num_threads()
+    with timing_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_the_cache_serves_its_own_key_and_only_it(profiled):
+    model, layout, latency = profiled
+    cache = {key_digest(latency.key): latency}
+    assert cached_or_profiled(cache, model, layout, SETTINGS, CPU) is latency  # reused: nothing timed
+    other = SETTINGS.model_copy(update={"grid_points": 2})
+    fresh = cached_or_profiled(cache, model, layout, other, CPU)
+    assert fresh is not latency and fresh.key == latency_key(model, other, CPU)
+    assert all(len(t.out_units) <= 2 for t in fresh.tables)
+    forged = {key_digest(latency_key(model, other, CPU)): latency}  # right file name, wrong contents
+    assert cached_or_profiled(forged, model, layout, other, CPU) is not latency
+
+
+def test_a_network_the_tables_cannot_time_gets_a_stand_in_that_says_why(caplog):
+    model = build_model({"name": "lstm_seq", "hidden_size": 8})
+    layout = build_layout(model, (1, 28, 28))
+    stand_in = cached_or_profiled({}, model, layout, SETTINGS, CPU)
+    assert not stand_in.available and "LSTM" in stand_in.unavailable and "LSTM" in caplog.text
+    with pytest.raises(UnsupportedLatencyModel, match="no latency tables for this network: .*LSTM"):
+        stand_in.ratio(layout, np.ones((1, layout.num_bits), dtype=bool))
+    back = LatencyModel.from_state(stand_in.state())
+    assert back.unavailable == stand_in.unavailable and back.key == stand_in.key
+
+
+def test_whole_networks_are_timed_paired_with_the_dense_one(profiled):
+    model, layout, latency = profiled
+    masks, kinds = validation_masks(layout, np.ones((2, layout.num_bits), dtype=bool), 3, SETTINGS)
+    assert kinds == ["member", "member", "random", "random", "random"] and masks[:2].all()
+    assert not masks[2:].all(1).any()  # the held-out masks prune
+    held_again, _ = validation_masks(layout, np.empty((0, layout.num_bits), dtype=bool), 3, SETTINGS)
+    np.testing.assert_array_equal(held_again, masks[2:])  # seeded
+    times = measure_masks_ms(model, layout, masks, SETTINGS, CPU)
+    assert times.ratio.shape == (5,) and (times.ratio > 0).all() and times.dense_ms > 0
+    np.testing.assert_allclose(times.ms, times.ratio * times.dense_ms)

@@ -60,3 +60,14 @@ def test_rows_of_methods_beside_prune_keep_their_kind_and_members_stay_first(tab
     assert summary_metrics(with_dst) == summary_metrics(
         with_dst[with_dst["kind"] != "dst"]
     )  # members' summary unchanged
+
+
+def test_members_carry_their_predicted_latency_and_other_rows_none():
+    baselines = pd.DataFrame({"criterion": ["l1"], "member": [1], "accuracy_drop_pt": [2.0]}).assign(
+        flops_ratio=0.5, params_ratio=0.5, test_accuracy=0.85
+    )
+    chosen = pd.DataFrame({"member": [1, 2], "exit2_accuracy": [0.88, 0.80], "latency_ratio": [0.7, 0.4]})
+    table = comparison_table(DENSE, baselines, chosen, [_variant("keep", {1: 1.0, 2: 4.0})])
+    predicted = table.set_index(["kind", "member"])["predicted_latency_ratio"]
+    assert predicted[("member", 1)] == 0.7 and predicted[("member", 2)] == 0.4
+    assert np.isnan(predicted[("baseline", 1)]) and np.isnan(predicted[("dense", -1)])  # other masks: not predicted

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,12 +8,14 @@ from matplotlib.figure import Figure
 from pydantic import ValidationError
 
 from evoprune.core.exits import attach_exits
+from evoprune.core.latency import LatencyKeyError, LatencyModel, profile_latency
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.masking import population_masks, prune_physically
 from evoprune.core.models import build_model
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import build_layout
 from evoprune.datasets import PrunedMembersDataset
+from evoprune.pipelines.latency_profile.nodes import LatencyProfileParams
 from evoprune.pipelines.mask_search.nodes import (
     MaskSearchParams,
     choose_members,
@@ -19,6 +23,7 @@ from evoprune.pipelines.mask_search.nodes import (
     plot_pareto_front,
     search_masks,
     tabulate_search,
+    validate_latency_model,
 )
 from tests.conftest import image_split as _split
 
@@ -34,12 +39,25 @@ PARAMS = MaskSearchParams(
 )
 
 
+LATENCY = LatencyProfileParams(batch_size=4, repeats=1, grid_points=2, calibration_masks=2, validation_masks=3)
+OPERATING_POINT = {"threshold": 0.9, "criterion": "max_softmax"}
+
+
+def _timing_free(latency: LatencyModel) -> LatencyModel:
+    """The same key and layers, with ms = kept in x kept out: fronts that do not depend on timing noise."""
+    tables = tuple(replace(t, ms=np.outer(t.in_units, t.out_units).astype(float)) for t in latency.tables)
+    return replace(latency, tables=tables, intercept_ms=0.0, slope=1.0)
+
+
 @pytest.fixture(scope="module")
 def searched():
     torch.manual_seed(0)
     model = attach_exits(build_model({"name": "vgg", "stages": [[8], [8]], "fc_features": [16]}), [1])
-    operating_point = {"threshold": 0.9, "criterion": "max_softmax"}
-    outcome = search_masks(model, _split(64, 0), _split(150, 1), operating_point, PARAMS, seed=0, device="cpu")
+    layout = build_layout(model.eval(), (1, 28, 28))
+    latency = _timing_free(profile_latency(model, layout, LATENCY.settings(1), torch.device("cpu")))
+    outcome = search_masks(
+        model, _split(64, 0), _split(150, 1), OPERATING_POINT, latency, LATENCY, PARAMS, seed=0, device="cpu"
+    )
     return model, outcome
 
 
@@ -92,10 +110,64 @@ def test_members_are_spread_and_round_trip_to_the_same_pruned_network(searched, 
         ({"search": {"algorithm": "cmaes"}}, "algorithm"),
         ({"search": {"max_accuracy_drop": 0}}, "max_accuracy_drop"),
         ({"validation_subset": 0}, "validation_subset"),
-        ({"search": {"objectives": ["error", "latency_ratio"]}}, "latency_ratio needs a latency model"),
+        ({"budget_axis": "params_ratio"}, "budget_axis"),
         ({"distributed": {"scheduler": "local", "workers": 0}}, "workers"),
     ],
 )
 def test_bad_mask_search_params_name_the_key(override, key):
     with pytest.raises(ValidationError, match=key):
         MaskSearchParams(**override)
+
+
+def test_the_front_carries_predicted_latency_and_the_latency_model_is_validated(searched):
+    model, outcome = searched
+    pareto = tabulate_search(outcome)[0]
+    assert np.allclose(pareto["latency_ratio"], outcome.latency.ratio(outcome.layout, decode_masks(pareto["mask"])))
+    chosen = choose_members(pareto, PARAMS)
+    table, figure, metrics = validate_latency_model(model, outcome.latency, chosen, LATENCY, PARAMS, "cpu")
+    assert table["kind"].tolist() == ["member"] * len(chosen) + ["random"] * LATENCY.validation_masks
+    assert np.allclose(table["ratio_error"], table["predicted_ratio"] / table["measured_ratio"] - 1)
+    assert np.allclose(table["predicted_ratio"].iloc[: len(chosen)], chosen["latency_ratio"])
+    share = float(np.mean(np.abs(table["ratio_error"]) <= 0.10))
+    assert metrics["within_10pct"]["value"] == pytest.approx(share) and "ms_median_abs_error" in metrics
+    assert isinstance(figure, Figure)
+
+
+def test_a_latency_search_chooses_members_and_draws_the_front_on_predicted_latency(searched):
+    model, outcome = searched
+    params = PARAMS.model_copy(
+        update={"search": PARAMS.search.model_copy(update={"objectives": ["error", "latency_ratio"]})}
+    )
+    params = params.model_copy(update={"member_budgets": [0.6, 0.9], "candidates_per_budget": 1})
+    found = search_masks(
+        model, _split(64, 0), _split(150, 1), OPERATING_POINT, outcome.latency, LATENCY, params, 0, "cpu"
+    )
+    pareto, history, random, _, _ = tabulate_search(found)
+    assert np.allclose(pareto["latency_ratio"], found.result.front_F[np.argsort(found.result.front_F[:, 1]), 1])
+    assert pareto["latency_ratio"].is_monotonic_increasing and pareto["latency_ratio"].min() < 1.0
+    chosen = choose_members(pareto, params)
+    assert params.cost_axis() == "latency_ratio" and (chosen["latency_ratio"] <= chosen["budget"]).all()
+    assert isinstance(plot_pareto_front(pareto, history, random, chosen, found, params), Figure)
+    flops_axis = params.model_copy(update={"budget_axis": "flops_ratio"})
+    assert (choose_members(pareto, flops_axis)["flops_ratio"] <= choose_members(pareto, flops_axis)["budget"]).all()
+
+
+def test_a_latency_model_of_other_settings_is_refused_before_searching(searched):
+    model, outcome = searched
+    other = LATENCY.model_copy(update={"batch_size": 8})
+    with pytest.raises(LatencyKeyError, match=r"batch_size: tables '4' vs now '8'.*profile the model again"):
+        search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, outcome.latency, other, PARAMS, 0, "cpu")
+
+
+def test_a_network_without_tables_searches_on_flops_and_says_why_it_cannot_search_on_latency(searched):
+    model, outcome = searched
+    none = LatencyModel.without_tables(outcome.latency.key, "a model with an LSTM is not covered yet")
+    found = search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, none, LATENCY, PARAMS, 0, "cpu")
+    assert found.latency is None and "latency_ratio" not in tabulate_search(found)[0].columns
+    table, _, metrics = validate_latency_model(model, none, tabulate_search(found)[0], LATENCY, PARAMS, "cpu")
+    assert table.empty and metrics == {}
+    latency_search = PARAMS.model_copy(
+        update={"search": PARAMS.search.model_copy(update={"objectives": ["error", "latency_ratio"]})}
+    )
+    with pytest.raises(ValueError, match="needs latency tables: a model with an LSTM"):
+        search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, none, LATENCY, latency_search, 0, "cpu")

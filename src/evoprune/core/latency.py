@@ -11,17 +11,32 @@ bilinearly between grid points, vectorised over a population. The intercept and 
 squares to whole pruned networks measured here (``calibration_masks``): they take the parts no table holds
 (functional activations, residual adds, flattening, the framework's per-op overhead) in proportion.
 
+Whole networks are timed *paired*: each pruned network alternately with the dense one, its latency taken as
+the median over repeats of pruned / dense times the dense network's median. A shared machine's speed drifts
+by more than the differences between masks; a pair timed moments apart drifts together, so calibration and
+validation compare like with like. Timing runs with ``threads`` torch threads (default 1: on this 2-core
+virtual machine two threads vary by +-10% from one repeat to the next, one thread by +-2%; and a single
+inference thread is what most edge deployments use).
+
 Grid points are multiples of 8 wherever a dimension has 16 units or more (the SIMD width oneDNN blocks
 channels by; a count between two points is interpolated, which underestimates the step an odd count
 costs: search with ``round_to: 8`` to stay on the grid's kind of counts).
 
-A model is keyed by the device, torch version, threads, batch size, memory layout and the model's digest:
-``check_key`` refuses a model measured elsewhere or for other settings instead of silently reusing it.
+A model is keyed by the device, torch version, threads, every measurement setting and the architecture
+(module tree and tensor shapes, not the weights, which do not change latency): ``check_key`` refuses a
+model measured elsewhere or for other settings instead of silently reusing it, and ``cached_or_profiled``
+reuses a model from a cache only under the same key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
+import json
+import logging
+import statistics
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,12 +44,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import nn
+from tqdm.auto import tqdm
 
-from evoprune.core.cost import interleaved_median_seconds
-from evoprune.core.lineage import content_digest
+from evoprune.core.cost import interleaved_median_seconds, interleaved_seconds
 from evoprune.core.masking import prune_physically
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.units import ChromosomeLayout
+
+logger = logging.getLogger(__name__)
 
 
 class LatencySettings(BaseModel):
@@ -44,14 +61,32 @@ class LatencySettings(BaseModel):
 
     batch_size: PositiveInt = 1000
     memory_format: Literal["channels_last", "contiguous"] = "channels_last"
+    threads: PositiveInt | None = 1  # torch threads while timing (the target's inference threads); null: as is
     repeats: PositiveInt = 5  # timings per entry (median)
     grid_points: int = Field(5, ge=2)  # measured counts per prunable dimension, snapped to multiples of 8
-    calibration_masks: NonNegativeInt = 8  # random pruned networks timed whole to fit intercept and slope
+    calibration_masks: NonNegativeInt = 16  # random pruned networks timed whole to fit intercept and slope
     seed: int = 0  # of the calibration masks
+    round_to: PositiveInt = 1  # the calibration masks keep multiples of this many units, like the search's
+
+
+@contextlib.contextmanager
+def timing_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (None: unchanged) for the block, restored after it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class LatencyKeyError(ValueError):
     """A latency model measured on another device, for other settings or for another model."""
+
+
+class UnsupportedLatencyModel(ValueError):
+    """A network with layers the latency tables cannot time (or a latency model standing for one)."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +134,22 @@ class LatencyModel:
     intercept_ms: float
     slope: float
     dense_ms: float  # the dense network measured whole
+    unavailable: str = ""  # why this network has no tables (then every prediction raises it); "" = it has
+
+    @classmethod
+    def without_tables(cls, key: dict[str, Any], reason: str) -> LatencyModel:
+        """The stand-in for a network the tables cannot time: it keeps the reason and raises it when asked for
+        a prediction, so a FLOPs search runs and a latency search fails saying why."""
+        return cls(key, (), 0.0, 1.0, float("nan"), reason)
+
+    @property
+    def available(self) -> bool:
+        return not self.unavailable
 
     def table_sum(self, layout: ChromosomeLayout, masks: np.ndarray) -> np.ndarray:
         """(K,) sum over layers of their table entries at each mask's kept units."""
+        if self.unavailable:
+            raise UnsupportedLatencyModel(f"no latency tables for this network: {self.unavailable}")
         m = np.asarray(masks, dtype=bool)
         padded = np.concatenate([m, np.ones((m.shape[0], 1), dtype=bool)], axis=1)  # bit -1 -> kept
         layers = {layer.name: layer for layer in layout.layers}
@@ -136,6 +184,7 @@ class LatencyModel:
             "intercept_ms": self.intercept_ms,
             "slope": self.slope,
             "dense_ms": self.dense_ms,
+            "unavailable": self.unavailable,
             "tables": [
                 {
                     "name": t.name,
@@ -154,21 +203,40 @@ class LatencyModel:
             for t in state["tables"]
         )
         return cls(
-            dict(state["key"]), tables, float(state["intercept_ms"]), float(state["slope"]), float(state["dense_ms"])
+            dict(state["key"]),
+            tables,
+            float(state["intercept_ms"]),
+            float(state["slope"]),
+            float(state["dense_ms"]),
+            str(state.get("unavailable", "")),
         )
 
 
 def latency_key(model: nn.Module, settings: LatencySettings, device: torch.device) -> dict[str, Any]:
-    """What a latency model's figures depend on (all strings, as saved)."""
+    """What a latency model's figures depend on (all strings, as saved): device, torch, threads, every
+    measurement setting and the architecture."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_name() or "cpu")
+    threads = settings.threads if settings.threads is not None else torch.get_num_threads()
+    measured = settings.model_dump(exclude={"threads"})
     return {
         "device": f"{device.type}:{name}",
         "torch": torch.__version__,
-        "threads": str(torch.get_num_threads()),
-        "batch_size": str(settings.batch_size),
-        "memory_format": settings.memory_format,
-        "model": content_digest(model),
+        "threads": str(threads),
+        **{k: str(v) for k, v in measured.items()},
+        "model": architecture_digest(model),
     }
+
+
+def architecture_digest(model: nn.Module) -> str:
+    """16 hex digits of the module tree (every module's repr: kinds, sizes, strides) and the tensor shapes;
+    the same for networks that differ only in their weights."""
+    shapes = [(name, tuple(t.shape), str(t.dtype)) for name, t in model.state_dict().items()]
+    return hashlib.sha256(json.dumps([repr(model), shapes], default=str).encode()).hexdigest()[:16]
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """16 hex digits naming a latency key (the file name of its tables in a cache)."""
+    return hashlib.sha256(json.dumps({k: str(v) for k, v in key.items()}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _cpu_name() -> str | None:
@@ -251,7 +319,9 @@ def _standalone(module: nn.Module, kept_in: int, kept_out: int, followers: tuple
     if isinstance(module, nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
         if module.groups > 1 and not depthwise:
-            raise ValueError(f"latency tables support plain and depthwise convs, not groups={module.groups}")
+            raise UnsupportedLatencyModel(
+                f"latency tables support plain and depthwise convs, not groups={module.groups}"
+            )
         layer: nn.Module = nn.Conv2d(
             kept_out if depthwise else kept_in,
             kept_out,
@@ -265,7 +335,7 @@ def _standalone(module: nn.Module, kept_in: int, kept_out: int, followers: tuple
     elif isinstance(module, nn.Linear):
         layer = nn.Linear(kept_in, kept_out, bias=module.bias is not None)
     else:
-        raise ValueError(f"latency tables cover Conv2d and Linear layers, not {type(module).__name__}")
+        raise UnsupportedLatencyModel(f"latency tables cover Conv2d and Linear layers, not {type(module).__name__}")
     after = [
         type(m)(kept_out) if isinstance(m, nn.modules.batchnorm._BatchNorm) else copy.deepcopy(m) for m in followers
     ]
@@ -301,22 +371,40 @@ def _measure_layer(
     return ms
 
 
+@dataclass(frozen=True)
+class PairedTimes:
+    """Whole networks timed against the dense one: ``ratio[k]`` = median over repeats of mask k's time over
+    the dense network's, timed moments apart; ``dense_ms`` the dense network's median over all pairs."""
+
+    ratio: np.ndarray  # (K,)
+    dense_ms: float
+
+    @property
+    def ms(self) -> np.ndarray:
+        """(K,) each mask's latency on the dense network's median scale."""
+        return self.ratio * self.dense_ms
+
+
 def measure_masks_ms(
     model: nn.Module, layout: ChromosomeLayout, masks: np.ndarray, settings: LatencySettings, device: torch.device
-) -> np.ndarray:
-    """(K,) measured milliseconds per batch of each mask's physically pruned network (inference mode,
-    the settings' memory layout; timed interleaved, median of ``repeats``)."""
+) -> PairedTimes:
+    """Each mask's physically pruned network timed alternately with the dense network (inference mode, the
+    settings' memory layout and threads; ``repeats`` pairs per mask, after one warm-up each)."""
     fmt = _fmt(settings)
     shape = input_shape(model)
     x = torch.rand(settings.batch_size, *shape, device=device).contiguous(memory_format=fmt)
-    fns = {}
-    for k, mask in enumerate(np.asarray(masks, dtype=bool)):
-        net = model if mask.all() else prune_physically(model, layout, mask, shape)
-        net = net.eval().to(device=device, memory_format=fmt)
-        fns[k] = lambda net=net: net(x)
-    with torch.inference_mode():
-        seconds = interleaved_median_seconds(fns, settings.repeats)
-    return np.array([1e3 * seconds[k] for k in range(len(fns))])
+    dense = copy.deepcopy(model).eval().to(device=device, memory_format=fmt)
+    nets = [  # built before timing: torch-pruning traces with autograd, outside inference mode
+        (dense if mask.all() else prune_physically(model, layout, mask, shape)).eval().to(device, memory_format=fmt)
+        for mask in np.asarray(masks, dtype=bool)
+    ]
+    ratios, dense_seconds = [], []
+    with timing_threads(settings.threads), torch.inference_mode():
+        for net in tqdm(nets, desc="timing pruned networks", unit="net", leave=False):
+            times = interleaved_seconds({"dense": lambda: dense(x), "pruned": lambda net=net: net(x)}, settings.repeats)
+            ratios.append(statistics.median(p / d for p, d in zip(times["pruned"], times["dense"], strict=True)))
+            dense_seconds += times["dense"]
+    return PairedTimes(np.array(ratios), 1e3 * statistics.median(dense_seconds) if dense_seconds else float("nan"))
 
 
 def calibration_masks(layout: ChromosomeLayout, count: int, seed: int, round_to: int = 1) -> np.ndarray:
@@ -331,13 +419,15 @@ def profile_latency(
     layout: ChromosomeLayout,
     settings: LatencySettings,
     device: torch.device,
-    round_to: int = 1,
-    progress: Any = None,
 ) -> LatencyModel:
     """Measure every layer's table on this machine, then fit intercept and slope on the dense network and
-    ``settings.calibration_masks`` random pruned ones, timed whole."""
+    ``settings.calibration_masks`` random pruned ones, timed whole (paired with the dense network).
+
+    Raises:
+        UnsupportedLatencyModel: a layer the tables cannot time (an LSTM, a grouped non-depthwise conv).
+    """
     if any(isinstance(m, nn.LSTM) for m in model.modules()):
-        raise ValueError(
+        raise UnsupportedLatencyModel(
             "latency tables time conv and linear layers; a model with an LSTM is not covered yet "
             "(search it on FLOPs, and measure its members' latency: finetune.measurement)"
         )
@@ -345,30 +435,91 @@ def profile_latency(
     modules = dict(model.named_modules())
     probes = _probe(model, [layer.name for layer in layout.layers], device)
     tables = []
-    for layer in layout.layers:
-        module = modules[layer.name]
-        in_dim, out_dim = len(layer.in_bits), len(layer.out_bits)
-        out_units = unit_grid(out_dim, settings.grid_points) if (layer.out_bits >= 0).any() else np.array([out_dim])
-        if (layer.in_bits >= 0).any() and not (isinstance(module, nn.Conv2d) and module.groups > 1):
-            channels = len(np.unique(layer.in_bits))  # a linear after a flatten: each channel feeds many features
-            per_unit = in_dim // channels if in_dim % channels == 0 else 1
-            in_units = unit_grid(in_dim // per_unit, settings.grid_points) * per_unit
-        else:
-            in_units = np.array([in_dim])
-        ms = _measure_layer(module, probes[layer.name], in_units, out_units, settings, device)
-        tables.append(LayerTable(layer.name, in_units, out_units, ms))
-        if progress is not None:
-            progress(layer.name)
+    with timing_threads(settings.threads):
+        for layer in tqdm(layout.layers, desc="latency tables", unit="layer", leave=False):
+            tables.append(_layer_table(modules[layer.name], layer, probes[layer.name], settings, device))
     masks = np.vstack(
         [
             np.ones((1, layout.num_bits), dtype=bool),
-            calibration_masks(layout, settings.calibration_masks, settings.seed, round_to),
+            calibration_masks(layout, settings.calibration_masks, settings.seed, settings.round_to),
         ]
     )
     measured = measure_masks_ms(model, layout, masks, settings, device)
-    partial = LatencyModel(latency_key(model, settings, device), tuple(tables), 0.0, 1.0, float(measured[0]))
-    intercept, slope = calibrate(partial.table_sum(layout, masks), measured)
-    return LatencyModel(partial.key, partial.tables, intercept, slope, float(measured[0]))
+    partial = LatencyModel(latency_key(model, settings, device), tuple(tables), 0.0, 1.0, measured.dense_ms)
+    intercept, slope = calibrate(partial.table_sum(layout, masks), measured.ms)
+    return LatencyModel(partial.key, partial.tables, intercept, slope, measured.dense_ms)
+
+
+def _layer_table(
+    module: nn.Module, layer: Any, probe: _Probe, settings: LatencySettings, device: torch.device
+) -> LayerTable:
+    """One layer's table over its grid of kept input and output units."""
+    in_dim, out_dim = len(layer.in_bits), len(layer.out_bits)
+    out_units = unit_grid(out_dim, settings.grid_points) if (layer.out_bits >= 0).any() else np.array([out_dim])
+    if (layer.in_bits >= 0).any() and not (isinstance(module, nn.Conv2d) and module.groups > 1):
+        channels = len(np.unique(layer.in_bits))  # a linear after a flatten: each channel feeds many features
+        per_unit = in_dim // channels if in_dim % channels == 0 else 1
+        in_units = unit_grid(in_dim // per_unit, settings.grid_points) * per_unit
+    else:
+        in_units = np.array([in_dim])
+    ms = _measure_layer(module, probe, in_units, out_units, settings, device)
+    return LayerTable(layer.name, in_units, out_units, ms)
+
+
+def cached_or_profiled(
+    cache: Mapping[str, LatencyModel],
+    model: nn.Module,
+    layout: ChromosomeLayout,
+    settings: LatencySettings,
+    device: torch.device,
+) -> LatencyModel:
+    """The cached latency model of exactly this key (device, torch, threads, settings, architecture), else a
+    fresh profile; a network the tables cannot time gets ``LatencyModel.without_tables`` (with a warning)."""
+    key = latency_key(model, settings, device)
+    cached = cache.get(key_digest(key))
+    if cached is not None and cached.key == key:
+        logger.info("latency tables of this network, device and settings reused (%s)", key_digest(key))
+        return cached
+    try:
+        return profile_latency(model, layout, settings, device)
+    except UnsupportedLatencyModel as exc:
+        logger.warning("no latency tables: %s", exc)
+        return LatencyModel.without_tables(key, str(exc))
+
+
+def validate_latency(
+    model: nn.Module,
+    layout: ChromosomeLayout,
+    latency: LatencyModel,
+    masks: np.ndarray,
+    settings: LatencySettings,
+    device: torch.device,
+) -> dict[str, np.ndarray]:
+    """Predicted vs measured latency of each mask's physically pruned network (timed paired with the dense
+    one, ``measure_masks_ms``). ``ratio_error`` compares latency relative to the dense network (what the
+    search's ``latency_ratio`` objective uses; free of the machine's drift since profiling); ``ms_error``
+    the absolute milliseconds (drift included). Errors are predicted / measured - 1."""
+    measured = measure_masks_ms(model, layout, masks, settings, device)
+    predicted_ratio = latency.ratio(layout, masks)
+    predicted_ms = latency.predict_ms(layout, masks)
+    return {
+        "predicted_ratio": predicted_ratio,
+        "measured_ratio": measured.ratio,
+        "ratio_error": predicted_ratio / measured.ratio - 1,
+        "predicted_ms": predicted_ms,
+        "measured_ms": measured.ms,
+        "ms_error": predicted_ms / measured.ms - 1,
+    }
+
+
+def validation_masks(
+    layout: ChromosomeLayout, members: np.ndarray, count: int, settings: LatencySettings
+) -> tuple[np.ndarray, list[str]]:
+    """The chosen members and ``count`` random pruned masks held out from the calibration (another seed,
+    rounded like the search's), with a kind per row (``member`` or ``random``)."""
+    held_out = calibration_masks(layout, count, settings.seed + 1000, settings.round_to)
+    masks = np.vstack([np.asarray(members, dtype=bool).reshape(-1, layout.num_bits), held_out])
+    return masks, ["member"] * (len(masks) - count) + ["random"] * count
 
 
 def calibrate(table_sums: np.ndarray, measured_ms: np.ndarray) -> tuple[float, float]:
@@ -397,10 +548,18 @@ __all__ = [
     "LatencyModel",
     "LatencySettings",
     "LayerTable",
+    "PairedTimes",
+    "UnsupportedLatencyModel",
+    "architecture_digest",
+    "cached_or_profiled",
     "calibration_masks",
+    "key_digest",
     "latency_key",
     "measure_masks_ms",
     "prediction_errors",
     "profile_latency",
+    "timing_threads",
     "unit_grid",
+    "validate_latency",
+    "validation_masks",
 ]

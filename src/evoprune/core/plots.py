@@ -79,8 +79,9 @@ def pareto_front(
     roulette: tuple[Sequence[float], Sequence[float]] | None,
     title: str,
     accuracy_label: str = "accuracy",
+    cost_label: str = "FLOPs kept (ratio of dense)",
 ) -> Figure:
-    """Validation accuracy vs FLOPs ratio: evaluated candidates, the Pareto front, random masks for
+    """Validation accuracy vs a cost ratio (FLOPs or predicted latency): evaluated candidates, the Pareto front, random masks for
     contrast, the roulette-branch path, the chosen members and the dense model."""
     fig = Figure(figsize=(7, 4.8), layout="constrained")
     ax = fig.subplots()
@@ -102,9 +103,7 @@ def pareto_front(
         chosen[0], pct(chosen[1]), s=110, facecolors="none", edgecolors="tab:red", label="chosen for fine-tuning"
     )
     ax.scatter([1.0], [100 * dense_accuracy], marker="*", s=150, color="black", label="dense")
-    ax.set(
-        xlabel="FLOPs kept (ratio of dense)", ylabel=f"validation {accuracy_label} before fine-tuning (%)", title=title
-    )
+    ax.set(xlabel=cost_label, ylabel=f"validation {accuracy_label} before fine-tuning (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -202,4 +201,27 @@ def hidden_state_sparsity(
     ax.set(xlabel="hidden-state elements zeroed (%)", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return fig
+
+
+def latency_validation(
+    predicted: Sequence[float], measured: Sequence[float], kinds: Sequence[str], title: str
+) -> Figure:
+    """Predicted vs measured latency ratio (of the dense network's), one point per pruned network, with the
+    identity and the +-10% band."""
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    if len(predicted):
+        low, high = min(*predicted, *measured), max(*predicted, *measured)
+        line = [0.95 * low, 1.05 * high]
+        ax.plot(line, line, color="black", lw=1, label="predicted = measured")
+        ax.fill_between(line, [v / 1.1 for v in line], [v * 1.1 for v in line], color="0.9", label="+-10%")
+        for kind, colour in (("random", "tab:gray"), ("member", "tab:red")):
+            idx = [i for i, k in enumerate(kinds) if k == kind]
+            ax.scatter([measured[i] for i in idx], [predicted[i] for i in idx], s=18, color=colour, label=kind)
+        ax.legend(fontsize=8, loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "no latency tables for this network", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="measured latency (ratio of dense)", ylabel="predicted latency (ratio of dense)", title=title)
+    ax.grid(alpha=0.3)
     return fig

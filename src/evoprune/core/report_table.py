@@ -22,7 +22,8 @@ def comparison_table(
 ) -> pd.DataFrame:
     """One row per model: ``kind`` (dense | member | baseline, or the method family of a pipeline beside
     prune, e.g. dst) and ``method`` (variant, criterion or method) first, then every measurement, plus each
-    member's final-exit validation accuracy before fine-tuning (from mask_search's ``chosen_members``).
+    member's final-exit validation accuracy before fine-tuning and predicted latency ratio (from mask_search's
+    ``chosen_members``).
     Empty variant tables (variants skipped) add nothing; ``method_results`` rows keep their own ``kind``."""
     dense = {"kind": "dense", "method": "dense", "member": -1, **dense_measurements}
     dense.update(
@@ -38,6 +39,9 @@ def comparison_table(
     before = chosen_members.set_index("member")
     final_before = final_exit_key(before.columns, "_accuracy")
     table["val_accuracy_before_finetune"] = table["member"].map(before[final_before])
+    if "latency_ratio" in before:  # the latency model's prediction for the member's mask (beside measured speed-ups)
+        is_member = table["kind"] == "member"
+        table.loc[is_member, "predicted_latency_ratio"] = table.loc[is_member, "member"].map(before["latency_ratio"])
     return table[LEADING + [c for c in table.columns if c not in LEADING]]
 
 

@@ -6,6 +6,7 @@ no dataset for them); and kedro-datasets' CSV, JSON and Matplotlib datasets with
 
 from evoprune.datasets.atomic_datasets import AtomicCSVDataset, AtomicJSONDataset, AtomicMatplotlibDataset
 from evoprune.datasets.exported_models_dataset import ExportedModelsDataset
+from evoprune.datasets.latency_dataset import LatencyModelDataset, LatencyTableCacheDataset
 from evoprune.datasets.members_dataset import FinetunedMembersDataset, PrunedMembersDataset
 from evoprune.datasets.method_results_dataset import MethodResultsDataset
 from evoprune.datasets.mlflow_child_runs_dataset import MlflowChildRunsDataset
@@ -20,6 +21,8 @@ __all__ = [
     "AtomicMatplotlibDataset",
     "ExportedModelsDataset",
     "FinetunedMembersDataset",
+    "LatencyModelDataset",
+    "LatencyTableCacheDataset",
     "MethodResultsDataset",
     "MlflowChildRunsDataset",
     "PrunedMembersDataset",

@@ -42,13 +42,21 @@ class SearchOutcome:
     seconds: float
     evaluations: int
     objectives: list[str]
+    latency: LatencyModel | None = None  # the target's latency model, when one with tables was given
 
-    def roulette_path(self) -> tuple[list[float], list[float]] | None:
-        """The roulette branch path as (FLOPs ratios, accuracies), or None when the branch did not run."""
+    def predicted_latency_ratio(self, X: np.ndarray) -> np.ndarray | None:
+        """(K,) predicted latency of masks relative to the dense network's, or None without a latency model."""
+        return None if self.latency is None else self.latency.ratio(self.layout, X)
+
+    def roulette_path(self, axis: str = "flops_ratio") -> tuple[list[float], list[float]] | None:
+        """The roulette branch path as (FLOPs or predicted latency ratios, accuracies), or None when the
+        branch did not run."""
         if self.roulette is None:
             return None
-        cost = self.layout.cost(self.roulette["path_X"])
-        return (cost["flops"] / self.layout.dense_flops).tolist(), self.roulette["path_accuracy"].tolist()
+        X = self.roulette["path_X"]
+        latency = self.predicted_latency_ratio(X) if axis == "latency_ratio" else None
+        cost = latency if latency is not None else self.layout.cost(X)["flops"] / self.layout.dense_flops
+        return cost.tolist(), self.roulette["path_accuracy"].tolist()
 
 
 def _hash_tensor(digest: Any, tensor: torch.Tensor | None) -> None:
@@ -161,8 +169,14 @@ def search_pruning_masks(
             ``CheckpointError``) on a corrupt, torn, old or foreign checkpoint.
         distributed: with a ``scheduler``, the populations of NSGA-II / GA are scored on Dask workers
             (``evoprune.core.search.distributed``); the random masks and the roulette branch stay here.
-        latency: the target's latency model (``evoprune.core.latency``), for the ``latency_ratio`` objective.
+        latency: the target's latency model (``evoprune.core.latency``), for the ``latency_ratio`` objective
+            (and the outcome's predicted latency); one without tables counts as none unless the objective
+            needs it, which then fails saying why the network has no tables.
     """
+    if latency is not None and not latency.available:
+        if "latency_ratio" in cfg.objectives:
+            raise ValueError(f"the latency_ratio objective needs latency tables: {latency.unavailable}")
+        latency = None
     layout = build_layout(model, input_shape(model))
     evaluator = mask_evaluator(model, layout, device, calibration_images)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
@@ -186,12 +200,13 @@ def search_pruning_masks(
         importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
         rank = rank_within_layers(importance, layout)
         reference = score(np.ones((1, layout.num_bits), dtype=bool))
-        predicted = None if latency is None else (lambda X: latency.ratio(layout, X))
+        uses_latency = latency is not None and "latency_ratio" in cfg.objectives
+        predicted = (lambda X: latency.ratio(layout, X)) if uses_latency else None
         problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted)
         fingerprint = None
         if checkpoint_dir is not None:
             fingerprint = search_fingerprint(
-                model, cfg, seed, validation_split, calibration_images, policy, device, latency
+                model, cfg, seed, validation_split, calibration_images, policy, device, latency if predicted else None
             )
             checkpoint_dir = Path(checkpoint_dir) / fingerprint
             remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
@@ -249,4 +264,5 @@ def search_pruning_masks(
         seconds,
         len(result.evaluated_X),
         list(cfg.objectives),
+        latency,
     )

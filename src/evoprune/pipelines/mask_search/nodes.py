@@ -9,17 +9,20 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import nn
 
 from evoprune.core import plots
-from evoprune.core.exits import final_exit_key
+from evoprune.core.exits import final_exit_key, input_shape
+from evoprune.core.latency import LatencyModel, latency_key, prediction_errors, validate_latency, validation_masks
 from evoprune.core.mask_codec import decode_masks, encode_masks
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
 from evoprune.core.search.distributed import DistributedConfig
 from evoprune.core.search.roulette_branch import RouletteBranchConfig
 from evoprune.core.search.run import SearchConfig
+from evoprune.core.units import build_layout
+from evoprune.pipelines.latency_profile.nodes import LatencyProfileParams
 from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
@@ -58,16 +61,15 @@ class MaskSearchParams(BaseModel):
     # population scoring on Dask workers (scheduler null: in this process)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
-    @field_validator("search")
-    @classmethod
-    def _no_latency_objective_yet(cls, search: SearchConfig) -> SearchConfig:
-        if "latency_ratio" in search.objectives:
-            raise ValueError(
-                "latency_ratio needs a latency model of the target, which only the core API builds so far "
-                "(evoprune.core.latency.profile_latency, then search_pruning_masks(..., latency=...)); "
-                "choose flops_ratio here"
-            )
-        return search
+    # the cost axis of member_budgets (and of the front plot): null = the search's own (latency_ratio when it
+    # is an objective, else flops_ratio); latency_ratio = the latency model's predicted ratio
+    budget_axis: Literal["flops_ratio", "latency_ratio"] | None = None
+
+    def cost_axis(self) -> str:
+        """The column members are chosen and the front is drawn on."""
+        if self.budget_axis is not None:
+            return self.budget_axis
+        return "latency_ratio" if "latency_ratio" in self.search.objectives else "flops_ratio"
 
 
 def search_masks(
@@ -75,11 +77,16 @@ def search_masks(
     train_split: Split,
     validation_split: Split,
     early_exit_operating_point: dict[str, object],
+    latency_model: LatencyModel,
+    latency_params: LatencyProfileParams,
     params: MaskSearchParams,
     seed: int,
     device: str,
 ) -> SearchOutcome:
-    """Run the configured search on the first ``validation_subset`` validation images."""
+    """Run the configured search on the first ``validation_subset`` validation images; the latency model must
+    be this network's, measured with this run's settings on this device (else: run latency_profile again)."""
+    settings = latency_params.settings(params.search.round_to)
+    latency_model.check_key(latency_key(multi_exit_model, settings, resolve_device(device)))
     subset = {k: v[: params.validation_subset] for k, v in validation_split.items()}
     calibration = train_split["images"][: params.adaptive_bn_images] if params.adaptive_bn_images else None
     policy = (float(early_exit_operating_point["threshold"]), str(early_exit_operating_point["criterion"]))
@@ -97,6 +104,7 @@ def search_masks(
         params.checkpoints_kept,
         params.on_bad_checkpoint,
         params.distributed,
+        latency_model,
     )
 
 
@@ -106,6 +114,9 @@ def _rows(outcome: SearchOutcome, X: np.ndarray, accuracy: np.ndarray) -> pd.Dat
     table.insert(0, "flops_ratio", cost["flops"] / outcome.layout.dense_flops)
     table["flops"], table["params"] = cost["flops"], cost["params"]
     table["params_ratio"] = cost["params"] / outcome.layout.dense_params
+    latency_ratio = outcome.predicted_latency_ratio(X)
+    if latency_ratio is not None:
+        table["latency_ratio"] = latency_ratio  # predicted by the latency model, relative to the dense network
     for g in outcome.layout.groups:
         table[f"kept.{g.name}"] = X[:, g.offset : g.offset + g.size].sum(1)
     table["units_kept"] = X.sum(1)
@@ -118,7 +129,8 @@ def tabulate_search(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, object], dict[str, object]]:
     """Pareto set, every evaluated candidate, random masks, per-generation metrics and a summary."""
     res = outcome.result
-    pareto = _rows(outcome, res.front_X, res.front_accuracy).sort_values("flops_ratio", ignore_index=True)
+    axis = "latency_ratio" if "latency_ratio" in outcome.objectives else "flops_ratio"
+    pareto = _rows(outcome, res.front_X, res.front_accuracy).sort_values(axis, ignore_index=True)
     pareto.insert(0, "member", range(len(pareto)))
     history = _rows(outcome, res.evaluated_X, res.evaluated_accuracy)
     history.insert(0, "generation", res.evaluated_generation)
@@ -141,21 +153,25 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
     """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
     within it with the best final-exit accuracy, not taken by a tighter budget (a budget no member fits is
     skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
-    evenly along the FLOPs axis of the front (nearest to evenly spaced targets; ``budget`` empty)."""
+    evenly along the cost axis of the front (nearest to evenly spaced targets; ``budget`` empty). The axis is
+    ``params.cost_axis()``: FLOPs, or the predicted latency ratio."""
+    axis = params.cost_axis()
+    if axis not in pareto_set.columns:
+        raise ValueError(f"mask_search.budget_axis {axis}: the Pareto set has no such column (no latency tables?)")
     if params.member_budgets:
         final = final_exit_key(pareto_set.columns, "_accuracy")
         budget_of: dict[int, float] = {}
         for budget in sorted(set(params.member_budgets)):
-            within = pareto_set[(pareto_set["flops_ratio"] <= budget) & ~pareto_set.index.isin(list(budget_of))]
+            within = pareto_set[(pareto_set[axis] <= budget) & ~pareto_set.index.isin(list(budget_of))]
             if within.empty:
-                logger.warning("mask_search: no Pareto member left within %.3f of the FLOPs; budget skipped", budget)
+                logger.warning("mask_search: no Pareto member left within %.3f of %s; budget skipped", budget, axis)
             for index in within[final].nlargest(params.candidates_per_budget).index:
                 budget_of[int(index)] = budget
         chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
-        return chosen.sort_values("flops_ratio").reset_index(drop=True)
-    flops = pareto_set["flops_ratio"].to_numpy()
-    targets = np.linspace(flops.min(), flops.max(), params.chosen_members)
-    picked = sorted({int(np.abs(flops - t).argmin()) for t in targets})
+        return chosen.sort_values(axis).reset_index(drop=True)
+    cost = pareto_set[axis].to_numpy()
+    targets = np.linspace(cost.min(), cost.max(), params.chosen_members)
+    picked = sorted({int(np.abs(cost - t).argmin()) for t in targets})
     return pareto_set.iloc[picked].assign(budget=np.nan).reset_index(drop=True)
 
 
@@ -180,9 +196,11 @@ def plot_pareto_front(
     exits = [c for c in pareto_set.columns if c.startswith("exit") and c.endswith("_accuracy")]
     mean_over_exits = "mean_error" in params.search.objectives and "error" not in params.search.objectives
 
+    axis = params.cost_axis() if params.cost_axis() in pareto_set.columns else "flops_ratio"
+
     def xy(table: pd.DataFrame) -> tuple[list[float], list[float]]:
         accuracy = table[exits].mean(axis=1) if mean_over_exits else table[exits[-1]]
-        return table["flops_ratio"].tolist(), accuracy.tolist()
+        return table[axis].tolist(), accuracy.tolist()
 
     return plots.pareto_front(
         xy(pareto_set),
@@ -190,7 +208,36 @@ def plot_pareto_front(
         xy(random_masks),
         xy(chosen_members),
         float(outcome.reference_accuracy.mean() if mean_over_exits else outcome.reference_accuracy[-1]),
-        outcome.roulette_path(),
+        outcome.roulette_path(axis),
         f"mask_search: {params.search.algorithm}, objectives {params.search.objectives}",
         "mean accuracy over exits" if mean_over_exits else "final-exit accuracy",
+        "predicted latency (ratio of dense)" if axis == "latency_ratio" else "FLOPs kept (ratio of dense)",
     )
+
+
+def validate_latency_model(
+    multi_exit_model: nn.Module,
+    latency_model: LatencyModel,
+    chosen_members: pd.DataFrame,
+    latency_params: LatencyProfileParams,
+    params: MaskSearchParams,
+    device: str,
+) -> tuple[pd.DataFrame, Figure, dict[str, object]]:
+    """Predicted vs measured latency (each network timed paired with the dense one) of the chosen members and
+    ``validation_masks`` random pruned networks: table, plot and error metrics (ratio errors; ``ms_*`` absolute)."""
+    if not latency_model.available:
+        return pd.DataFrame(columns=["kind"]), plots.latency_validation([], [], [], latency_model.unavailable), {}
+    layout = build_layout(multi_exit_model.eval(), input_shape(multi_exit_model))
+    settings = latency_params.settings(params.search.round_to)
+    masks, kinds = validation_masks(
+        layout, decode_masks(chosen_members["mask"]), latency_params.validation_masks, settings
+    )
+    table = pd.DataFrame(
+        validate_latency(multi_exit_model, layout, latency_model, masks, settings, resolve_device(device))
+    )
+    table.insert(0, "kind", kinds)
+    errors = prediction_errors(table["predicted_ratio"], table["measured_ratio"])
+    errors.update({f"ms_{k}": v for k, v in prediction_errors(table["predicted_ms"], table["measured_ms"]).items()})
+    title = f"latency model: {errors['within_10pct']:.0%} within +-10% (batch {settings.batch_size})"
+    figure = plots.latency_validation(table["predicted_ratio"], table["measured_ratio"], kinds, title)
+    return table, figure, to_mlflow_metrics(errors)

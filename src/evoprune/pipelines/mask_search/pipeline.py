@@ -8,6 +8,7 @@ from evoprune.pipelines.mask_search.nodes import (
     plot_pareto_front,
     search_masks,
     tabulate_search,
+    validate_latency_model,
 )
 
 
@@ -21,6 +22,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "train_split",
                     "validation_split",
                     "early_exit_operating_point",
+                    "latency_model",
+                    "params:latency_profile",
                     "params:mask_search",
                     "params:seed",
                     "params:device",
@@ -48,6 +51,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 "pareto_front_plot",
                 name="plot_pareto_front",
+            ),
+            Node(
+                validate_latency_model,
+                [
+                    "multi_exit_model",
+                    "latency_model",
+                    "chosen_members",
+                    "params:latency_profile",
+                    "params:mask_search",
+                    "params:device",
+                ],
+                ["latency_validation", "latency_validation_plot", "latency_validation_metrics"],
+                name="validate_latency_model",
             ),
         ]
     )
