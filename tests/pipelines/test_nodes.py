@@ -16,6 +16,7 @@ from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams, split_dataset, summarise_splits
 from evoprune.pipelines.finetune.nodes import FinetuneParams
+from evoprune.pipelines.latency_profile.nodes import LatencyProfileParams
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.pipelines.train_dense.nodes import (
     TrainDenseParams,
@@ -179,6 +180,10 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
                 )
             ),
             "params:baselines": MemoryDataset(BaselinesParams(criteria=["l1"])),
+            "latency_table_cache": MemoryDataset({}),  # nothing measured before
+            "params:latency_profile": MemoryDataset(
+                LatencyProfileParams(batch_size=8, repeats=1, grid_points=2, calibration_masks=2, validation_masks=2)
+            ),
             "params:mask_search.search.max_pruning_ratio": MemoryDataset(1.0),
             "params:mask_search.search.round_to": MemoryDataset(1),
             "params:seed": MemoryDataset(0),
@@ -216,7 +221,16 @@ def test_registry_has_every_stage_and_prune_is_default():
     pipelines = register_pipelines()
     assert {"data_preparation", "train_dense", "build_exits", "mask_search", "prune", "__default__"} <= set(pipelines)
     assert pipelines["__default__"] is pipelines["prune"]
-    stages = ("data_preparation", "train_dense", "build_exits", "mask_search", "finetune", "baselines", "report")
+    stages = (
+        "data_preparation",
+        "train_dense",
+        "build_exits",
+        "latency_profile",
+        "mask_search",
+        "finetune",
+        "baselines",
+        "report",
+    )
     assert {n.name for n in pipelines["prune"].nodes} == {n.name for s in stages for n in pipelines[s].nodes}
 
 

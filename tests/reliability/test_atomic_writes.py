@@ -21,6 +21,7 @@ from evoprune.datasets import (
     AtomicJSONDataset,
     AtomicMatplotlibDataset,
     ExportedModelsDataset,
+    LatencyModelDataset,
     ScoringNetDataset,
     TensorDictDataset,
     TorchModelDataset,
@@ -66,6 +67,19 @@ def _scoring_net(tmp: Path):
     return ScoringNetDataset(filepath=str(tmp / "net.pt")), ScoringNet(hidden=(2,)), ScoringNet(hidden=(512, 512))
 
 
+def _latency_model(tmp: Path):
+    import numpy as np
+
+    from evoprune.core.latency import LatencyModel, LayerTable
+
+    def model(n: int) -> LatencyModel:
+        return LatencyModel(
+            {"device": "cpu"}, (LayerTable("fc", np.arange(n), np.arange(n), np.ones((n, n))),), 0, 1, 1
+        )
+
+    return LatencyModelDataset(filepath=str(tmp / "latency.pt")), model(2), model(300)
+
+
 def _mlflow_wrapped_csv(tmp: Path):
     """The catalog's artifacts wrap our datasets in kedro-mlflow's MlflowArtifactDataset (logging off here)."""
     dataset = MlflowArtifactDataset(
@@ -75,7 +89,7 @@ def _mlflow_wrapped_csv(tmp: Path):
     return dataset, pd.DataFrame({"a": [1]}), pd.DataFrame({"a": range(9000)})
 
 
-CASES = [_csv, _json, _png, _tensors, _model, _scoring_net, _mlflow_wrapped_csv]
+CASES = [_csv, _json, _png, _tensors, _model, _scoring_net, _latency_model, _mlflow_wrapped_csv]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda f: f.__name__.strip("_"))
@@ -145,6 +159,7 @@ NO_FILE = {
     "kedro_mlflow.io.metrics.MlflowMetricsHistoryDataset",
     "evoprune.datasets.MlflowChildRunsDataset",
     "evoprune.datasets.RawImagesDataset",
+    "evoprune.datasets.LatencyTableCacheDataset",  # read-only (LatencyModelDataset files the cache atomically)
 }
 ATOMIC = {
     f"evoprune.datasets.{name}"
@@ -159,6 +174,7 @@ ATOMIC = {
         "ExportedModelsDataset",
         "SparseModelDataset",
         "ScoringNetDataset",
+        "LatencyModelDataset",
         "MethodResultsDataset",
     )
 }
