@@ -18,14 +18,14 @@ validation compare like with like. Timing first fixes glibc's allocator threshol
 by default glibc raises its mmap threshold as large blocks are freed, so a fresh process maps and faults in
 every activation buffer anew while a long-running one reuses heap memory; the same LeNet-5 masks measured
 0.75 / 0.43 of the dense time in a fresh process and 0.86 / 0.53 after a training workload, and 0.87 / 0.54
-either way with the thresholds fixed (the steady state of a long-running inference process). Timing runs with ``threads`` torch threads (default 1: on this 2-core
-virtual machine two threads vary by +-10% from one repeat to the next, one thread by +-2%; and a single
-inference thread is what most edge deployments use).
+either way with the thresholds fixed (the steady state of a long-running inference process). Timing runs
+with ``threads`` torch threads (default 1: on this 2-core virtual machine two threads vary by +-10% from one
+repeat to the next, one thread by +-2%; and a single inference thread is what most edge deployments use).
 
-A dimension of at most 16 units is measured at every count. Larger ones on ``grid_points`` counts, the inner
-ones multiples of 8 (the SIMD width oneDNN blocks channels by); a count between two points is interpolated,
-which underestimates the step an odd count costs: search with ``round_to: 8`` to stay on the grid's kind of
-counts.
+A dimension of at most 16 units is measured at every count the search can keep (with ``round_to`` > 1, its
+multiples). Larger ones on ``grid_points`` counts, the inner ones multiples of 8 (the SIMD width oneDNN blocks
+channels by); a count between two points is interpolated, which underestimates the step an odd count costs:
+search with ``round_to: 8`` to stay on the grid's kind of counts.
 
 A model is keyed by the device, torch version, threads, every measurement setting and the architecture
 (module tree and tensor shapes, not the weights, which do not change latency): ``check_key`` refuses a
@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import nn
 from tqdm.auto import tqdm
 
-from evoprune.core.cost import interleaved_median_seconds, interleaved_seconds
+from evoprune.core.cost import interleaved_median_seconds, interleaved_seconds, paired_speedup
 from evoprune.core.masking import prune_physically
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.units import ChromosomeLayout
@@ -77,6 +77,7 @@ class LatencySettings(BaseModel):
 
 TABLES_VERSION = "3"  # how tables are measured (grid, pairing, allocator): tables of another version are not reused
 _STEADY_BYTES = 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 def steady_allocator() -> bool:
@@ -88,9 +89,6 @@ def steady_allocator() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _STEADY_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, _STEADY_BYTES))
     except (OSError, AttributeError):
         return False
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 @contextlib.contextmanager
@@ -437,7 +435,7 @@ def measure_masks_ms(
     with timing_threads(settings.threads), torch.inference_mode():
         for net in tqdm(nets, desc="timing pruned networks", unit="net", leave=False):
             times = interleaved_seconds({"dense": lambda: dense(x), "pruned": lambda net=net: net(x)}, settings.repeats)
-            ratios.append(statistics.median(p / d for p, d in zip(times["pruned"], times["dense"], strict=True)))
+            ratios.append(paired_speedup(times["pruned"], times["dense"]))  # median of pruned / dense per pair
             dense_seconds += times["dense"]
     return PairedTimes(np.array(ratios), 1e3 * statistics.median(dense_seconds) if dense_seconds else float("nan"))
 
@@ -491,7 +489,10 @@ def _layer_table(
 ) -> LayerTable:
     """One layer's table over its grid of kept input and output units."""
     in_dim, out_dim = len(layer.in_bits), len(layer.out_bits)
-    grid = lambda size: unit_grid(size, settings.grid_points, settings.round_to)  # noqa: E731
+
+    def grid(size: int) -> np.ndarray:
+        return unit_grid(size, settings.grid_points, settings.round_to)
+
     out_units = grid(out_dim) if (layer.out_bits >= 0).any() else np.array([out_dim])
     if (layer.in_bits >= 0).any() and not (isinstance(module, nn.Conv2d) and module.groups > 1):
         channels = len(np.unique(layer.in_bits))  # a linear after a flatten: each channel feeds many features

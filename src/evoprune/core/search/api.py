@@ -20,7 +20,7 @@ from evoprune.core.atomic import is_temporary
 from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
 from evoprune.core.importance import GroupL1, own_filter_l1
-from evoprune.core.latency import LatencyModel
+from evoprune.core.latency import LatencyModel, LatencySettings, latency_key
 from evoprune.core.masking import mask_evaluator
 from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
 from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
@@ -156,6 +156,7 @@ def search_pruning_masks(
     on_bad_checkpoint: OnBadCheckpoint = "restart",
     distributed: DistributedConfig | None = None,
     latency: LatencyModel | None = None,
+    latency_settings: LatencySettings | None = None,
 ) -> SearchOutcome:
     """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
     method, random masks for contrast and, when configured, the roulette branch path for comparison.
@@ -172,7 +173,11 @@ def search_pruning_masks(
         latency: the target's latency model (``evoprune.core.latency``), for the ``latency_ratio`` objective
             (and the outcome's predicted latency); one without tables counts as none unless the objective
             needs it, which then fails saying why the network has no tables.
+        latency_settings: the settings ``latency`` should have been measured with: its key is checked against
+            them, this network and this device before searching (``LatencyKeyError`` on any difference).
     """
+    if latency is not None and latency_settings is not None:
+        latency.check_key(latency_key(model, latency_settings, device))
     if latency is not None and not latency.available:
         if "latency_ratio" in cfg.objectives:
             raise ValueError(f"the latency_ratio objective needs latency tables: {latency.unavailable}")
@@ -206,7 +211,14 @@ def search_pruning_masks(
         fingerprint = None
         if checkpoint_dir is not None:
             fingerprint = search_fingerprint(
-                model, cfg, seed, validation_split, calibration_images, policy, device, latency if predicted else None
+                model,
+                cfg,
+                seed,
+                validation_split,
+                calibration_images,
+                policy,
+                device,
+                latency if uses_latency else None,
             )
             checkpoint_dir = Path(checkpoint_dir) / fingerprint
             remove_old_checkpoints(checkpoint_dir, checkpoints_kept)

@@ -14,7 +14,7 @@ from torch import nn
 
 from evoprune.core import plots
 from evoprune.core.exits import final_exit_key, input_shape
-from evoprune.core.latency import LatencyModel, latency_key, prediction_errors, validate_latency, validation_masks
+from evoprune.core.latency import LatencyModel, prediction_errors, validate_latency, validation_masks
 from evoprune.core.mask_codec import decode_masks, encode_masks
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
@@ -85,8 +85,6 @@ def search_masks(
 ) -> SearchOutcome:
     """Run the configured search on the first ``validation_subset`` validation images; the latency model must
     be this network's, measured with this run's settings on this device (else: run latency_profile again)."""
-    settings = latency_params.settings(params.search.round_to)
-    latency_model.check_key(latency_key(multi_exit_model, settings, resolve_device(device)))
     subset = {k: v[: params.validation_subset] for k, v in validation_split.items()}
     calibration = train_split["images"][: params.adaptive_bn_images] if params.adaptive_bn_images else None
     policy = (float(early_exit_operating_point["threshold"]), str(early_exit_operating_point["criterion"]))
@@ -105,6 +103,7 @@ def search_masks(
         params.on_bad_checkpoint,
         params.distributed,
         latency_model,
+        latency_params.settings(params.search.round_to),
     )
 
 
