@@ -15,6 +15,7 @@ from pydantic_core import to_jsonable_python
 
 from evoprune import settings
 from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.report_table import ReportParams
 from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams
@@ -37,6 +38,7 @@ PARAMS_CLASSES = {
     "dst": DSTParams,
     "hidden_state": HiddenStateParams,
     "scoring_net": ScoringNetParams,
+    "report": ReportParams,
 }
 
 

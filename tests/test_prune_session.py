@@ -15,6 +15,7 @@ from tests.dst_check import assert_dst_runs_after_prune
 from tests.latency_check import assert_latency_search_runs_after_prune
 from tests.notebook_check import assert_notebook_explores
 from tests.scoring_net_check import assert_scoring_net_runs_after_prune
+from tests.seeds_check import assert_seeded_report_after_prune
 
 pytestmark = pytest.mark.slow
 
@@ -140,11 +141,12 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project, monkeypatch):
         run,
         "report",
         ("variant.keep.mean_drop_pt", f"member{chosen['member'].iloc[0]}.margin_over_l1_pt"),
-        ("report_table.csv", "accuracy_vs_flops.png", "variant_comparison.png"),
+        ("report_table.csv", "report_verdicts.csv", "accuracy_vs_flops.png", "variant_comparison.png"),
     )
     assert "finetune.dense.latency_ms_batch20" in metrics and "baselines.l1.member" in " ".join(metrics)
     assert_dst_runs_after_prune(tiny_project, client, experiment)  # dynamic sparse training on this run
     assert_scoring_net_runs_after_prune(tiny_project, client, experiment)  # the learned criterion on this run
+    assert_seeded_report_after_prune(tiny_project, client, experiment)  # report.seeds 2, more baselines
     assert_latency_search_runs_after_prune(tiny_project, client, experiment)  # last: it searches again
 
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
@@ -163,9 +165,19 @@ def test_same_seed_same_model_through_the_session(tiny_project):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_bad_parameters_stop_the_run_before_any_node(tiny_project):
-    with pytest.raises(Exception, match=r"train_dense[\s\S]*learning_rate"):
-        _run(tiny_project, runtime_params={"train_dense": {"training": {"learning_rate": -1.0}}})
+@pytest.mark.parametrize(
+    ("runtime_params", "message"),
+    [
+        ({"train_dense": {"training": {"learning_rate": -1.0}}}, r"train_dense[\s\S]*learning_rate"),
+        ({"report": {"seeds": 0}}, r"report[\s\S]*seeds[\s\S]*greater than 0"),
+        ({"baselines": {"criteria": ["l1", "obd"]}}, r"baselines[\s\S]*criteria[\s\S]*'hessian'"),
+        ({"baselines": {"rankings": ["global"]}}, r"baselines[\s\S]*rankings[\s\S]*'torch_pruning'"),
+    ],
+    ids=["negative_learning_rate", "no_seeds", "unknown_criterion", "unknown_ranking"],
+)
+def test_bad_parameters_stop_the_run_before_any_node(tiny_project, runtime_params, message):
+    with pytest.raises(Exception, match=message):
+        _run(tiny_project, runtime_params=runtime_params)
     assert not (tiny_project / "data/tiny/05_model_input/fashion_mnist_train.pt").exists()
 
 

@@ -1,5 +1,7 @@
 """Every importance criterion: what it measures, that it is a plain callable, and its reproducibility."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,18 @@ from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import attach_exits
 from evoprune.core.importance import (
     BASELINE_CRITERIA,
+    GroupHessian,
     GroupL1,
+    GroupLAMP,
     GroupRandom,
+    GroupTaylor,
     baseline_criterion,
     group_scores,
     own_filter_l1,
+    set_fisher_diagonal,
 )
 from evoprune.core.models import build_model
+from evoprune.core.train import exits_loss
 from evoprune.core.units import build_layout
 
 SHAPE = (1, 28, 28)
@@ -78,15 +85,81 @@ def test_random_scores_follow_the_seed(net):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+def _calibration(n: int = 48):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, *SHAPE, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
 @pytest.mark.parametrize("name", BASELINE_CRITERIA)
 def test_baseline_criteria_by_name_are_the_classes(net, name):
     model, layout = net
-    criterion = baseline_criterion(name, SHAPE, 0)
-    expected = {"l1": GroupL1(SHAPE), "random": GroupRandom(SHAPE, 0)}[name]
-    assert criterion == expected
+    calibration = _calibration()
+    criterion = baseline_criterion(name, SHAPE, 0, calibration)
+    expected = {
+        "l1": GroupL1(SHAPE),
+        "random": GroupRandom(SHAPE, 0),
+        "taylor": GroupTaylor(SHAPE, calibration),
+        "hessian": GroupHessian(SHAPE, calibration),
+        "lamp": GroupLAMP(SHAPE),
+    }[name]
+    assert type(criterion) is type(expected)
     np.testing.assert_array_equal(criterion(model, layout), expected(model, layout))
 
 
+@pytest.mark.parametrize("name", ["taylor", "hessian"])
+def test_gradient_criteria_leave_the_model_untouched_and_need_a_calibration_batch(net, name):
+    model, layout = net
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = baseline_criterion(name, SHAPE, 0, _calibration())(model.train(), layout)
+    assert np.isfinite(scores).all() and scores.std() > 0
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=f"'{name}' criterion reads gradients: pass a calibration batch"):
+        baseline_criterion(name, SHAPE, 0)
+
+
+def test_taylor_is_torch_prunings_taylor_importance_on_the_loss_gradient(net):
+    model, layout = net
+    inputs, labels = _calibration()
+    reference = copy.deepcopy(model)
+    exits_loss(reference(inputs), labels, None, 0.0).backward()
+    expected = group_scores(reference, layout, SHAPE, tp.importance.GroupTaylorImportance())
+    np.testing.assert_allclose(GroupTaylor(SHAPE, (inputs, labels))(model, layout), expected, rtol=1e-5)
+
+
+def test_fisher_diagonal_is_the_mean_squared_per_sample_gradient(net):
+    model, _ = net
+    inputs, labels = _calibration(70)  # more than one chunk of per-sample gradients
+    squares = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, y in zip(inputs, labels, strict=True):  # the definition, one sample at a time
+        model.zero_grad()
+        exits_loss(model(x[None]), y[None], None, 0.0).backward()
+        for n, p in model.named_parameters():
+            squares[n] += p.grad.pow(2)
+    model.zero_grad(set_to_none=True)
+    set_fisher_diagonal(model, (inputs, labels))
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, squares[n] / len(labels), rtol=1e-4, atol=1e-9)
+
+
+def test_torch_prunings_own_hessian_accumulation_keeps_only_the_last_sample(net):
+    """Why GroupHessian computes the Fisher diagonal itself: in torch-pruning 1.6.1 accumulate_grad tests
+    ``name in`` a dict keyed by parameters, so every call overwrites. When this fails upstream is fixed."""
+    model, _ = net
+    inputs, labels = _calibration(2)
+    importance = tp.importance.GroupHessianImportance()
+    for x, y in zip(inputs, labels, strict=True):
+        model.zero_grad()
+        exits_loss(model(x[None]), y[None], None, 0.0).backward()
+        importance.accumulate_grad(model)
+    weight = next(model.parameters())
+    assert torch.equal(importance._accu_grad[weight], weight.grad.pow(2))  # the last sample's squares alone
+    assert importance._counter[weight] == 1
+
+
 def test_unknown_baseline_criterion_names_the_choices_and_the_key():
-    with pytest.raises(ValueError, match=r"unknown baseline criterion 'l2'; choose from \['l1', 'random'\].*baselines"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown baseline criterion 'l2'; choose from \['l1', 'random', 'taylor', 'hessian', 'lamp'\].*baselines",
+    ):
         baseline_criterion("l2", SHAPE, 0)

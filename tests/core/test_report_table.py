@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evoprune.core.report_table import LEADING, comparison_table, summary_metrics
+from evoprune.core.report_table import LEADING, budget_verdicts, comparison_table, summary_metrics
 
 DENSE = {"exit1.test_accuracy": 0.80, "exit2.test_accuracy": 0.90, "flops": 100.0, "params": 10.0}
 
@@ -71,3 +71,66 @@ def test_members_carry_their_predicted_latency_and_other_rows_none():
     predicted = table.set_index(["kind", "member"])["predicted_latency_ratio"]
     assert predicted[("member", 1)] == 0.7 and predicted[("member", 2)] == 0.4
     assert np.isnan(predicted[("baseline", 1)]) and np.isnan(predicted[("dense", -1)])  # other masks: not predicted
+
+
+SEEDS = [42, 43, 44]
+
+
+def _seeded(method: str, member: int, accuracies: list[float], flops: float) -> list[dict]:
+    return [
+        {"member": member, "seed": s, "flops_ratio": flops, "params_ratio": 0.5, "test_accuracy": a}
+        | {"accuracy_drop_pt": 100 * (0.9 - a), "variant": method}
+        for s, a in zip(SEEDS, accuracies, strict=True)
+    ]
+
+
+@pytest.fixture
+def seeded():
+    """Planted accuracies over three seeds: at member 1 keep beats l1 by [1, 2, 2] pt; at member 2 l1 wins."""
+    keep = pd.DataFrame(_seeded("keep", 1, [0.90, 0.91, 0.92], 0.5) + _seeded("keep", 2, [0.80, 0.82, 0.78], 0.2))
+    rewind = pd.DataFrame(_seeded("rewind", 1, [0.88, 0.88, 0.88], 0.5) + _seeded("rewind", 2, [0.7] * 3, 0.2))
+    rows = _seeded("l1", 1, [0.89, 0.89, 0.90], 0.5) + _seeded("random", 1, [0.85, 0.86, 0.95], 0.5)
+    rows += _seeded("l1", 2, [0.81, 0.81, 0.81], 0.2) + _seeded("random", 2, [0.75, 0.75, 0.75], 0.2)
+    baselines = pd.DataFrame(rows).rename(columns={"variant": "criterion"})
+    chosen = pd.DataFrame({"member": [1, 2], "exit2_accuracy": [0.88, 0.80]})
+    return comparison_table(DENSE, baselines, chosen, [keep, rewind])
+
+
+def test_one_row_per_method_budget_and_seed_with_mean_std_and_paired_margin(seeded):
+    models = seeded[seeded["kind"] != "dense"]
+    assert len(models) == 4 * 2 * 3 and not models.duplicated(["kind", "method", "member", "seed"]).any()
+    keep1 = models[(models["method"] == "keep") & (models["member"] == 1)]
+    assert keep1["test_accuracy_mean"].tolist() == pytest.approx([0.91] * 3)
+    assert keep1["test_accuracy_std"].tolist() == pytest.approx([0.01] * 3)
+    assert (keep1["n_seeds"] == 3).all()
+    # the best baseline at member 1 is l1 by its mean (0.8933 > random's 0.8867), though random wins seed 44
+    assert (keep1["best_baseline"] == "l1").all()
+    assert keep1["margin_over_best_baseline_pt"].tolist() == pytest.approx([1.0, 2.0, 2.0])
+    assert keep1["margin_over_best_baseline_pt_mean"].iloc[0] == pytest.approx(5 / 3)
+    assert keep1["margin_over_best_baseline_pt_std"].iloc[0] == pytest.approx(np.std([1, 2, 2], ddof=1))
+    l1 = models[(models["method"] == "l1") & (models["member"] == 1)]
+    assert l1["margin_over_best_baseline_pt"].tolist() == pytest.approx([0.0] * 3)
+
+
+def test_verdicts_name_the_winner_of_each_budget_and_whether_it_is_beyond_the_std(seeded):
+    verdicts = budget_verdicts(seeded).set_index("member")
+    one, two = verdicts.loc[1], verdicts.loc[2]
+    assert (one["best_member_method"], one["best_baseline"], one["winner"]) == ("keep", "l1", "member: keep")
+    assert one["member_wins"] and one["margin_exceeds_std"] and one["n_seeds"] == 3
+    assert one["margin_pt_mean"] == pytest.approx(5 / 3)
+    assert (two["best_member_method"], two["winner"]) == ("keep", "baseline: l1")
+    assert two["margin_pt_mean"] == pytest.approx(-1.0) and not two["member_wins"] and not two["margin_exceeds_std"]
+    summary = summary_metrics(seeded)
+    assert summary["member1.margin_over_best_baseline_pt"] == pytest.approx(5 / 3)
+    assert summary["member1.member_wins"] == 1.0 and summary["member2.member_wins"] == 0.0
+    assert summary["budgets_won_by_members"] == 1.0 and summary["budgets_won_beyond_std"] == 1.0
+    assert summary["member1.margin_over_l1_pt"] == pytest.approx(
+        100 * (0.91 - (0.89 + 0.89 + 0.90) / 3)
+    )  # of the means
+
+
+def test_one_seed_gives_no_std_and_never_a_margin_beyond_it(table):
+    verdicts = budget_verdicts(table).set_index("member")
+    assert np.isnan(verdicts.loc[1, "margin_pt_std"]) and not verdicts.loc[1, "margin_exceeds_std"]
+    # keep's 0.89 against l1's 0.85: the margin is read from the test accuracies
+    assert verdicts.loc[1, "margin_pt_mean"] == pytest.approx(4.0) and verdicts.loc[1, "member_wins"]

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from evoprune.core.data import load_raw_dataset
 from evoprune.core.reinit import VARIANTS
+from evoprune.core.report_table import ReportParams
 from evoprune.pipeline_config import finetune_variants
 from evoprune.pipeline_registry import register_pipelines
 from evoprune.pipelines.baselines.nodes import BaselinesParams
@@ -187,6 +188,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
             "params:mask_search.search.max_pruning_ratio": MemoryDataset(1.0),
             "params:mask_search.search.round_to": MemoryDataset(1),
             "params:seed": MemoryDataset(0),
+            "params:report": MemoryDataset(ReportParams()),
             "params:device": MemoryDataset("cpu"),
         }
     )
@@ -204,6 +206,7 @@ def test_prune_slice_on_an_in_memory_catalog(raw):
         "rewind.finetune_metrics",
         "baseline_metrics",
         "report_metrics",
+        "report_verdicts",
         "accuracy_vs_flops_plot",
         "variant_comparison_plot",
     } <= set(outputs)

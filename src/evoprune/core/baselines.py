@@ -6,13 +6,64 @@ Unit scores come from a criterion of ``evoprune.core.importance`` (``GroupL1``: 
 FLOPs of the mask fit the budget, never emptying a layer (or pruning more of it than
 ``max_pruning_ratio``). The result is a mask in the same chromosome layout as the searched members, so
 baselines go through the same physical pruning and fine-tuning.
+
+``torch_pruning_global_mask`` ranks the same criteria with Torch-Pruning's own global pruner instead, as a
+user would call it (``MetaPruner(global_pruning=True)``, stepped until the FLOPs fit); the channels it removes
+from a copy of the network become a mask in the same layout.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from typing import Literal
 
-from evoprune.core.units import ChromosomeLayout
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from evoprune.core.importance import Calibration, GroupCriterion, baseline_criterion, eval_copy
+from evoprune.core.lstm import has_lstm
+from evoprune.core.models.adapter import logit_layers
+from evoprune.core.units import ChromosomeLayout, sum_of_exit_outputs
+
+PROGRESSIVE_STEPS = 200  # torch_pruning_global_mask: each step removes up to 0.5% of the channels
+Ranking = Literal["budget_fit", "torch_pruning"]
+RANKINGS: tuple[str, ...] = ("budget_fit", "torch_pruning")
+
+
+@dataclass(frozen=True, eq=False)
+class BaselinePruner:
+    """One baseline: a criterion (``evoprune.core.importance.baseline_criterion``) ranked by ``ranking``:
+    ``budget_fit`` (``mask_within_budget``: global ranking, FLOPs fitted with give-back, the search's
+    per-layer cap and rounding) or ``torch_pruning`` (``torch_pruning_global_mask``: Torch-Pruning's global
+    pruner as a user calls it, given the same cap and rounding as its own arguments)."""
+
+    criterion: str
+    ranking: Ranking
+    input_shape: tuple[int, ...]
+    calibration: Calibration | None = None  # what the gradient criteria read
+    max_pruning_ratio: float = 1.0
+    round_to: int = 1
+
+    @property
+    def name(self) -> str:
+        """The method's name in the report: the criterion (``l1``), ``tp_<criterion>`` for Torch-Pruning's pruner."""
+        return self.criterion if self.ranking == "budget_fit" else f"tp_{self.criterion}"
+
+    @property
+    def seeded(self) -> bool:
+        """Whether its masks depend on the seed (the random criterion)."""
+        return self.criterion == "random"
+
+    def masks(self, model: nn.Module, layout: ChromosomeLayout, budgets: np.ndarray, seed: int) -> np.ndarray:
+        """(K, num_bits) masks of ``model`` at the K FLOPs ``budgets`` (ratios of the dense FLOPs)."""
+        criterion = baseline_criterion(self.criterion, self.input_shape, seed, self.calibration)
+        limits = (self.max_pruning_ratio, self.round_to)
+        if self.ranking == "torch_pruning":
+            return np.stack([torch_pruning_global_mask(model, layout, criterion, float(b), *limits) for b in budgets])
+        scores = criterion(model, layout)
+        return np.stack([mask_within_budget(layout, scores, float(b), *limits) for b in budgets])
 
 
 def mask_within_budget(
@@ -86,3 +137,55 @@ def _give_back_rounded(
             mask[bits] = False
         else:
             return mask
+
+
+def torch_pruning_global_mask(
+    model: nn.Module,
+    layout: ChromosomeLayout,
+    criterion: GroupCriterion,
+    flops_budget: float,
+    max_pruning_ratio: float = 1.0,
+    round_to: int = 1,
+    steps: int = PROGRESSIVE_STEPS,
+) -> np.ndarray:
+    """The mask Torch-Pruning's global pruner removes with ``criterion``'s importance when it is stepped, as
+    Torch-Pruning's own FLOPs-target recipes do, until the FLOPs fit ``flops_budget``: ``MetaPruner(
+    global_pruning=True, pruning_ratio=1.0, iterative_steps=steps)``, the logit layers ignored, gradients
+    recomputed before each step for the gradient criteria (Taylor, Hessian). The last step may overshoot the
+    budget by what one step removes. ``max_pruning_ratio`` and ``round_to`` go to the pruner as its own
+    arguments. A copy of ``model`` is pruned in place; the removed channels map back to ``layout``'s bits."""
+    if not 0.0 < flops_budget <= 1.0:
+        raise ValueError(f"flops_budget is a ratio of the dense FLOPs in (0, 1], got {flops_budget}")
+    if has_lstm(model):
+        raise ValueError("Torch-Pruning's pruner is broken for nn.LSTM: rank LSTM baselines with budget_fit")
+    work = eval_copy(model)
+    example = torch.zeros(1, *criterion.input_shape, device=next(work.parameters()).device)
+    pruner = tp.pruner.MetaPruner(
+        work,
+        example,
+        criterion.importance(),
+        global_pruning=True,
+        pruning_ratio=1.0,
+        iterative_steps=steps,
+        max_pruning_ratio=max_pruning_ratio,
+        ignored_layers=logit_layers(work),
+        round_to=round_to if round_to > 1 else None,
+        root_module_types=[nn.Conv2d, nn.Linear],
+        forward_fn=sum_of_exit_outputs,
+    )
+    names = {m: n for n, m in work.named_modules()}
+    alive = {g.name: np.arange(g.offset, g.offset + g.size) for g in layout.groups}  # bits of current channels
+    mask = np.ones(layout.num_bits, dtype=bool)
+    for _ in range(steps):
+        if layout.cost(mask[None])["flops"][0] / layout.dense_flops <= flops_budget + 1e-12:
+            break
+        criterion.set_gradients(work)
+        for group in pruner.step(interactive=True):
+            for item in group:
+                name = names.get(item.dep.target.module)
+                if name in alive and pruner.DG.is_out_channel_pruning_fn(item.dep.handler):
+                    idxs = np.asarray(item.idxs, dtype=np.int64)
+                    mask[alive[name][idxs]] = False
+                    alive[name] = np.delete(alive[name], idxs)
+            group.prune()
+    return mask

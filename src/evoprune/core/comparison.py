@@ -9,17 +9,17 @@ against the dense model. The training history comes along for the tracking of ea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import product
 
 import numpy as np
 import torch
 from torch import nn
 
-from evoprune.core.baselines import mask_within_budget
+from evoprune.core.baselines import BaselinePruner
 from evoprune.core.exits import final_exit_key, input_shape
 from evoprune.core.finetune import finetune_member, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
-from evoprune.core.importance import UnitImportance
 from evoprune.core.masking import prune_physically
 from evoprune.core.train import train
 from evoprune.core.units import ChromosomeLayout, build_layout
@@ -31,19 +31,33 @@ Split = dict[str, torch.Tensor]
 class MeasuredModel:
     """One fine-tuned pruned model and its measurements."""
 
-    labels: dict[str, object]  # what it is, e.g. {"variant": "rewind", "member": 3}; the row's first keys
+    labels: dict[str, object]  # what it is, e.g. {"variant": "rewind", "member": 3, "seed": 42}; the row's first keys
     row: dict[str, object]  # labels, measurements, ratios against the dense model, train_seconds
     history: dict[str, object]  # the fine-tuning's history (val_accuracy, train_loss per epoch, ...)
     model: nn.Module  # pruned and fine-tuned
+    replicate: int = 0  # which of the fine-tune seeds (0: the run's seed)
 
     @property
     def member(self) -> int:
         return int(self.labels["member"])
 
     @property
+    def key(self) -> str:
+        """Its name in metric keys and run names: ``member<id>``, ``member<id>.seed<seed>`` for replicates."""
+        return f"member{self.member}" + (f".seed{self.labels['seed']}" if self.replicate else "")
+
+    @property
     def scalars(self) -> dict[str, float]:
-        """The row's numbers except the member id (labels such as ``flops_budget`` included)."""
-        return {k: v for k, v in self.row.items() if isinstance(v, (int, float)) and k != "member"}
+        """The row's numbers except the member id and the seed (labels such as ``flops_budget`` included)."""
+        return {k: v for k, v in self.row.items() if isinstance(v, (int, float)) and k not in ("member", "seed")}
+
+
+def replicate_seeds(seed: int, count: int) -> list[int]:
+    """The fine-tune seeds of ``report.seeds: count`` replicates: ``seed``, ``seed + 1``, ... (the first is the
+    run's seed, so one replicate is the single-seed run)."""
+    if count < 1:
+        raise ValueError(f"report.seeds is the number of fine-tune seeds, at least 1; got {count}")
+    return [seed + k for k in range(count)]
 
 
 def unpack_members(members: Mapping[str, object]) -> tuple[nn.Module, np.ndarray, list[int]]:
@@ -91,6 +105,7 @@ def measure_against_dense(
     dense_measurements: dict[str, float],
     device: torch.device,
     labels: dict[str, object],
+    replicate: int = 0,
 ) -> MeasuredModel:
     """Measure a fine-tuned pruned ``model`` against the dense ``trained`` one (timed alternately)."""
     measured = measure(
@@ -108,7 +123,7 @@ def measure_against_dense(
         **member_row(measured, dense_measurements, mask, layout),
         "train_seconds": history["train_seconds"],
     }
-    return MeasuredModel(dict(labels), row, history, model)
+    return MeasuredModel(dict(labels), row, history, model, replicate)
 
 
 def finetune_with_variant(
@@ -121,22 +136,24 @@ def finetune_with_variant(
     policy: tuple[float, str],
     dense_measurements: dict[str, float],
     params: FinetuneParams,
-    seed: int,
+    seeds: Sequence[int],
     device: torch.device,
 ) -> list[MeasuredModel]:
     """Every member (``masks[k]`` of ``trained``) with the weights of ``variant`` (``initial`` = θ0),
-    physically pruned, fine-tuned as ``params.training`` says and measured on the test split.
+    physically pruned, fine-tuned as ``params.training`` says with each of ``seeds`` and measured on the
+    test split.
 
     Args:
         splits: train, validation and test split.
         policy: the early-exit policy measured on each member, see ``early_exit_policy``.
+        seeds: one fine-tune per seed (re-init draws and batch order), see ``replicate_seeds``.
     """
     if not len(member_ids):
         return []
     train_split, validation_split, test_split = splits
     layout = build_layout(trained, input_shape(trained))
     out = []
-    for member, mask in zip(member_ids, masks, strict=True):
+    for (member, mask), (replicate, seed) in product(zip(member_ids, masks, strict=True), enumerate(seeds)):
         model, history = finetune_member(
             trained,
             initial,
@@ -149,9 +166,9 @@ def finetune_with_variant(
             device,
             seed,
             params.loss_weights,
-            f"finetune[{variant}] member {member}",
+            f"finetune[{variant}] member {member} seed {seed}",
         )
-        labels = {"variant": variant, "member": member}
+        labels = {"variant": variant, "member": member, "seed": seed}
         out.append(
             measure_against_dense(
                 model,
@@ -165,6 +182,7 @@ def finetune_with_variant(
                 dense_measurements,
                 device,
                 labels,
+                replicate,
             )
         )
     return out
@@ -174,33 +192,45 @@ def prune_to_member_budgets(
     trained: nn.Module,
     masks: np.ndarray,
     member_ids: Sequence[int],
-    criteria: Mapping[str, UnitImportance],
+    pruners: Sequence[BaselinePruner],
     splits: tuple[Split, Split, Split],
     policy: tuple[float, str],
     dense_measurements: dict[str, float],
     params: FinetuneParams,
-    unit_limits: tuple[float, int],
-    seed: int,
+    seeds: Sequence[int],
     device: torch.device,
 ) -> list[MeasuredModel]:
-    """For each criterion and each member's FLOPs ratio: the trained network pruned globally by that
-    criterion to the member's FLOPs (``mask_within_budget`` under ``unit_limits`` = (max_pruning_ratio,
-    round_to), the limits the search obeyed), fine-tuned exactly like the members
-    (``params.training``) and measured.
+    """For each baseline pruner and each member's FLOPs ratio: the trained network pruned by it to the
+    member's FLOPs, fine-tuned exactly like the members (``params.training``) with each of ``seeds`` and
+    measured, labelled with the pruner's ``name``. A seeded criterion (random) draws its masks per seed.
 
     Args:
-        criteria: name -> importance criterion (``evoprune.core.importance``), e.g. ``{"l1": GroupL1(...)}``.
+        pruners: e.g. ``BaselinePruner("l1", "budget_fit", shape, max_pruning_ratio=0.7, round_to=1)``, the
+            limits the search obeyed.
         splits: train, validation and test split.
     """
     layout = build_layout(trained, input_shape(trained))
     budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
     out = []
-    for name, criterion in criteria.items():
-        scores = criterion(trained, layout)
-        fitted = np.stack([mask_within_budget(layout, scores, float(b), *unit_limits) for b in budgets])
-        out += finetune_criterion_masks(
-            trained, layout, fitted, member_ids, budgets, name, splits, policy, dense_measurements, params, seed, device
-        )
+    for pruner in pruners:
+        draws = [[s] for s in seeds] if pruner.seeded else [list(seeds)]
+        for draw in draws:
+            fitted = pruner.masks(trained, layout, budgets, draw[0])
+            run = finetune_criterion_masks(
+                trained,
+                layout,
+                fitted,
+                member_ids,
+                budgets,
+                pruner.name,
+                splits,
+                policy,
+                dense_measurements,
+                params,
+                draw,
+                device,
+            )
+            out += [replace(m, replicate=seeds.index(m.labels["seed"])) for m in run]
     return out
 
 
@@ -215,16 +245,18 @@ def finetune_criterion_masks(
     policy: tuple[float, str],
     dense_measurements: dict[str, float],
     params: FinetuneParams,
-    seed: int,
+    seeds: Sequence[int],
     device: torch.device,
 ) -> list[MeasuredModel]:
     """Each of a criterion's ``masks`` (one per member, fitted to its FLOPs ``budgets``): the trained network
-    pruned physically to it, fine-tuned exactly like the members (``params.training``) and measured, labelled
-    ``criterion``, ``member`` and ``flops_budget``."""
+    pruned physically to it, fine-tuned exactly like the members (``params.training``) with each of ``seeds``
+    and measured, labelled ``criterion``, ``member``, ``flops_budget`` and ``seed``."""
     train_split, validation_split, test_split = splits
     shape = input_shape(trained)
     out = []
-    for member, budget, mask in zip(member_ids, budgets, masks, strict=True):
+    for (member, budget, mask), (replicate, seed) in product(
+        zip(member_ids, budgets, masks, strict=True), enumerate(seeds)
+    ):
         model = prune_physically(trained, layout, mask, shape)
         history = train(
             model,
@@ -233,10 +265,10 @@ def finetune_criterion_masks(
             params.training,
             device,
             seed,
-            f"baseline[{criterion}] budget of member {member}",
+            f"baseline[{criterion}] budget of member {member} seed {seed}",
             params.loss_weights,
         )
-        labels = {"criterion": criterion, "member": int(member), "flops_budget": float(budget)}
+        labels = {"criterion": criterion, "member": int(member), "flops_budget": float(budget), "seed": seed}
         out.append(
             measure_against_dense(
                 model,
@@ -250,6 +282,7 @@ def finetune_criterion_masks(
                 dense_measurements,
                 device,
                 labels,
+                replicate,
             )
         )
     return out

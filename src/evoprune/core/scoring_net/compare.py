@@ -58,7 +58,7 @@ def prune_to_member_budgets_by_scoring_net(
         policy,
         dense_measurements,
         params,
-        seed,
+        [seed],
         device,
     )
     return measured, mask_seconds

@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from evoprune.core.baselines import BaselinePruner
 from evoprune.core.comparison import finetune_with_variant, prune_to_member_budgets
 from evoprune.core.exits import final_exit_key
 from evoprune.core.finetune_config import FinetuneParams
-from evoprune.core.importance import GroupL1
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.sparse.dst import nonzero_flops, weight_sparsity
 from evoprune.core.sparse.magnitude import magnitude_baseline
@@ -87,20 +87,19 @@ def compare_dst(
         policy,
         dense_measurements,
         finetune,
-        seed,
+        [seed],
         device,
     )
     l1 = prune_to_member_budgets(
         trained,
         mask,
         [DST_MEMBER],
-        {"l1": GroupL1(input_shape(trained))},
+        [BaselinePruner("l1", "budget_fit", input_shape(trained))],
         splits,
         policy,
         dense_measurements,
         finetune,
-        (1.0, 1),
-        seed,
+        [seed],
         device,
     )
     rows = [dst_row, magnitude_row]

@@ -1,16 +1,25 @@
-"""Nodes of baselines: global L1-norm and random filter pruning at the chosen members' FLOPs budgets,
-fine-tuned with the same budget as the members."""
+"""Nodes of baselines: Torch-Pruning's criteria (L1, random, Taylor, Hessian, LAMP), ranked globally by our budget
+fitting or by Torch-Pruning's own global pruner, at the chosen members' FLOPs budgets, fine-tuned with the same
+budget as the members."""
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from evoprune.core.comparison import MeasuredModel, early_exit_policy, prune_to_member_budgets, unpack_members
+from evoprune.core.baselines import BaselinePruner, Ranking
+from evoprune.core.comparison import (
+    MeasuredModel,
+    early_exit_policy,
+    prune_to_member_budgets,
+    replicate_seeds,
+    unpack_members,
+)
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune_config import FinetuneParams
-from evoprune.core.importance import BaselineCriterion, baseline_criterion
+from evoprune.core.importance import BaselineCriterion, calibration_batch
+from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
 from evoprune.tracking import ChildRun, measured_child_run, to_mlflow_metrics
 
@@ -22,8 +31,13 @@ class BaselinesParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # l1: Torch-Pruning's GroupMagnitudeImportance(p=1) | random: RandomImportance (evoprune.core.importance)
-    criteria: list[BaselineCriterion] = Field(default_factory=lambda: ["l1", "random"])
+    # Torch-Pruning importances (evoprune.core.importance): l1 GroupMagnitudeImportance(p=1) | random
+    # RandomImportance | taylor GroupTaylorImportance | hessian GroupHessianImportance | lamp LAMPImportance
+    criteria: list[BaselineCriterion] = Field(default_factory=lambda: ["l1", "random"], min_length=1)
+    # budget_fit: global ranking fitted to each member's FLOPs (rows named by the criterion) | torch_pruning:
+    # Torch-Pruning's MetaPruner(global_pruning=True) stepped until the FLOPs fit (rows tp_<criterion>)
+    rankings: list[Ranking] = Field(default_factory=lambda: ["budget_fit"], min_length=1)
+    calibration_samples: PositiveInt = 256  # training images the gradient criteria (taylor, hessian) read
 
 
 def prune_baselines(
@@ -38,28 +52,30 @@ def prune_baselines(
     max_pruning_ratio: float,
     round_to: int,
     seed: int,
+    report: ReportParams,
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, object], list[ChildRun]]:
-    """For each criterion and each selected member's FLOPs ratio: prune the trained network to that budget,
-    fine-tune it exactly like the members (``finetune.training``) and measure it. No layer loses more
-    than ``max_pruning_ratio`` of its units, and every layer larger than ``round_to`` keeps a multiple of
-    it: the limits the search obeyed.
+    """For each criterion x ranking and each selected member's FLOPs ratio: prune the trained network to that
+    budget, fine-tune it exactly like the members (``finetune.training``, ``report.seeds`` fine-tune seeds) and measure it. No layer loses more than ``max_pruning_ratio`` of its units, and
+    every layer larger than ``round_to`` keeps a multiple of it: the limits the search obeyed.
 
-    Returns: one row per (criterion, budget), MLflow metrics (``<criterion>.member<id>.<metric>``) and one
-    nested MLflow run per row (tags stage, criterion, member, flops_budget).
+    Returns: one row per (method, budget, seed), MLflow metrics (``<method>.member<id>.<metric>``) and one
+    nested MLflow run per row (tags stage, criterion, member, flops_budget, seed).
     """
     trained, masks, ids = unpack_members(selected_members)
-    criteria = {name: baseline_criterion(name, input_shape(trained), seed) for name in params.criteria}
+    shape, limits = input_shape(trained), {"max_pruning_ratio": max_pruning_ratio, "round_to": round_to}
+    calibration = calibration_batch(train_split, params.calibration_samples, seed)
+    pruners = [BaselinePruner(c, r, shape, calibration, **limits) for r in params.rankings for c in params.criteria]
     splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
-    dense, dev = dense_measurements, resolve_device(device)
     measured = prune_to_member_budgets(
-        trained, masks, ids, criteria, splits, policy, dense, finetune, (max_pruning_ratio, round_to), seed, dev
-    )
-    metrics = {f"{m.labels['criterion']}.member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()}
+        trained, masks, ids, pruners, splits, policy, dense_measurements, finetune, replicate_seeds(seed, report.seeds),
+        resolve_device(device),
+    )  # fmt: skip
+    metrics = {f"{m.labels['criterion']}.{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
     return pd.DataFrame([m.row for m in measured]), to_mlflow_metrics(metrics), [_run(m) for m in measured]
 
 
 def _run(measured: MeasuredModel) -> ChildRun:
     labels = measured.labels
     tags = {"stage": "baselines", **labels, "flops_budget": f"{labels['flops_budget']:.3f}"}
-    return measured_child_run(f"baselines/{labels['criterion']}/member{measured.member}", tags, measured)
+    return measured_child_run(f"baselines/{labels['criterion']}/{measured.key.replace('.', '/')}", tags, measured)

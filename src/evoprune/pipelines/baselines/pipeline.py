@@ -22,6 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:mask_search.search.max_pruning_ratio",
                     "params:mask_search.search.round_to",
                     "params:seed",
+                    "params:report",
                     "params:device",
                 ],
                 ["baseline_results", "baseline_metrics", "baseline_runs"],

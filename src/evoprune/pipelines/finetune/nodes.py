@@ -11,9 +11,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evoprune.core.comparison import MeasuredModel, early_exit_policy, finetune_with_variant, unpack_members
+from evoprune.core.comparison import (
+    MeasuredModel,
+    early_exit_policy,
+    finetune_with_variant,
+    replicate_seeds,
+    unpack_members,
+)
 from evoprune.core.finetune import measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
+from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
 from evoprune.core.selection import select_by_finetuning
 from evoprune.tracking import ChildRun, measured_child_run, to_mlflow_metrics
@@ -81,15 +88,18 @@ def finetune_variant(
     dense_measurements: dict[str, float],
     params: FinetuneParams,
     seed: int,
+    report: ReportParams,
     device: str,
     variant: str,
 ) -> tuple[pd.DataFrame, dict[str, object], dict[str, object], list[ChildRun]]:
-    """Fine-tune every chosen member with the weights of ``variant`` and measure it against the dense model.
+    """Fine-tune every chosen member with the weights of ``variant`` with ``report.seeds`` fine-tune
+    seeds (``seed``, ``seed + 1``, ...) and measure it against the dense model.
 
     Returns:
-        One row per member, the fine-tuned pruned members (for the catalog), MLflow metrics
-        (``member<id>.<metric>``) and one nested MLflow run per member (tags stage, variant, member).
-        A variant that an environment or ``--params`` left out of ``params.variants`` is skipped (empty outputs).
+        One row per member and seed, the fine-tuned pruned members of the first seed (for the catalog), MLflow
+        metrics (``member<id>.<metric>``, ``member<id>.seed<seed>.<metric>`` for further seeds) and one nested
+        MLflow run per row (tags stage, variant, member, seed). A variant that an environment or ``--params``
+        left out of ``params.variants`` is skipped (empty outputs).
     """
     trained, masks, ids = unpack_members(pareto_members)
     if variant not in params.variants:
@@ -97,11 +107,14 @@ def finetune_variant(
         masks, ids = masks[:0], []
     dev = resolve_device(device)
     splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
+    fine_tune_seeds = replicate_seeds(seed, report.seeds)
     measured = finetune_with_variant(
-        trained, multi_exit_model_init, masks, ids, variant, splits, policy, dense_measurements, params, seed, dev
-    )
-    finetuned = {"model": trained, "masks": masks, "member_ids": ids, "pruned": [m.model for m in measured]}
-    metrics = {f"member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()}
+        trained, multi_exit_model_init, masks, ids, variant, splits, policy, dense_measurements, params,
+        fine_tune_seeds, dev,
+    )  # fmt: skip
+    pruned = [m.model for m in measured if not m.replicate]
+    finetuned = {"model": trained, "masks": masks, "member_ids": ids, "pruned": pruned}
+    metrics = {f"{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
     return _table(measured), finetuned, to_mlflow_metrics(metrics), [_run(variant, m) for m in measured]
 
 
@@ -110,9 +123,8 @@ def _table(measured: list[MeasuredModel]) -> pd.DataFrame:
 
 
 def _run(variant: str, measured: MeasuredModel) -> ChildRun:
-    return measured_child_run(
-        f"finetune/{variant}/member{measured.member}", {"stage": "finetune", **measured.labels}, measured
-    )
+    name = f"finetune/{variant}/{measured.key.replace('.', '/')}"
+    return measured_child_run(name, {"stage": "finetune", **measured.labels}, measured)
 
 
 def export_members(finetuned_members: dict[str, object]) -> dict[str, nn.Module]:

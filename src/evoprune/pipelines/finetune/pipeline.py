@@ -25,7 +25,7 @@ SHARED_INPUTS = (
     "early_exit_operating_point",
     "dense_measurements",
 )
-SHARED_PARAMETERS = ("params:finetune", "params:seed", "params:device")
+SHARED_PARAMETERS = ("params:finetune", "params:seed", "params:report", "params:device")
 
 
 def variant_pipeline(variant: str) -> Pipeline:

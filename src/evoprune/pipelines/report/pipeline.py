@@ -34,7 +34,7 @@ def _report(variants: Sequence[str]) -> Pipeline:
                     "method_results",
                     *(f"{v}.finetune_results" for v in variants),
                 ],
-                ["report_table", "report_metrics"],
+                ["report_table", "report_verdicts", "report_metrics"],
                 name="build_report",
             ),
             Node(
