@@ -1,6 +1,7 @@
-"""`report.seeds: 2` on the artifacts of a finished tiny `prune` run: the fine-tunes (members and baselines, with
-Torch-Pruning's Taylor criterion ranked both ways) repeated per seed, the seeded report, its verdicts and summary
-metrics; the check runs inside ``tests/test_prune_session.py::test_prune_run_is_tracked_in_mlflow``."""
+"""`report.seeds: 2` on the artifacts of a finished tiny `prune` run: the fine-tunes (members, baselines with
+Torch-Pruning's Taylor criterion ranked both ways, the roulette branch method's networks) repeated per seed, the
+seeded report, its verdicts and summary metrics; the check runs inside
+``tests/test_prune_session.py::test_prune_run_is_tracked_in_mlflow``."""
 
 from pathlib import Path
 
@@ -18,9 +19,14 @@ def assert_seeded_report_after_prune(project: Path, client: mlflow.MlflowClient,
     params = {
         "report": {"seeds": 2},
         "finetune": {"variants": ["keep"]},
-        "baselines": {"criteria": ["l1", "taylor"], "rankings": ["budget_fit", "torch_pruning"]},
+        "baselines": {
+            "criteria": ["l1", "taylor"],
+            "rankings": ["budget_fit", "torch_pruning"],
+            "roulette_branch": True,
+        },
+        "mask_search": {"roulette_branch": {"branch_size": 3, "max_levels": 12}},  # a path down to the budgets
     }
-    run_tiny_session(project, ["finetune", "baselines", "report"], runtime_params=params)
+    run_tiny_session(project, ["mask_search", "finetune", "baselines", "report"], runtime_params=params)
     reporting = project / "data/tiny/08_reporting"
     report = pd.read_csv(reporting / "report_table.csv")
     members = sorted(report.loc[report["kind"] == "member", "member"].unique())
@@ -38,6 +44,15 @@ def assert_seeded_report_after_prune(project: Path, client: mlflow.MlflowClient,
     assert keep["margin_over_best_baseline_pt"].notna().all()
     tp_rows = report[report["method"].str.startswith("tp_")]
     assert (tp_rows["flops_ratio"] <= tp_rows["flops_budget"] + 1e-9).all()  # Torch-Pruning stepped until it fit
+
+    path = pd.read_csv(project / "data/tiny/07_model_output/roulette_path.csv", dtype={"mask": str})
+    budgets = keep.groupby("member")["flops_ratio"].first()
+    reached = [m for m, b in budgets.items() if (path["flops_ratio"] <= b + 1e-9).any()]
+    roulette = report[report["kind"] == "roulette"]
+    assert reached and sorted(roulette["member"].unique()) == reached and len(roulette) == len(reached) * len(SEEDS)
+    for member, rows in roulette.groupby("member"):  # the path's network with the most FLOPs within the member's
+        within = path.loc[path["flops_ratio"] <= budgets[member] + 1e-9, "flops_ratio"].max()
+        assert abs(rows["flops_ratio"].iloc[0] - within) < 1e-9 and (rows["method"] == "roulette_branch").all()
 
     verdicts = pd.read_csv(reporting / "report_verdicts.csv")
     assert sorted(verdicts["member"]) == members and (verdicts["n_seeds"] == 2).all()

@@ -22,6 +22,7 @@ from evoprune.pipelines.mask_search.nodes import (
     export_members,
     plot_pareto_front,
     search_masks,
+    tabulate_roulette_path,
     tabulate_search,
     validate_latency_model,
 )
@@ -73,6 +74,17 @@ def test_tables_agree_with_the_search(searched):
         bits, outcome.result.front_X[np.argsort(outcome.layout.cost(outcome.result.front_X)["flops"], kind="stable")]
     )
     assert (pareto["units_kept"] == bits.sum(1)).all()
+
+
+def test_the_roulette_path_table_is_the_branch_path_dense_first(searched):
+    _, outcome = searched
+    path = tabulate_roulette_path(outcome)
+    np.testing.assert_array_equal(decode_masks(path["mask"]), outcome.roulette["path_X"])
+    assert path["level"].tolist() == list(range(len(path))) and path["flops_ratio"].iloc[0] == 1.0
+    assert path["flops_ratio"].is_monotonic_decreasing
+    np.testing.assert_allclose(path["val_accuracy"], outcome.roulette["path_accuracy"])
+    empty = tabulate_roulette_path(replace(outcome, roulette=None))
+    assert empty.empty and "mask" in empty.columns
 
 
 def test_members_are_spread_and_round_trip_to_the_same_pruned_network(searched, tmp_path):

@@ -8,6 +8,7 @@ against the dense model. The training history comes along for the tracking of ea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import product
@@ -21,10 +22,12 @@ from evoprune.core.exits import final_exit_key, input_shape
 from evoprune.core.finetune import finetune_member, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
 from evoprune.core.masking import prune_physically
+from evoprune.core.search.roulette_branch import path_levels_within
 from evoprune.core.train import train
 from evoprune.core.units import ChromosomeLayout, build_layout
 
 Split = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -232,6 +235,37 @@ def prune_to_member_budgets(
             )
             out += [replace(m, replicate=seeds.index(m.labels["seed"])) for m in run]
     return out
+
+
+def finetune_roulette_networks(
+    trained: nn.Module,
+    path_masks: np.ndarray,
+    masks: np.ndarray,
+    member_ids: Sequence[int],
+    splits: tuple[Split, Split, Split],
+    policy: tuple[float, str],
+    dense_measurements: dict[str, float],
+    params: FinetuneParams,
+    seeds: Sequence[int],
+    device: torch.device,
+) -> list[MeasuredModel]:
+    """The roulette branch method's networks at the members' FLOPs: per member, the level of the path
+    (``path_masks``, dense first) with the most FLOPs within the member's, from the trained weights, fine-tuned
+    exactly like the members with each of ``seeds`` and measured, labelled ``criterion = roulette_branch``. A
+    member whose FLOPs the path never gets down to has no row (logged)."""
+    layout = build_layout(trained, input_shape(trained))
+    budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
+    levels = path_levels_within(layout, path_masks, budgets)
+    reached = [k for k, level in enumerate(levels) if level is not None]
+    for k in set(range(len(levels))) - set(reached):
+        logger.warning(
+            "roulette branch: its path never gets within member %s's FLOPs (%.3f)", member_ids[k], budgets[k]
+        )
+    fitted = np.asarray(path_masks, dtype=bool)[[levels[k] for k in reached]]
+    return finetune_criterion_masks(
+        trained, layout, fitted, [member_ids[k] for k in reached], budgets[reached], "roulette_branch", splits,
+        policy, dense_measurements, params, seeds, device,
+    )  # fmt: skip
 
 
 def finetune_criterion_masks(

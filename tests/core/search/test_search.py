@@ -14,7 +14,7 @@ from evoprune.core.search.operators import (
     rank_within_layers,
 )
 from evoprune.core.search.problem import MaskSearchProblem
-from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
+from evoprune.core.search.roulette_branch import RouletteBranchConfig, path_levels_within, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, run_search
 from evoprune.core.train import TrainConfig, train
 from evoprune.core.units import build_layout
@@ -173,6 +173,12 @@ def test_roulette_branch_prunes_monotonically_within_the_limit(setup):
     assert np.all(np.diff(flops) <= 0)
     assert np.all(out["path_accuracy"] >= reference[-1] - 0.2 - 1e-12)
     assert np.all(out["path_X"][1:] <= out["path_X"][:-1])  # prunes further, never restores
+    ratios = flops / layout.dense_flops
+    budgets = np.array([1.0, (ratios[0] + ratios[-1]) / 2, ratios[-1], ratios[-1] / 2])
+    levels = path_levels_within(layout, out["path_X"], budgets)
+    assert levels[0] == 0 and ratios[levels[2]] == ratios[-1]
+    assert ratios[levels[1]] <= budgets[1] and (ratios[: levels[1]] > budgets[1]).all()  # the most FLOPs within
+    assert levels[3] is None  # the path never gets that slim
 
 
 def test_adaptive_bn_uses_its_own_buffers():

@@ -59,3 +59,14 @@ def roulette_branch_search(
         "accuracy": np.concatenate(all_acc) if all_acc else np.empty((0, 0)),
         "level": np.concatenate(levels) if levels else np.empty(0),
     }
+
+
+def path_levels_within(layout: ChromosomeLayout, path_X: np.ndarray, flops_budgets: np.ndarray) -> list[int | None]:
+    """For each FLOPs budget (a ratio of the dense FLOPs), the level of the roulette path whose network has the
+    most FLOPs within it; None when the path's slimmest network is above the budget."""
+    ratios = layout.cost(np.asarray(path_X, dtype=bool))["flops"] / layout.dense_flops
+    out: list[int | None] = []
+    for budget in np.asarray(flops_budgets, dtype=float):
+        within = np.flatnonzero(ratios <= budget + 1e-9)
+        out.append(int(within[np.argmax(ratios[within])]) if len(within) else None)
+    return out

@@ -12,6 +12,7 @@ from evoprune.core.baselines import BaselinePruner, Ranking
 from evoprune.core.comparison import (
     MeasuredModel,
     early_exit_policy,
+    finetune_roulette_networks,
     prune_to_member_budgets,
     replicate_seeds,
     unpack_members,
@@ -19,6 +20,7 @@ from evoprune.core.comparison import (
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.importance import BaselineCriterion, calibration_batch
+from evoprune.core.mask_codec import decode_masks
 from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
 from evoprune.tracking import ChildRun, measured_child_run, to_mlflow_metrics
@@ -38,6 +40,9 @@ class BaselinesParams(BaseModel):
     # Torch-Pruning's MetaPruner(global_pruning=True) stepped until the FLOPs fit (rows tp_<criterion>)
     rankings: list[Ranking] = Field(default_factory=lambda: ["budget_fit"], min_length=1)
     calibration_samples: PositiveInt = 256  # training images the gradient criteria (taylor, hessian) read
+    # also fine-tune the roulette branch method's networks (Chan et al., mask_search's roulette_path) at the
+    # members' FLOPs: report rows of kind roulette
+    roulette_branch: bool = False
 
 
 def prune_baselines(
@@ -73,6 +78,38 @@ def prune_baselines(
     )  # fmt: skip
     metrics = {f"{m.labels['criterion']}.{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
     return pd.DataFrame([m.row for m in measured]), to_mlflow_metrics(metrics), [_run(m) for m in measured]
+
+
+def finetune_roulette_branch(
+    selected_members: dict[str, object],
+    roulette_path: pd.DataFrame,
+    train_split: Split,
+    validation_split: Split,
+    test_split: Split,
+    early_exit_operating_point: dict[str, object],
+    dense_measurements: dict[str, float],
+    finetune: FinetuneParams,
+    params: BaselinesParams,
+    report: ReportParams,
+    seed: int,
+    device: str,
+) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
+    """With ``baselines.roulette_branch``: the roulette branch method's networks at the members' FLOPs
+    (``evoprune.core.comparison.finetune_roulette_networks``), fine-tuned like the members with the report's
+    seeds. Returns ``method_results["roulette"]`` (rows of kind ``roulette``, method ``roulette_branch``; empty
+    when off or when the branch did not run, so an earlier run's rows do not linger) and MLflow metrics."""
+    trained, masks, ids = unpack_members(selected_members)
+    measured = []
+    if params.roulette_branch and len(roulette_path):
+        splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
+        measured = finetune_roulette_networks(
+            trained, decode_masks(roulette_path["mask"]), masks, ids, splits, policy, dense_measurements, finetune,
+            replicate_seeds(seed, report.seeds), resolve_device(device),
+        )  # fmt: skip
+    rows = pd.DataFrame([m.row for m in measured], columns=None if measured else ["criterion", "member"])
+    table = rows.rename(columns={"criterion": "method"}).assign(kind="roulette")
+    metrics = {f"roulette_branch.{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
+    return {"roulette": table}, to_mlflow_metrics(metrics)
 
 
 def _run(measured: MeasuredModel) -> ChildRun:

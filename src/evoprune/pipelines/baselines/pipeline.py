@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from evoprune.pipelines.baselines.nodes import prune_baselines
+from evoprune.pipelines.baselines.nodes import finetune_roulette_branch, prune_baselines
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -27,6 +27,25 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["baseline_results", "baseline_metrics", "baseline_runs"],
                 name="prune_baselines",
-            )
+            ),
+            Node(
+                finetune_roulette_branch,
+                [
+                    "selected_members",
+                    "roulette_path",
+                    "train_split",
+                    "validation_split",
+                    "test_split",
+                    "early_exit_operating_point",
+                    "dense_measurements",
+                    "params:finetune",
+                    "params:baselines",
+                    "params:report",
+                    "params:seed",
+                    "params:device",
+                ],
+                ["method_results", "roulette_metrics"],
+                name="finetune_roulette_branch",
+            ),
         ]
     )

@@ -148,6 +148,27 @@ def tabulate_search(
     return pareto, history, random, to_mlflow_metrics(per_generation), to_mlflow_metrics(summary)
 
 
+def tabulate_roulette_path(outcome: SearchOutcome) -> pd.DataFrame:
+    """The roulette branch method's path (Chan et al.): one row per level, the dense network first, with its
+    FLOPs and params ratios, final-exit validation accuracy (before fine-tuning) and mask bits; empty when the
+    branch did not run (``mask_search.roulette_branch: null``)."""
+    columns = ["level", "flops_ratio", "params_ratio", "val_accuracy", "units_kept", "mask"]
+    if outcome.roulette is None:
+        return pd.DataFrame(columns=columns)
+    X = outcome.roulette["path_X"]
+    cost = outcome.layout.cost(X)
+    return pd.DataFrame(
+        {
+            "level": range(len(X)),
+            "flops_ratio": cost["flops"] / outcome.layout.dense_flops,
+            "params_ratio": cost["params"] / outcome.layout.dense_params,
+            "val_accuracy": outcome.roulette["path_accuracy"],
+            "units_kept": X.sum(1),
+            "mask": encode_masks(X),
+        }
+    )
+
+
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
     """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
     within it with the best final-exit accuracy, not taken by a tighter budget (a budget no member fits is

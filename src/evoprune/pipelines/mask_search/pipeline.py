@@ -7,6 +7,7 @@ from evoprune.pipelines.mask_search.nodes import (
     export_members,
     plot_pareto_front,
     search_masks,
+    tabulate_roulette_path,
     tabulate_search,
     validate_latency_model,
 )
@@ -37,6 +38,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["pareto_set", "mask_search_history", "random_masks", "mask_search_generations", "mask_search_metrics"],
                 name="tabulate_search",
             ),
+            Node(tabulate_roulette_path, "mask_search_outcome", "roulette_path", name="tabulate_roulette_path"),
             Node(choose_members, ["pareto_set", "params:mask_search"], "chosen_members", name="choose_members"),
             Node(export_members, ["multi_exit_model", "chosen_members"], "pareto_members", name="export_members"),
             Node(
