@@ -390,6 +390,19 @@ def split_train_validation(
     return make_split(images[train_idx], labels[train_idx]), make_split(images[val_idx], labels[val_idx])
 
 
+def draw_samples(
+    split: dict[str, torch.Tensor], count: int, seed: int, needed_by: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` samples of ``split`` (uint8 images, as the pipelines hold them) drawn without replacement with
+    ``seed`` (all of them when it holds fewer): float images and labels. An empty split is refused, naming
+    ``needed_by``, what needs the images."""
+    total = split["labels"].shape[0]
+    if not total:
+        raise ValueError(f"the split is empty; {needed_by} need calibration images.")
+    pick = torch.as_tensor(np.random.default_rng(seed).choice(total, min(count, total), replace=False))
+    return images_to_float(split["images"][pick]), split["labels"][pick]
+
+
 def images_to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, C, H, W) -> float (N, C, H, W) scaled to [-1, 1]."""
     x = images if images.dim() == 4 else images.unsqueeze(1)

@@ -35,7 +35,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from evoprune.core.data import images_to_float
+from evoprune.core.data import draw_samples
 from evoprune.core.lstm import has_lstm, lstm_unit_l1
 from evoprune.core.train import exits_loss
 from evoprune.core.units import ChromosomeLayout, dependency_graph
@@ -146,18 +146,23 @@ class GroupLAMP(GroupCriterion):
         return tp.importance.LAMPImportance(p=2)
 
 
-@dataclass(frozen=True, eq=False)
-class GroupTaylor(GroupCriterion):
-    """First-order Taylor scores (Torch-Pruning's ``GroupTaylorImportance``) from the gradient of the loss of
-    every exit on ``calibration``."""
-
-    input_shape: tuple[int, ...]
-    calibration: Calibration
+class GradientCriterion(GroupCriterion):
+    """A criterion whose importance reads parameter gradients: it scores an eval-mode copy of the model given
+    them by ``set_gradients``, so the model itself never holds gradients."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
         clone = eval_copy(model)
         self.set_gradients(clone)
         return clone
+
+
+@dataclass(frozen=True, eq=False)
+class GroupTaylor(GradientCriterion):
+    """First-order Taylor scores (Torch-Pruning's ``GroupTaylorImportance``) from the gradient of the loss of
+    every exit on ``calibration``."""
+
+    input_shape: tuple[int, ...]
+    calibration: Calibration
 
     def set_gradients(self, model: nn.Module) -> None:
         set_loss_gradients(model, self.calibration)
@@ -167,17 +172,12 @@ class GroupTaylor(GroupCriterion):
 
 
 @dataclass(frozen=True, eq=False)
-class GroupHessian(GroupCriterion):
+class GroupHessian(GradientCriterion):
     """Optimal Brain Damage scores (Torch-Pruning's ``GroupHessianImportance``): w² times the mean squared
     per-sample gradient on ``calibration`` (the empirical Fisher's diagonal)."""
 
     input_shape: tuple[int, ...]
     calibration: Calibration
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        clone = eval_copy(model)
-        self.set_gradients(clone)
-        return clone
 
     def set_gradients(self, model: nn.Module) -> None:
         # GroupHessianImportance reads p.grad as diag(H) when nothing was accumulated. Its own accumulate_grad
@@ -235,11 +235,7 @@ def _on(model: nn.Module, calibration: Calibration) -> Calibration:
 
 def calibration_batch(split: dict[str, torch.Tensor], samples: int, seed: int) -> Calibration:
     """``samples`` images of ``split`` (uint8, as stored) drawn with ``seed``, as float inputs and labels."""
-    count = split["labels"].shape[0]
-    if not count:
-        raise ValueError("the split is empty; the gradient criteria (taylor, hessian) need calibration images")
-    pick = torch.as_tensor(np.random.default_rng(seed).choice(count, min(samples, count), replace=False))
-    return images_to_float(split["images"][pick]), split["labels"][pick]
+    return draw_samples(split, samples, seed, "the gradient criteria (taylor, hessian)")
 
 
 def baseline_criterion(

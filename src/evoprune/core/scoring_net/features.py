@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evoprune.core.data import images_to_float
+from evoprune.core.data import draw_samples
 from evoprune.core.scoring_net.gates import check_budget, check_gateable
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import ChromosomeLayout
@@ -182,10 +182,6 @@ def split_features(
 ) -> torch.Tensor:
     """``unit_features`` of ``model`` on ``images`` images drawn from ``split`` with ``seed`` (uint8 images as the
     pipelines hold them; budget column 0.5, replaced by ``at_budget`` / ``mask_at_budget``)."""
-    if not split["labels"].numel():
-        raise ValueError("the split is empty; the Scoring Net's features need calibration images.")
+    x, labels = draw_samples(split, images, seed, "the Scoring Net's features")
     device = next(model.parameters()).device
-    rng = np.random.default_rng(seed)
-    pick = torch.as_tensor(rng.choice(split["labels"].shape[0], min(images, split["labels"].shape[0]), replace=False))
-    x = images_to_float(split["images"][pick].to(device))
-    return unit_features(model, layout, x, split["labels"][pick].to(device), 0.5)
+    return unit_features(model, layout, x.to(device), labels.to(device), 0.5)

@@ -61,8 +61,9 @@ def prune_baselines(
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, object], list[ChildRun]]:
     """For each criterion x ranking and each selected member's FLOPs ratio: prune the trained network to that
-    budget, fine-tune it exactly like the members (``finetune.training``, ``report.seeds`` fine-tune seeds) and measure it. No layer loses more than ``max_pruning_ratio`` of its units, and
-    every layer larger than ``round_to`` keeps a multiple of it: the limits the search obeyed.
+    budget, fine-tune it exactly like the members (``finetune.training``, ``report.seeds`` fine-tune seeds) and
+    measure it. No layer loses more than ``max_pruning_ratio`` of its units, and every layer larger than
+    ``round_to`` keeps a multiple of it: the limits the search obeyed.
 
     Returns: one row per (method, budget, seed), MLflow metrics (``<method>.member<id>.<metric>``) and one
     nested MLflow run per row (tags stage, criterion, member, flops_budget, seed).
