@@ -9,7 +9,7 @@ against the dense model. The training history comes along for the tracking of ea
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import product
 
@@ -153,11 +153,11 @@ def finetune_with_variant(
     """
     if not len(member_ids):
         return []
-    train_split, validation_split, test_split = splits
+    train_split, validation_split, _ = splits
     layout = build_layout(trained, input_shape(trained))
-    out = []
-    for (member, mask), (replicate, seed) in product(zip(member_ids, masks, strict=True), enumerate(seeds)):
-        model, history = finetune_member(
+
+    def fit(mask: np.ndarray, labels: dict[str, object], seed: int) -> tuple[nn.Module, dict[str, object]]:
+        return finetune_member(
             trained,
             initial,
             layout,
@@ -169,9 +169,32 @@ def finetune_with_variant(
             device,
             seed,
             params.loss_weights,
-            f"finetune[{variant}] member {member} seed {seed}",
+            f"finetune[{variant}] member {labels['member']} seed {seed}",
         )
-        labels = {"variant": variant, "member": member, "seed": seed}
+
+    jobs = [(mask, {"variant": variant, "member": member}) for member, mask in zip(member_ids, masks, strict=True)]
+    return _finetune_and_measure(
+        trained, layout, jobs, seeds, fit, splits[2], policy, dense_measurements, params, device
+    )
+
+
+def _finetune_and_measure(
+    trained: nn.Module,
+    layout: ChromosomeLayout,
+    jobs: Sequence[tuple[np.ndarray, dict[str, object]]],
+    seeds: Sequence[int],
+    fit: Callable[[np.ndarray, dict[str, object], int], tuple[nn.Module, dict[str, object]]],
+    test_split: Split,
+    policy: tuple[float, str],
+    dense_measurements: dict[str, float],
+    params: FinetuneParams,
+    device: torch.device,
+) -> list[MeasuredModel]:
+    """Each job (a mask of ``trained`` and its labels) with each of ``seeds``: ``fit(mask, labels, seed)`` gives
+    the pruned, fine-tuned model and its history, measured against the dense model and labelled with the seed."""
+    out = []
+    for (mask, labels), (replicate, seed) in product(jobs, enumerate(seeds)):
+        model, history = fit(mask, labels, seed)
         out.append(
             measure_against_dense(
                 model,
@@ -184,7 +207,7 @@ def finetune_with_variant(
                 params.measurement,
                 dense_measurements,
                 device,
-                labels,
+                {**labels, "seed": seed},
                 replicate,
             )
         )
@@ -285,12 +308,10 @@ def finetune_criterion_masks(
     """Each of a criterion's ``masks`` (one per member, fitted to its FLOPs ``budgets``): the trained network
     pruned physically to it, fine-tuned exactly like the members (``params.training``) with each of ``seeds``
     and measured, labelled ``criterion``, ``member``, ``flops_budget`` and ``seed``."""
-    train_split, validation_split, test_split = splits
+    train_split, validation_split, _ = splits
     shape = input_shape(trained)
-    out = []
-    for (member, budget, mask), (replicate, seed) in product(
-        zip(member_ids, budgets, masks, strict=True), enumerate(seeds)
-    ):
+
+    def fit(mask: np.ndarray, labels: dict[str, object], seed: int) -> tuple[nn.Module, dict[str, object]]:
         model = prune_physically(trained, layout, mask, shape)
         history = train(
             model,
@@ -299,24 +320,15 @@ def finetune_criterion_masks(
             params.training,
             device,
             seed,
-            f"baseline[{criterion}] budget of member {member} seed {seed}",
+            f"baseline[{criterion}] budget of member {labels['member']} seed {seed}",
             params.loss_weights,
         )
-        labels = {"criterion": criterion, "member": int(member), "flops_budget": float(budget), "seed": seed}
-        out.append(
-            measure_against_dense(
-                model,
-                history,
-                trained,
-                mask,
-                layout,
-                test_split,
-                policy,
-                params.measurement,
-                dense_measurements,
-                device,
-                labels,
-                replicate,
-            )
-        )
-    return out
+        return model, history
+
+    jobs = [
+        (mask, {"criterion": criterion, "member": int(member), "flops_budget": float(budget)})
+        for member, budget, mask in zip(member_ids, budgets, masks, strict=True)
+    ]
+    return _finetune_and_measure(
+        trained, layout, jobs, seeds, fit, splits[2], policy, dense_measurements, params, device
+    )
