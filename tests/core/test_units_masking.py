@@ -71,6 +71,26 @@ def test_repair_honours_a_maximum_pruning_ratio_per_layer(net):
         layout.min_units(0.0)
 
 
+def test_the_cap_binds_only_masks_at_or_above_uncapped_below(net):
+    from evoprune.core.search.operators import KeepUnitsPerLayer
+
+    layout = build_layout(net, SHAPE)
+    importance = np.arange(layout.num_bits, dtype=float)
+    min_units = layout.min_units(0.7)
+    masks = np.random.default_rng(0).random((200, layout.num_bits)) < np.linspace(0.02, 0.9, 200)[:, None]
+    free = layout.repair(masks, importance)
+    ratio = layout.cost(free)["flops"] / layout.dense_flops
+    threshold = float(np.median(ratio))
+    repaired = KeepUnitsPerLayer(layout, importance, min_units, uncapped_below=threshold)._do(None, masks)
+    sparse = ratio < threshold
+    assert sparse.any() and (~sparse).any()
+    assert (repaired[sparse] == free[sparse]).all()  # one unit a layer below the threshold
+    assert (repaired[~sparse] == layout.repair(masks[~sparse], importance, min_units)).all()  # the cap above it
+    assert (_kept(layout, repaired[sparse]) < min_units).any()  # some layer did go past the cap
+    everywhere = KeepUnitsPerLayer(layout, importance, min_units)._do(None, masks)
+    assert (_kept(layout, everywhere) >= min_units).all()
+
+
 def _kept(layout, masks):
     return np.stack([masks[:, g.offset : g.offset + g.size].sum(1) for g in layout.groups], 1)
 

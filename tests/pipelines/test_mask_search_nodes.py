@@ -183,3 +183,9 @@ def test_a_network_without_tables_searches_on_flops_and_says_why_it_cannot_searc
     )
     with pytest.raises(ValueError, match="needs latency tables: a model with an LSTM"):
         search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, none, LATENCY, latency_search, 0, "cpu")
+
+
+def test_members_may_not_fall_below_the_cap_the_baselines_obey():
+    with pytest.raises(ValidationError, match=r"uncapped_below \(0.3\) lies above the tightest of member_budgets"):
+        MaskSearchParams(member_budgets=[0.5, 0.25], search={"max_pruning_ratio": 0.7, "uncapped_below": 0.3})
+    assert MaskSearchParams(member_budgets=[0.5, 0.25], search={"uncapped_below": 0.25}).search.uncapped_below == 0.25

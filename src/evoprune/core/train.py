@@ -42,7 +42,9 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train_subset: PositiveInt | None = None  # train on the first N images of the (seeded, shuffled) split; None: all
-    memory_format: Literal["contiguous", "channels_last"] = "contiguous"  # channels_last: NHWC, faster convs on CPU
+    # channels_last: NHWC, oneDNN's faster convolutions (measured on 2 CPU cores: LeNet-5 fine-tune epochs 1.43x,
+    # dense epochs 1.23x faster than contiguous); inputs that are not images (sequences) stay as they are
+    memory_format: Literal["contiguous", "channels_last"] = "channels_last"
 
 
 def as_exit_list(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -179,7 +181,8 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for first in range(0, n, cfg.batch_size):
             idx = order[first : first + cfg.batch_size]
-            x = augment_batch(images_to_float(images[idx]), cfg.augment, generator).contiguous(memory_format=fmt)
+            x = augment_batch(images_to_float(images[idx]), cfg.augment, generator)
+            x = x.contiguous(memory_format=fmt) if x.dim() == 4 else x
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
             with _autocast(device):

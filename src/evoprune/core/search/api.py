@@ -243,8 +243,9 @@ def search_pruning_masks(
             if cfg.seed_with_l1:
                 scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
                 budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
+                caps = [cfg.max_pruning_ratio if b >= cfg.uncapped_below else 1.0 for b in budgets]
                 seeds = np.stack(
-                    [mask_within_budget(layout, scores, b, cfg.max_pruning_ratio, cfg.round_to) for b in budgets]
+                    [mask_within_budget(layout, scores, b, c, cfg.round_to) for b, c in zip(budgets, caps, strict=True)]
                 )
             result = run_search(
                 problem,

@@ -75,7 +75,12 @@ class RouletteMutation(Mutation):
 class KeepUnitsPerLayer(Repair):
     """Every layer keeps at least ``min_units`` of its units (default one), its most important ones
     coming back first; with ``round_to`` > 1, a multiple of ``round_to`` units or all of them
-    (``ChromosomeLayout.round_units``, rounding stochastically with pymoo's seeded generator)."""
+    (``ChromosomeLayout.round_units``, rounding stochastically with pymoo's seeded generator).
+
+    ``uncapped_below`` > 0: ``min_units`` binds only masks that keep at least this share of the dense
+    FLOPs once every layer keeps one unit; sparser masks keep one unit a layer. The cap guards the budgets
+    where members are fine-tuned and compared, and leaves the sparse end of the front open.
+    """
 
     def __init__(
         self,
@@ -83,9 +88,17 @@ class KeepUnitsPerLayer(Repair):
         importance: np.ndarray,
         min_units: np.ndarray | None = None,
         round_to: int = 1,
+        uncapped_below: float = 0.0,
     ) -> None:
         super().__init__()
         self.layout, self.importance, self.min_units, self.round_to = layout, importance, min_units, round_to
+        self.uncapped_below = uncapped_below
 
     def _do(self, problem, X, random_state=None, **kwargs):
-        return self.layout.repair(X, self.importance, self.min_units, self.round_to, random_state)
+        if not self.uncapped_below or self.min_units is None:
+            return self.layout.repair(X, self.importance, self.min_units, self.round_to, random_state)
+        free = self.layout.repair(X, self.importance, None, self.round_to, random_state)
+        capped = self.layout.cost(free)["flops"] / self.layout.dense_flops >= self.uncapped_below
+        if capped.any():
+            free[capped] = self.layout.repair(X[capped], self.importance, self.min_units, self.round_to, random_state)
+        return free

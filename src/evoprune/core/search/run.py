@@ -59,6 +59,9 @@ class SearchConfig(BaseModel):
     # no layer loses more than this share of its units (torch-pruning's max_pruning_ratio); the
     # baselines obey the same limit
     max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)
+    # masks keeping less than this share of the dense FLOPs (with one unit a layer) are free of
+    # max_pruning_ratio: the cap binds at the members' budgets, not at the sparse end of the front. 0: everywhere
+    uncapped_below: float = Field(0.0, ge=0.0, lt=1.0)
     # every layer larger than this keeps a multiple of this many units (or all): channel counts that
     # the CPU/GPU kernels run fast (8 = AVX2's float lanes); 1 = any count. The baselines obey it too.
     round_to: PositiveInt = 1
@@ -191,7 +194,8 @@ def run_search(
             moves it aside (``state.npz.bad``) and starts afresh; ``stop`` raises ``CheckpointError``.
     """
     min_units = problem.layout.min_units(cfg.max_pruning_ratio)
-    algorithm = make_algorithm(cfg, rank, KeepUnitsPerLayer(problem.layout, importance, min_units, cfg.round_to), seeds)
+    repair = KeepUnitsPerLayer(problem.layout, importance, min_units, cfg.round_to, cfg.uncapped_below)
+    algorithm = make_algorithm(cfg, rank, repair, seeds)
     algorithm.setup(problem, termination=("n_gen", cfg.generations), seed=seed, verbose=False)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     ckpt_key = checkpoint_fingerprint(fingerprint, problem, cfg, seed, seeds)

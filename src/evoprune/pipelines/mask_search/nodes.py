@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
 from evoprune.core import plots
@@ -39,7 +39,12 @@ class MaskSearchParams(BaseModel):
     # conf/base's search (SearchConfig's own defaults serve library use of the core)
     search: SearchConfig = Field(
         default_factory=lambda: SearchConfig(
-            pop_size=48, generations=60, max_accuracy_drop=0.75, max_pruning_ratio=0.7, seed_with_l1=8
+            pop_size=48,
+            generations=60,
+            max_accuracy_drop=0.75,
+            max_pruning_ratio=0.7,
+            uncapped_below=0.2,
+            seed_with_l1=8,
         )
     )
     roulette_branch: RouletteBranchConfig | None = Field(default_factory=RouletteBranchConfig)  # null: skip
@@ -70,6 +75,16 @@ class MaskSearchParams(BaseModel):
         if self.budget_axis is not None:
             return self.budget_axis
         return "latency_ratio" if "latency_ratio" in self.search.objectives else "flops_ratio"
+
+    @model_validator(mode="after")
+    def _members_obey_the_cap(self) -> MaskSearchParams:
+        if self.member_budgets and self.search.uncapped_below > min(self.member_budgets):
+            raise ValueError(
+                f"search.uncapped_below ({self.search.uncapped_below}) lies above the tightest of member_budgets "
+                f"({min(self.member_budgets)}): that member could break search.max_pruning_ratio, which the "
+                "baselines it is compared with obey. Set uncapped_below at or below the tightest budget."
+            )
+        return self
 
 
 def search_masks(
