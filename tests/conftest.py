@@ -149,6 +149,7 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
         "mask_search:\n  validation_subset: 100\n  adaptive_bn_images: 64\n  random_masks: 4\n"
         "  member_budgets: [0.5, 0.25]\n  candidates_per_budget: 2\n"
         "  search:\n    pop_size: 8\n    generations: 2\n    checkpoint_every: 1\n    max_accuracy_drop: 0.9\n"
+        "    uncapped_below: 0.0\n"  # 8 x 2 candidates: too few between 0.2 and 0.25 to contest that budget
         "  roulette_branch:\n    branch_size: 3\n    max_levels: 2\n"
         "finetune:\n  training:\n    epochs: 1\n    batch_size: 20\n"
         "  measurement:\n    latency_batch_sizes: [1, 20]\n    latency_repeats: 1\n"

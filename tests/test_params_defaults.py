@@ -20,6 +20,7 @@ from evoprune.pipelines.baselines.nodes import BaselinesParams
 from evoprune.pipelines.build_exits.nodes import BuildExitsParams
 from evoprune.pipelines.data_preparation.nodes import DataPreparationParams
 from evoprune.pipelines.dst.nodes import DSTParams
+from evoprune.pipelines.exit_search.nodes import ExitSearchParams
 from evoprune.pipelines.hidden_state.nodes import HiddenStateParams
 from evoprune.pipelines.latency_profile.nodes import LatencyProfileParams
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
@@ -38,6 +39,7 @@ PARAMS_CLASSES = {
     "dst": DSTParams,
     "hidden_state": HiddenStateParams,
     "scoring_net": ScoringNetParams,
+    "exit_search": ExitSearchParams,
     "report": ReportParams,
 }
 

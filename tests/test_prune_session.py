@@ -12,6 +12,7 @@ from evoprune.core.reinit import VARIANTS
 from evoprune.pipeline_registry import PRUNE_STAGES, register_pipelines
 from tests.conftest import run_tiny_session
 from tests.dst_check import assert_dst_runs_after_prune
+from tests.exit_search_check import assert_exit_search_runs_after_prune
 from tests.latency_check import assert_latency_search_runs_after_prune
 from tests.notebook_check import assert_notebook_explores
 from tests.scoring_net_check import assert_scoring_net_runs_after_prune
@@ -147,6 +148,7 @@ def test_prune_run_is_tracked_in_mlflow(tiny_project, monkeypatch):
     assert_dst_runs_after_prune(tiny_project, client, experiment)  # dynamic sparse training on this run
     assert_scoring_net_runs_after_prune(tiny_project, client, experiment)  # the learned criterion on this run
     assert_seeded_report_after_prune(tiny_project, client, experiment)  # report.seeds 2, more baselines
+    assert_exit_search_runs_after_prune(tiny_project, client, experiment)  # the search judged on every exit
     assert_latency_search_runs_after_prune(tiny_project, client, experiment)  # last: it searches again
 
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]

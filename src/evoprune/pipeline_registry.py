@@ -13,6 +13,7 @@ from evoprune.pipelines import (
     build_exits,
     data_preparation,
     dst,
+    exit_search,
     finetune,
     hidden_state,
     latency_profile,
@@ -57,8 +58,9 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         Each stage by its folder name, ``prune`` (all stages) and ``__default__`` (= ``prune``); beside them
         ``dst`` (dynamic sparse training after a prune run, then the report again with its rows) and
-        ``hidden_state`` (hidden-state pruning of an LSTM after a prune run, then the report again) and
-        ``scoring_net`` (a learned criterion's masks at the members' budgets after a prune run, then the report).
+        ``hidden_state`` (hidden-state pruning of an LSTM after a prune run, then the report again),
+        ``scoring_net`` (a learned criterion's masks at the members' budgets after a prune run, then the report) and
+        ``exit_search`` (the search judged on every exit, its networks at the members' budgets, then the report).
     """
     pipelines = {name: as_stage(name, create()) for name, create in PRUNE_STAGES.items()}
     pipelines["prune"] = sum(pipelines.values(), Pipeline([]))
@@ -66,4 +68,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines["dst"] = as_stage("dst", dst.create_pipeline()) + pipelines["report"]
     pipelines["hidden_state"] = as_stage("hidden_state", hidden_state.create_pipeline()) + pipelines["report"]
     pipelines["scoring_net"] = as_stage("scoring_net", scoring_net.create_pipeline()) + pipelines["report"]
+    pipelines["exit_search"] = as_stage("exit_search", exit_search.create_pipeline()) + pipelines["report"]
     return pipelines

@@ -4,10 +4,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.export import export_torchscript
 from evoprune.core.finetune import finetune_member, latency_ms, measure, pruned_variant
+from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.masking import population_masks
 from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig, as_exit_list
@@ -70,6 +72,38 @@ def test_finetune_and_measure(member):
     assert metrics["flops"] < build_layout(trained, (1, 28, 28)).dense_flops
     assert metrics["early_exit.share_exit1"] + metrics["early_exit.share_exit2"] == pytest.approx(1.0)
     assert 0.0 <= metrics["exit2.test_accuracy"] <= 1.0 and metrics["latency_ms_batch50"] > 0
+
+
+@pytest.mark.parametrize("objective", ["final", "all_exits"])
+def test_objective_final_trains_the_final_exit_alone(member, objective):
+    trained, initial, layout, mask = member
+    params = FinetuneParams(objective=objective)
+    assert params.exit_loss_weights(trained) == ([0.0, 1.0] if objective == "final" else None)
+    cfg = TrainConfig(epochs=1, batch_size=50, optimizer="sgd", weight_decay=0.0)
+    before = pruned_variant(trained, initial, layout, mask, "keep", seed=0)
+    model, _ = finetune_member(
+        trained,
+        initial,
+        layout,
+        mask,
+        "keep",
+        image_split(200, 1),
+        None,
+        cfg,
+        CPU,
+        0,
+        params.exit_loss_weights(trained),
+    )
+    head, backbone = ("exit_heads.0", "backbone.")
+    old = before.state_dict()
+    moved = {k: not torch.equal(v, old[k]) for k, v in model.state_dict().items() if v.is_floating_point()}
+    assert any(v for k, v in moved.items() if k.startswith(backbone))
+    assert any(v for k, v in moved.items() if k.startswith(head)) == (objective == "all_exits")
+
+
+def test_objective_final_refuses_loss_weights():
+    with pytest.raises(ValidationError, match="objective final trains the final exit alone"):
+        FinetuneParams(objective="final", loss_weights=[1.0, 2.0])
 
 
 @pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])

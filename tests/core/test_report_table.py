@@ -134,3 +134,46 @@ def test_one_seed_gives_no_std_and_never_a_margin_beyond_it(table):
     assert np.isnan(verdicts.loc[1, "margin_pt_std"]) and not verdicts.loc[1, "margin_exceeds_std"]
     # keep's 0.89 against l1's 0.85: the margin is read from the test accuracies
     assert verdicts.loc[1, "margin_pt_mean"] == pytest.approx(4.0) and verdicts.loc[1, "member_wins"]
+
+
+def _with_policy(rows: pd.DataFrame, accuracies: list[float], expected_flops: float) -> pd.DataFrame:
+    return rows.assign(**{"early_exit.test_accuracy": accuracies, "early_exit.expected_flops": expected_flops})
+
+
+def test_the_exit_search_is_judged_on_the_early_exit_policy_of_both_searches_networks(seeded):
+    """Planted: at member 1 the exit search gains [1, 3, 2] pt of policy accuracy at fewer expected FLOPs; at
+    member 2 it gains accuracy at more FLOPs (a trade-off)."""
+    baselines = seeded[seeded["kind"] == "baseline"].rename(columns={"method": "criterion"})
+    keep = seeded[(seeded["kind"] == "member") & (seeded["method"] == "keep")].rename(columns={"method": "variant"})
+    keep = pd.concat(
+        [
+            _with_policy(keep[keep["member"] == 1], [0.80, 0.80, 0.81], 30.0),
+            _with_policy(keep[keep["member"] == 2], [0.7] * 3, 15.0),
+        ]
+    )
+    every = pd.DataFrame(
+        _seeded("search_mean_error", 1, [0.89] * 3, 0.48) + _seeded("search_mean_error", 2, [0.8] * 3, 0.2)
+    )
+    every = every.rename(columns={"variant": "method"}).assign(kind="exit_search")
+    every = pd.concat(
+        [
+            _with_policy(every[every["member"] == 1], [0.81, 0.83, 0.83], 25.0),
+            _with_policy(every[every["member"] == 2], [0.72] * 3, 18.0),
+        ]
+    )
+    chosen = pd.DataFrame({"member": [1, 2], "exit2_accuracy": [0.88, 0.80]})
+    table = comparison_table(
+        DENSE, baselines.drop(columns="kind"), chosen, [keep.drop(columns="kind")], {"exit_search": every}
+    )
+    verdicts = budget_verdicts(table).set_index("member")
+    one, two = verdicts.loc[1], verdicts.loc[2]
+    assert one["early_exit.margin_pt_mean"] == pytest.approx(2.0)
+    assert one["early_exit.margin_pt_std"] == pytest.approx(1.0)
+    assert one["early_exit.final_search_expected_flops_ratio"] == pytest.approx(0.30)
+    assert one["early_exit.exit_search_expected_flops_ratio"] == pytest.approx(0.25)
+    assert one["early_exit.verdict"] == "exit_search dominates" and two["early_exit.verdict"] == "trade-off"
+    assert one["early_exit.exit_search_method"] == "search_mean_error"
+    summary = summary_metrics(table)
+    assert summary["member1.exit_search.dominates"] == 1.0 and summary["member2.exit_search.dominates"] == 0.0
+    assert summary["member2.exit_search.expected_flops_ratio_diff"] == pytest.approx(0.03)
+    assert "early_exit.verdict" not in budget_verdicts(seeded)  # no exit search, no such columns

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from evoprune.core.models import build_model
 from evoprune.core.train import AugmentConfig, TrainConfig, TrainingDivergedError, augment_batch, evaluate, lr_at, train
@@ -104,3 +105,16 @@ def test_train_subset_uses_only_the_head_of_the_split_and_channels_last_keeps_it
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(IndexError):
         train(model, split, None, TrainConfig(epochs=1, batch_size=8), torch.device("cpu"), seed=0)
+
+
+def test_channels_last_falls_back_to_contiguous_for_1x1_convolutions_on_cpu(caplog):
+    """oneDNN's channels_last weight gradient of a 1x1 conv can hang on CPU (torch 2.15): such nets train NCHW."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.LazyLinear(10)
+    )
+    model(torch.zeros(1, 1, 28, 28))
+    cfg = TrainConfig(epochs=1, batch_size=8, memory_format="channels_last")
+    with caplog.at_level("WARNING"):
+        train(model, _split(16, seed=0), None, cfg, torch.device("cpu"), seed=0)
+    assert "1x1 convolutions (3)" in caplog.text
+    assert model[1].weight.is_contiguous() and not model[1].weight.is_contiguous(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@ from evoprune.core.cost import count_flops, count_params
 from evoprune.core.exits import attach_exits
 from evoprune.core.masking import population_accuracy, population_masks, prune_physically
 from evoprune.core.models import build_model
+from evoprune.core.search.operators import KeepUnitsPerLayer
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import build_layout
 from tests.conftest import make_images
@@ -72,8 +73,6 @@ def test_repair_honours_a_maximum_pruning_ratio_per_layer(net):
 
 
 def test_the_cap_binds_only_masks_at_or_above_uncapped_below(net):
-    from evoprune.core.search.operators import KeepUnitsPerLayer
-
     layout = build_layout(net, SHAPE)
     importance = np.arange(layout.num_bits, dtype=float)
     min_units = layout.min_units(0.7)

@@ -185,7 +185,20 @@ def test_a_network_without_tables_searches_on_flops_and_says_why_it_cannot_searc
         search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, none, LATENCY, latency_search, 0, "cpu")
 
 
-def test_members_may_not_fall_below_the_cap_the_baselines_obey():
-    with pytest.raises(ValidationError, match=r"uncapped_below \(0.3\) lies above the tightest of member_budgets"):
-        MaskSearchParams(member_budgets=[0.5, 0.25], search={"max_pruning_ratio": 0.7, "uncapped_below": 0.3})
-    assert MaskSearchParams(member_budgets=[0.5, 0.25], search={"uncapped_below": 0.25}).search.uncapped_below == 0.25
+def test_members_are_chosen_where_they_obey_the_cap_the_baselines_obey():
+    with pytest.raises(ValidationError, match=r"uncapped_below \(0.25\) lies above the tightest of member_budgets"):
+        MaskSearchParams(member_budgets=[0.5, 0.25], search={"max_pruning_ratio": 0.7, "uncapped_below": 0.25})
+    params = MaskSearchParams(member_budgets=[0.5, 0.25], candidates_per_budget=2, search={"uncapped_below": 0.2})
+    front = pd.DataFrame(  # the sparser, the better before fine-tuning: uncapped members would win every budget
+        {
+            "member": range(6),
+            "flops_ratio": [0.08, 0.15, 0.21, 0.24, 0.4, 0.5],
+            "exit2_accuracy": np.linspace(1, 0.5, 6),
+        }
+    )
+    chosen = choose_members(front, params)
+    assert chosen["member"].tolist() == [2, 3, 4, 5] and chosen["budget"].tolist() == [0.25, 0.25, 0.5, 0.5]
+    free = choose_members(
+        front, params.model_copy(update={"search": params.search.model_copy(update={"uncapped_below": 0})})
+    )
+    assert free["member"].tolist() == [0, 1, 2, 3]

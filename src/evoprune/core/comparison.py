@@ -168,7 +168,7 @@ def finetune_with_variant(
             params.training,
             device,
             seed,
-            params.loss_weights,
+            params.exit_loss_weights(trained),
             f"finetune[{variant}] member {labels['member']} seed {seed}",
         )
 
@@ -211,6 +211,7 @@ def _finetune_and_measure(
                 replicate,
             )
         )
+        out[-1].row["finetune_objective"] = params.objective
     return out
 
 
@@ -260,11 +261,12 @@ def prune_to_member_budgets(
     return out
 
 
-def finetune_roulette_networks(
+def finetune_within_member_budgets(
     trained: nn.Module,
-    path_masks: np.ndarray,
+    candidate_masks: np.ndarray,
     masks: np.ndarray,
     member_ids: Sequence[int],
+    method: str,
     splits: tuple[Split, Split, Split],
     policy: tuple[float, str],
     dense_measurements: dict[str, float],
@@ -272,21 +274,20 @@ def finetune_roulette_networks(
     seeds: Sequence[int],
     device: torch.device,
 ) -> list[MeasuredModel]:
-    """The roulette branch method's networks at the members' FLOPs: per member, the level of the path
-    (``path_masks``, dense first) with the most FLOPs within the member's, from the trained weights, fine-tuned
-    exactly like the members with each of ``seeds`` and measured, labelled ``criterion = roulette_branch``. A
-    member whose FLOPs the path never gets down to has no row (logged)."""
+    """Another method's networks at the members' FLOPs: per member, of the method's ``candidate_masks`` (the
+    roulette branch's path, another search's front) the one with the most FLOPs within the member's, from the
+    trained weights, fine-tuned exactly like the members with each of ``seeds`` and measured, labelled
+    ``criterion = method``. On a path or a front, the most FLOPs within a budget is the best accuracy there. A
+    member whose FLOPs no candidate gets down to has no row (logged)."""
     layout = build_layout(trained, input_shape(trained))
     budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
-    levels = path_levels_within(layout, path_masks, budgets)
+    levels = path_levels_within(layout, candidate_masks, budgets)
     reached = [k for k, level in enumerate(levels) if level is not None]
     for k in set(range(len(levels))) - set(reached):
-        logger.warning(
-            "roulette branch: its path never gets within member %s's FLOPs (%.3f)", member_ids[k], budgets[k]
-        )
-    fitted = np.asarray(path_masks, dtype=bool)[[levels[k] for k in reached]]
+        logger.warning("%s: no network within member %s's FLOPs (%.3f)", method, member_ids[k], budgets[k])
+    fitted = np.asarray(candidate_masks, dtype=bool)[[levels[k] for k in reached]]
     return finetune_criterion_masks(
-        trained, layout, fitted, [member_ids[k] for k in reached], budgets[reached], "roulette_branch", splits,
+        trained, layout, fitted, [member_ids[k] for k in reached], budgets[reached], method, splits,
         policy, dense_measurements, params, seeds, device,
     )  # fmt: skip
 
@@ -321,7 +322,7 @@ def finetune_criterion_masks(
             device,
             seed,
             f"baseline[{criterion}] budget of member {labels['member']} seed {seed}",
-            params.loss_weights,
+            params.exit_loss_weights(trained),
         )
         return model, history
 

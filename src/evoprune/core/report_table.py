@@ -128,6 +128,53 @@ def budget_verdicts(table: pd.DataFrame) -> pd.DataFrame:
                 "margin_exceeds_std": bool(top["n_seeds"] >= 2 and top[f"{MARGIN}_mean"] > top[f"{MARGIN}_std"]),
             }
         rows.append(row)
+    verdicts = pd.DataFrame(rows)
+    early = early_exit_verdicts(table)
+    return verdicts.merge(early, on="member", how="left") if len(early) and len(verdicts) else verdicts
+
+
+POLICY_ACCURACY, POLICY_FLOPS = "early_exit.test_accuracy", "early_exit.expected_flops"
+
+
+def early_exit_verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per member budget where the search judged on every exit (rows of kind ``exit_search``) has a network: the
+    early-exit policy of the member (variant ``keep``, searched for the final exit) against it, both fine-tuned
+    alike: test accuracy (means over seeds), expected FLOPs as a ratio of the dense network's, the paired
+    accuracy margin of the exit search (points, by seed) and the verdict: which dominates, or a trade-off."""
+    kinds = table["kind"]
+    if POLICY_ACCURACY not in table or not kinds.eq("exit_search").any():
+        return pd.DataFrame()
+    dense_flops = float(table.loc[kinds == "dense", "flops"].iloc[0])
+    rows = []
+    for member, at in table[kinds.isin(["member", "exit_search"])].groupby("member", sort=False):
+        final, every = at[(at["kind"] == "member") & (at["method"] == "keep")], at[at["kind"] == "exit_search"]
+        if not len(final) or not len(every):
+            continue
+        by_seed = [rows_.set_index(rows_["seed"].fillna(-1))[POLICY_ACCURACY] for rows_ in (every, final)]
+        margin = 100.0 * (by_seed[0] - by_seed[1]).dropna()
+        cost = [rows_[POLICY_FLOPS].mean() / dense_flops for rows_ in (final, every)]
+        gain, saving = margin.mean(), cost[0] - cost[1]
+        verdict = (
+            "exit_search dominates"
+            if gain >= 0 and saving >= 0
+            else "final-exit search dominates"
+            if gain <= 0 and saving <= 0
+            else "trade-off"
+        )
+        rows.append(
+            {
+                "member": member,
+                "early_exit.final_search_accuracy_mean": final[POLICY_ACCURACY].mean(),
+                "early_exit.final_search_expected_flops_ratio": cost[0],
+                "early_exit.exit_search_method": every["method"].iloc[0],
+                "early_exit.exit_search_flops_ratio": every["flops_ratio"].mean(),
+                "early_exit.exit_search_accuracy_mean": every[POLICY_ACCURACY].mean(),
+                "early_exit.exit_search_expected_flops_ratio": cost[1],
+                "early_exit.margin_pt_mean": gain,
+                "early_exit.margin_pt_std": margin.std(),
+                "early_exit.verdict": verdict,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -156,6 +203,14 @@ def summary_metrics(table: pd.DataFrame) -> dict[str, float]:
             summary[f"{key}.margin_over_best_baseline_std_pt"] = v["margin_pt_std"]
         summary[f"{key}.member_wins"] = float(v["member_wins"])
         summary[f"{key}.margin_exceeds_std"] = float(v["margin_exceeds_std"])
+    for v in verdicts.to_dict("records") if "early_exit.verdict" in verdicts else []:
+        if isinstance(v["early_exit.verdict"], str):
+            key = f"member{v['member']}.exit_search"
+            summary[f"{key}.policy_margin_pt"] = v["early_exit.margin_pt_mean"]
+            summary[f"{key}.expected_flops_ratio_diff"] = (
+                v["early_exit.exit_search_expected_flops_ratio"] - v["early_exit.final_search_expected_flops_ratio"]
+            )
+            summary[f"{key}.dominates"] = float(v["early_exit.verdict"] == "exit_search dominates")
     if "member_wins" in verdicts:
         summary["budgets_won_by_members"] = float(verdicts["member_wins"].sum())
         summary["budgets_won_beyond_std"] = float(verdicts["margin_exceeds_std"].sum())

@@ -92,7 +92,7 @@ def select_by_finetuning(
             params.training,
             device,
             seed,
-            params.loss_weights,
+            params.exit_loss_weights(trained),
             f"select_members[{params.selection_variant}] member {member_ids[i]} (budget {table.at[i, 'budget']:.2f})",
         )
         table.at[i, "val_accuracy_after_finetune"] = history["val_accuracy"][-1]

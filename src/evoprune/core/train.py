@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evoprune.core.data import images_to_float
+
+logger = logging.getLogger(__name__)
 
 
 class AugmentConfig(BaseModel):
@@ -42,9 +45,10 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train_subset: PositiveInt | None = None  # train on the first N images of the (seeded, shuffled) split; None: all
-    # channels_last: NHWC, oneDNN's faster convolutions (measured on 2 CPU cores: LeNet-5 fine-tune epochs 1.43x,
-    # dense epochs 1.23x faster than contiguous); inputs that are not images (sequences) stay as they are
-    memory_format: Literal["contiguous", "channels_last"] = "channels_last"
+    # channels_last: NHWC, oneDNN's faster convolutions (on 2 CPU cores: LeNet-5 fine-tune epochs 1.43x, dense
+    # epochs 1.23x faster than contiguous; conf/base's finetune sets it). On CPU, a network with a 1x1 convolution
+    # trains contiguous all the same (see _training_memory_format). Inputs that are not images stay as they are.
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous"
 
 
 def as_exit_list(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -61,6 +65,24 @@ def exits_loss(
     if len(weights) != len(logits):
         raise ValueError(f"`loss_weights` has {len(weights)} entries but the model has {len(logits)} exits.")
     return sum(w * F.cross_entropy(z, labels, label_smoothing=smoothing) for w, z in zip(weights, logits, strict=True))
+
+
+def _training_memory_format(model: nn.Module, wanted: str, device: torch.device) -> torch.memory_format:
+    """``wanted``, except channels_last on CPU for a network with a 1x1 convolution: with torch 2.15, oneDNN's
+    channels_last weight gradient of a 1x1 conv (``jit_avx2_1x1_convolution_bwd_weights``) now and then never
+    returns (on this 2-core CPU: a width-4 ResNet's DST hung 1 run in 3, and torchvision / factory ResNets'
+    fine-tunes in tests/test_prune_session.py), so those train contiguous, with a warning."""
+    if wanted != "channels_last":
+        return torch.contiguous_format
+    pointwise = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    if pointwise and torch.device(device).type == "cpu":
+        logger.warning(
+            "training contiguous, not channels_last: oneDNN's channels_last backward of 1x1 convolutions (%s) can "
+            "hang on CPU with this torch",
+            ", ".join(pointwise[:3]) + (", ..." if len(pointwise) > 3 else ""),
+        )
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 class TrainingDivergedError(RuntimeError):
@@ -163,7 +185,7 @@ def train(
     """
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    fmt = torch.channels_last if cfg.memory_format == "channels_last" else torch.contiguous_format
+    fmt = _training_memory_format(model, cfg.memory_format, device)
     model.to(device=device, memory_format=fmt).train()
     keep = slice(0, cfg.train_subset)  # the split is a seeded random permutation: its head is a random subset
     images = train_split["images"][keep].to(device)  # (N, H, W) or (N, C, H, W) uint8, stays uint8 until batched

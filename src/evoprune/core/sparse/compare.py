@@ -72,7 +72,14 @@ def compare_dst(
     dst_row = unstructured_row("dst_unstructured", sparse_model, test_split, dense_measurements, device)
     kept = float(dst_row["weights_kept"])
     magnitude, history = magnitude_baseline(
-        trained, kept, train_split, validation_split, magnitude_training, device, seed, finetune.loss_weights
+        trained,
+        kept,
+        train_split,
+        validation_split,
+        magnitude_training,
+        device,
+        seed,
+        finetune.exit_loss_weights(trained),
     )
     magnitude_row = unstructured_row("magnitude_unstructured", magnitude, test_split, dense_measurements, device)
     magnitude_row["train_seconds"] = history["train_seconds"]

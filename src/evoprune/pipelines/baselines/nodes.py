@@ -12,7 +12,7 @@ from evoprune.core.baselines import BaselinePruner, Ranking
 from evoprune.core.comparison import (
     MeasuredModel,
     early_exit_policy,
-    finetune_roulette_networks,
+    finetune_within_member_budgets,
     prune_to_member_budgets,
     replicate_seeds,
     unpack_members,
@@ -96,16 +96,16 @@ def finetune_roulette_branch(
     device: str,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
     """With ``baselines.roulette_branch``: the roulette branch method's networks at the members' FLOPs
-    (``evoprune.core.comparison.finetune_roulette_networks``), fine-tuned like the members with the report's
+    (``evoprune.core.comparison.finetune_within_member_budgets``), fine-tuned like the members with the report's
     seeds. Returns ``method_results["roulette"]`` (rows of kind ``roulette``, method ``roulette_branch``; empty
     when off or when the branch did not run, so an earlier run's rows do not linger) and MLflow metrics."""
     trained, masks, ids = unpack_members(selected_members)
     measured = []
     if params.roulette_branch and len(roulette_path):
         splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
-        measured = finetune_roulette_networks(
-            trained, decode_masks(roulette_path["mask"]), masks, ids, splits, policy, dense_measurements, finetune,
-            replicate_seeds(seed, report.seeds), resolve_device(device),
+        measured = finetune_within_member_budgets(
+            trained, decode_masks(roulette_path["mask"]), masks, ids, "roulette_branch", splits, policy,
+            dense_measurements, finetune, replicate_seeds(seed, report.seeds), resolve_device(device),
         )  # fmt: skip
     rows = pd.DataFrame([m.row for m in measured], columns=None if measured else ["criterion", "member"])
     table = rows.rename(columns={"criterion": "method"}).assign(kind="roulette")

@@ -78,13 +78,26 @@ class MaskSearchParams(BaseModel):
 
     @model_validator(mode="after")
     def _members_obey_the_cap(self) -> MaskSearchParams:
-        if self.member_budgets and self.search.uncapped_below > min(self.member_budgets):
+        if self.member_budgets and self.search.uncapped_below >= min(self.member_budgets):
             raise ValueError(
                 f"search.uncapped_below ({self.search.uncapped_below}) lies above the tightest of member_budgets "
-                f"({min(self.member_budgets)}): that member could break search.max_pruning_ratio, which the "
-                "baselines it is compared with obey. Set uncapped_below at or below the tightest budget."
+                f"({min(self.member_budgets)}): members are chosen between the two (where they obey "
+                "search.max_pruning_ratio, as the baselines at their FLOPs do), so none could be. Set "
+                "uncapped_below below the tightest budget."
             )
         return self
+
+
+def search_data(
+    train_split: Split, validation_split: Split, early_exit_operating_point: dict[str, object], params: MaskSearchParams
+) -> tuple[Split, torch.Tensor | None, tuple[float, str]]:
+    """What every search of this network scores candidates on: the first ``validation_subset`` validation
+    images, the first ``adaptive_bn_images`` training images (adaptive BN; None when 0) and the early-exit
+    policy of build_exits' operating point."""
+    subset = {k: v[: params.validation_subset] for k, v in validation_split.items()}
+    calibration = train_split["images"][: params.adaptive_bn_images] if params.adaptive_bn_images else None
+    policy = (float(early_exit_operating_point["threshold"]), str(early_exit_operating_point["criterion"]))
+    return subset, calibration, policy
 
 
 def search_masks(
@@ -100,9 +113,7 @@ def search_masks(
 ) -> SearchOutcome:
     """Run the configured search on the first ``validation_subset`` validation images; the latency model must
     be this network's, measured with this run's settings on this device (else: run latency_profile again)."""
-    subset = {k: v[: params.validation_subset] for k, v in validation_split.items()}
-    calibration = train_split["images"][: params.adaptive_bn_images] if params.adaptive_bn_images else None
-    policy = (float(early_exit_operating_point["threshold"]), str(early_exit_operating_point["criterion"]))
+    subset, calibration, policy = search_data(train_split, validation_split, early_exit_operating_point, params)
     return search_pruning_masks(
         multi_exit_model,
         subset,
@@ -186,8 +197,9 @@ def tabulate_roulette_path(outcome: SearchOutcome) -> pd.DataFrame:
 
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
     """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
-    within it with the best final-exit accuracy, not taken by a tighter budget (a budget no member fits is
-    skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
+    within it with the best final-exit accuracy, not taken by a tighter budget and obeying the per-layer cap
+    (keeping at least ``search.uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too; a budget
+    no member fits is skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
     evenly along the cost axis of the front (nearest to evenly spaced targets; ``budget`` empty). The axis is
     ``params.cost_axis()``: FLOPs, or the predicted latency ratio."""
     axis = params.cost_axis()
@@ -195,9 +207,10 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
         raise ValueError(f"mask_search.budget_axis {axis}: the Pareto set has no such column (no latency tables?)")
     if params.member_budgets:
         final = final_exit_key(pareto_set.columns, "_accuracy")
+        capped = pareto_set["flops_ratio"] >= params.search.uncapped_below  # obey max_pruning_ratio, as baselines do
         budget_of: dict[int, float] = {}
         for budget in sorted(set(params.member_budgets)):
-            within = pareto_set[(pareto_set[axis] <= budget) & ~pareto_set.index.isin(list(budget_of))]
+            within = pareto_set[(pareto_set[axis] <= budget) & capped & ~pareto_set.index.isin(list(budget_of))]
             if within.empty:
                 logger.warning("mask_search: no Pareto member left within %.3f of %s; budget skipped", budget, axis)
             for index in within[final].nlargest(params.candidates_per_budget).index:
