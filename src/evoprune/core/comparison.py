@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -259,6 +260,18 @@ def prune_to_member_budgets(
             )
             out += [replace(m, replicate=seeds.index(m.labels["seed"])) for m in run]
     return out
+
+
+def criterion_metrics(measured: Sequence[MeasuredModel]) -> dict[str, float]:
+    """The scalars of models labelled by ``criterion`` (baselines, other methods): ``<criterion>.<key>.<metric>``."""
+    return {f"{m.labels['criterion']}.{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
+
+
+def method_table(measured: Sequence[MeasuredModel], kind: str) -> pd.DataFrame:
+    """Rows for the report of a method beside the members: ``kind``, ``method`` (the models' ``criterion`` label);
+    with no model, an empty table that still has these columns and ``member``."""
+    rows = pd.DataFrame([m.row for m in measured], columns=None if measured else ["criterion", "member"])
+    return rows.rename(columns={"criterion": "method"}).assign(kind=kind)
 
 
 def finetune_within_member_budgets(

@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from evoprune.core.baselines import BaselinePruner, Ranking
 from evoprune.core.comparison import (
     MeasuredModel,
+    criterion_metrics,
     early_exit_policy,
     finetune_within_member_budgets,
+    method_table,
     prune_to_member_budgets,
     replicate_seeds,
     unpack_members,
@@ -77,8 +79,8 @@ def prune_baselines(
         trained, masks, ids, pruners, splits, policy, dense_measurements, finetune, replicate_seeds(seed, report.seeds),
         resolve_device(device),
     )  # fmt: skip
-    metrics = {f"{m.labels['criterion']}.{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
-    return pd.DataFrame([m.row for m in measured]), to_mlflow_metrics(metrics), [_run(m) for m in measured]
+    metrics = to_mlflow_metrics(criterion_metrics(measured))
+    return pd.DataFrame([m.row for m in measured]), metrics, [_run(m) for m in measured]
 
 
 def finetune_roulette_branch(
@@ -107,10 +109,7 @@ def finetune_roulette_branch(
             trained, decode_masks(roulette_path["mask"]), masks, ids, "roulette_branch", splits, policy,
             dense_measurements, finetune, replicate_seeds(seed, report.seeds), resolve_device(device),
         )  # fmt: skip
-    rows = pd.DataFrame([m.row for m in measured], columns=None if measured else ["criterion", "member"])
-    table = rows.rename(columns={"criterion": "method"}).assign(kind="roulette")
-    metrics = {f"roulette_branch.{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
-    return {"roulette": table}, to_mlflow_metrics(metrics)
+    return {"roulette": method_table(measured, "roulette")}, to_mlflow_metrics(criterion_metrics(measured))
 
 
 def _run(measured: MeasuredModel) -> ChildRun:

@@ -8,7 +8,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from evoprune.core.comparison import early_exit_policy, finetune_within_member_budgets, replicate_seeds, unpack_members
+from evoprune.core.comparison import (
+    criterion_metrics,
+    early_exit_policy,
+    finetune_within_member_budgets,
+    method_table,
+    replicate_seeds,
+    unpack_members,
+)
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.report_table import ReportParams
@@ -85,7 +92,4 @@ def finetune_front_at_member_budgets(
         trained, decode_masks(exit_search_front["mask"]), masks, ids, params.method, splits, policy,
         dense_measurements, finetune, replicate_seeds(seed, report.seeds), resolve_device(device),
     )  # fmt: skip
-    rows = pd.DataFrame([m.row for m in measured], columns=None if measured else ["criterion", "member"])
-    table = rows.rename(columns={"criterion": "method"}).assign(kind="exit_search")
-    metrics = {f"{params.method}.{m.key}.{k}": v for m in measured for k, v in m.scalars.items()}
-    return {"exit_search": table}, to_mlflow_metrics(metrics)
+    return {"exit_search": method_table(measured, "exit_search")}, to_mlflow_metrics(criterion_metrics(measured))
