@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from evoprune.core.exits import attach_exits, build_network
-from evoprune.core.finetune import finetune_member
+from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings
 from evoprune.core.models import build_model
+from evoprune.core.report_table import ReportParams
 from evoprune.core.units import build_layout
-from evoprune.pipelines.finetune.nodes import FinetuneParams, select_members
+from evoprune.datasets import FinetunedMembersDataset
+from evoprune.pipelines.finetune.nodes import FinetuneParams, finetune_variant, measure_dense, select_members
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams, choose_members
 from tests.conftest import image_split
 
@@ -71,7 +73,7 @@ def test_select_members_keeps_the_best_after_finetuning_on_validation_data(candi
     pareto_members, chosen, initial, layout = candidates
     train, validation = image_split(120, 0), image_split(80, 1)
     params = FinetuneParams(training={"epochs": 1, "batch_size": 40})
-    selected, table, metrics = select_members(
+    selected, table, metrics, _ = select_members(
         pareto_members, chosen, initial, train, validation, params, seed=3, device="cpu"
     )
     after = {}
@@ -103,3 +105,54 @@ def test_select_members_keeps_the_best_after_finetuning_on_validation_data(candi
         "member7.val_accuracy_after_finetune",
         "member8.val_accuracy_after_finetune",
     }
+
+
+def test_the_selection_variant_takes_select_members_fine_tunes_instead_of_repeating_them(candidates, tmp_path):
+    pareto_members, chosen, initial, _ = candidates
+    train, validation, test = image_split(120, 0), image_split(80, 1), image_split(60, 2)
+    params = FinetuneParams(
+        training={"epochs": 1, "batch_size": 40}, measurement={"latency_batch_sizes": [1], "latency_repeats": 1}
+    )
+    selected, table, _, finetunes = select_members(
+        pareto_members, chosen, initial, train, validation, params, seed=3, device="cpu"
+    )
+    winner = int(table.loc[table["selected"] & table["val_accuracy_after_finetune"].notna(), "member"].iloc[0])
+    assert finetunes["member_ids"] == [winner]  # member 9 was kept untried: nothing to reuse
+    store = FinetunedMembersDataset(filepath=str(tmp_path / "selection_finetunes.pt"))
+    store.save(finetunes)
+    saved = store.load()
+    assert saved["finetune_settings"] == finetunes["finetune_settings"]
+    assert saved["histories"] == finetunes["histories"]
+    policy = {"threshold": 0.9, "criterion": "max_softmax"}
+    dense, _ = measure_dense(pareto_members, test, policy, params, "cpu")
+
+    def run(variant: str, reusable: dict[str, object], seeds: int = 1):
+        args = (initial, train, validation, test, policy, dense, params, 3, ReportParams(seeds=seeds), "cpu")
+        return finetune_variant(selected, reusable, *args, variant=variant)[0].set_index(["member", "seed"])
+
+    nothing = {**finetunes, "member_ids": [], "pruned": [], "histories": [], "masks": finetunes["masks"][:0]}
+    reused, redone = run("keep", saved, seeds=2), run("keep", nothing, seeds=2)
+    taken = saved["histories"][0]["train_seconds"]
+    assert reused.loc[(winner, 3), "train_seconds"] == taken  # the selection's fine-tune, not a new one
+    assert reused.loc[(winner, 4), "train_seconds"] != taken  # the second seed is fine-tuned
+    accuracy = ["exit1.test_accuracy", "exit2.test_accuracy", "flops"]
+    assert reused[accuracy].equals(redone[accuracy])  # and it is exactly what fine-tuning again gives
+    assert run("rewind", saved).loc[(winner, 3), "train_seconds"] != taken  # other weights: fine-tuned
+
+
+def test_fine_tune_settings_tell_apart_everything_that_changes_the_result():
+    params = FinetuneParams()
+    base = finetune_settings("keep", 3, params.training, None, CPU)
+    assert base == finetune_settings("keep", 3, FinetuneParams().training, None, CPU)
+    others = [
+        finetune_settings("rewind", 3, params.training, None, CPU),
+        finetune_settings("keep", 4, params.training, None, CPU),
+        finetune_settings("keep", 3, params.training.model_copy(update={"epochs": 9}), None, CPU),
+        finetune_settings("keep", 3, params.training, [0.0, 1.0], CPU),
+        finetune_settings("keep", 3, params.training, None, torch.device("meta")),
+    ]
+    assert len({base, *others}) == 6
+    reusable = ReusableFinetunes(base, {5: (torch.nn.Identity(), {})})
+    assert reusable.get(5, base) is not None
+    assert all(reusable.get(5, s) is None for s in others) and reusable.get(6, base) is None
+    assert ReusableFinetunes.from_members({"member_ids": [5], "pruned": [torch.nn.Identity()]}).get(5, base) is None

@@ -20,7 +20,7 @@ from torch import nn
 
 from evoprune.core.baselines import BaselinePruner
 from evoprune.core.exits import final_exit_key, input_shape
-from evoprune.core.finetune import finetune_member, measure
+from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
 from evoprune.core.masking import prune_physically
 from evoprune.core.search.roulette_branch import path_levels_within
@@ -142,6 +142,7 @@ def finetune_with_variant(
     params: FinetuneParams,
     seeds: Sequence[int],
     device: torch.device,
+    reusable: ReusableFinetunes | None = None,
 ) -> list[MeasuredModel]:
     """Every member (``masks[k]`` of ``trained``) with the weights of ``variant`` (``initial`` = θ0),
     physically pruned, fine-tuned as ``params.training`` says with each of ``seeds`` and measured on the
@@ -151,13 +152,22 @@ def finetune_with_variant(
         splits: train, validation and test split.
         policy: the early-exit policy measured on each member, see ``early_exit_policy``.
         seeds: one fine-tune per seed (re-init draws and batch order), see ``replicate_seeds``.
+        reusable: fine-tunes already made (select_members'): one made with this fit's exact settings is taken
+            instead of fine-tuning again.
     """
     if not len(member_ids):
         return []
     train_split, validation_split, _ = splits
     layout = build_layout(trained, input_shape(trained))
+    loss_weights = params.exit_loss_weights(trained)
 
     def fit(mask: np.ndarray, labels: dict[str, object], seed: int) -> tuple[nn.Module, dict[str, object]]:
+        settings = finetune_settings(variant, seed, params.training, loss_weights, device)
+        done = reusable.get(int(labels["member"]), settings) if reusable is not None else None
+        if done is not None:
+            logger.info("finetune[%s] member %s seed %d: select_members made this fine-tune; reused", variant,
+                        labels["member"], seed)  # fmt: skip
+            return done
         return finetune_member(
             trained,
             initial,
@@ -169,7 +179,7 @@ def finetune_with_variant(
             params.training,
             device,
             seed,
-            params.exit_loss_weights(trained),
+            loss_weights,
             f"finetune[{variant}] member {labels['member']} seed {seed}",
         )
 

@@ -6,7 +6,9 @@ variant weights (reinit) -> physical pruning (torch-pruning) -> fine-tuning (tra
 from __future__ import annotations
 
 import copy
+import json
 import statistics
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -116,3 +118,50 @@ def finetune_member(
         model, train_split, validation_split, cfg, device, seed, description or f"finetune[{variant}]", loss_weights
     )
     return model.cpu().eval(), history
+
+
+def finetune_settings(
+    variant: str, seed: int, cfg: TrainConfig, loss_weights: list[float] | None, device: torch.device
+) -> str:
+    """What decides a ``finetune_member`` result besides the trained network and the mask, as one string:
+    two fine-tunes of the same member with equal settings give the same model (same machine)."""
+    settings = {
+        "variant": variant,
+        "seed": seed,
+        "training": cfg.model_dump(mode="json"),
+        "loss_weights": loss_weights,
+        "device": torch.device(device).type,
+    }
+    return json.dumps(settings, sort_keys=True)
+
+
+@dataclass
+class ReusableFinetunes:
+    """Fine-tuned members that a later fine-tune with the same ``settings`` takes instead of repeating it
+    (select_members' fine-tunes of the chosen members are the selection variant's first seed)."""
+
+    settings: str  # finetune_settings of the runs that made them
+    # member id -> (pruned fine-tuned model, its history)
+    members: dict[int, tuple[nn.Module, dict[str, object]]] = field(default_factory=dict)
+
+    def get(self, member: int, settings: str) -> tuple[nn.Module, dict[str, object]] | None:
+        """The member's fine-tune when it was made with ``settings``, else None."""
+        return self.members.get(member) if settings == self.settings else None
+
+    def as_members(self, trained: nn.Module, masks: np.ndarray, member_ids: list[int]) -> dict[str, object]:
+        """In the fine-tuned members format (``FinetunedMembersDataset``), given every member's mask by id."""
+        done = list(self.members)
+        return {
+            "model": trained,
+            "masks": np.asarray(masks, dtype=bool)[[member_ids.index(m) for m in done]],
+            "member_ids": done,
+            "pruned": [self.members[m][0] for m in done],
+            "histories": [self.members[m][1] for m in done],
+            "finetune_settings": self.settings,
+        }
+
+    @classmethod
+    def from_members(cls, members: dict[str, object]) -> ReusableFinetunes:
+        """Back from ``as_members``' format; a file without settings gives nothing to reuse."""
+        pairs = zip(members["member_ids"], members["pruned"], members.get("histories", []), strict=False)
+        return cls(str(members.get("finetune_settings", "")), {int(m): (p, h) for m, p, h in pairs})

@@ -4,6 +4,8 @@ Accuracy before fine-tuning (the search's fitness) ranks members poorly after it
 BatchNorm especially. So every candidate of a budget is fine-tuned exactly as the variants will be, with the
 weights of ``selection_variant``, and the one with the best final-exit *validation* accuracy is kept (ties:
 fewer FLOPs). A budget with one candidate, or a member without a budget, is kept untried.
+The selected candidates' fine-tunes are handed on (``Selection.finetuned``): the selection variant's first
+fine-tune seed would repeat them exactly, so finetune takes them instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from evoprune.core.exits import final_exit_key, input_shape
-from evoprune.core.finetune import finetune_member
+from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.units import build_layout
 
@@ -35,6 +37,7 @@ class Selection:
     table: pd.DataFrame
     kept: list[int]  # positions of the selected members among the candidates, in candidate order
     metrics: dict[str, float]  # member<id>.val_accuracy_after_finetune per tried candidate, candidates_finetuned
+    finetuned: ReusableFinetunes  # the fine-tunes of the selected candidates that were tried
 
 
 def candidate_table(chosen_members: pd.DataFrame, member_ids: Sequence[int]) -> pd.DataFrame:
@@ -80,8 +83,11 @@ def select_by_finetuning(
     table = candidate_table(chosen_members, member_ids)
     layout = build_layout(trained, input_shape(trained))
     contested = table["group"].map(table["group"].value_counts()) > 1
+    loss_weights = params.exit_loss_weights(trained)
+    settings = finetune_settings(params.selection_variant, seed, params.training, loss_weights, device)
+    tried = {}
     for i in np.flatnonzero(contested.to_numpy()):
-        _, history = finetune_member(
+        tried[i] = finetune_member(
             trained,
             initial,
             layout,
@@ -92,10 +98,10 @@ def select_by_finetuning(
             params.training,
             device,
             seed,
-            params.exit_loss_weights(trained),
+            loss_weights,
             f"select_members[{params.selection_variant}] member {member_ids[i]} (budget {table.at[i, 'budget']:.2f})",
         )
-        table.at[i, "val_accuracy_after_finetune"] = history["val_accuracy"][-1]
+        table.at[i, "val_accuracy_after_finetune"] = tried[i][1]["val_accuracy"][-1]
     score = table["val_accuracy_after_finetune"].fillna(table["val_accuracy_before_finetune"])
     order = table.assign(score=-score).sort_values(["score", "flops_ratio"], kind="stable")
     winners = set(order.groupby("group", sort=False).head(1).index)
@@ -106,7 +112,8 @@ def select_by_finetuning(
         for r in table[contested].itertuples()
     }
     metrics["candidates_finetuned"] = int(contested.sum())
-    return Selection(table.drop(columns="group"), sorted(winners), metrics)
+    finetuned = ReusableFinetunes(settings, {int(member_ids[i]): tried[i] for i in sorted(winners) if i in tried})
+    return Selection(table.drop(columns="group"), sorted(winners), metrics, finetuned)
 
 
 def _log_contest(tried: pd.DataFrame) -> None:

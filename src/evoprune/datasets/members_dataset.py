@@ -76,6 +76,7 @@ class PrunedMembersDataset(TorchFileDataset):
 
 
 FINETUNED_FORMAT = "evoprune.finetuned_members/1"
+OPTIONAL_FINETUNED_KEYS = ("histories", "finetune_settings")
 
 
 class FinetunedMembersDataset(TorchFileDataset):
@@ -84,7 +85,9 @@ class FinetunedMembersDataset(TorchFileDataset):
     "pruned": list of K pruned nn.Modules}``.
 
     Only the unpruned spec, the masks and each pruned state dict are stored; loading rebuilds every
-    pruned architecture with ``prune_physically`` and loads its fine-tuned weights.
+    pruned architecture with ``prune_physically`` and loads its fine-tuned weights. Optional keys, kept when
+    given: ``"histories"`` (K fine-tune histories: lists of floats and floats) and ``"finetune_settings"``
+    (``evoprune.core.finetune.finetune_settings`` of the runs that made them).
     """
 
     def load(self) -> dict[str, Any]:
@@ -104,12 +107,20 @@ class FinetunedMembersDataset(TorchFileDataset):
                 pruned.append(load_weights(member, state, f"member {k} of {self._filepath}").eval())
             except CheckpointMismatchError as exc:
                 raise DatasetError(f"{exc} Re-run the finetune pipeline.") from exc
-        return {"model": model, "masks": masks, "member_ids": payload["member_ids"].tolist(), "pruned": pruned}
+        optional = {k: payload[k] for k in OPTIONAL_FINETUNED_KEYS if k in payload}
+        return {
+            "model": model,
+            "masks": masks,
+            "member_ids": payload["member_ids"].tolist(),
+            "pruned": pruned,
+            **optional,
+        }
 
     def save(self, data: dict[str, Any]) -> None:
         model = data["model"]
         self._write(
             {
+                **{k: data[k] for k in OPTIONAL_FINETUNED_KEYS if k in data},
                 "format": FINETUNED_FORMAT,
                 "spec": model.spec,
                 "masks": torch.as_tensor(np.asarray(data["masks"], dtype=bool)),  # (K, num_bits); K may be 0

@@ -18,7 +18,7 @@ from evoprune.core.comparison import (
     replicate_seeds,
     unpack_members,
 )
-from evoprune.core.finetune import measure
+from evoprune.core.finetune import ReusableFinetunes, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
 from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
@@ -60,13 +60,14 @@ def select_members(
     params: FinetuneParams,
     seed: int,
     device: str,
-) -> tuple[dict[str, object], pd.DataFrame, dict[str, object]]:
+) -> tuple[dict[str, object], pd.DataFrame, dict[str, object], dict[str, object]]:
     """Fine-tune-aware choice of one member per FLOPs budget (``evoprune.core.selection``): every candidate
     of a budget (``mask_search.candidates_per_budget``) is fine-tuned as ``finetune.training`` says with the
     weights of ``params.selection_variant``; the best final-exit *validation* accuracy is kept.
 
     Returns: the selected members (``pareto_members`` format), the selection table (every candidate, its
-    validation accuracy before and after fine-tuning, ``selected``) and MLflow metrics.
+    validation accuracy before and after fine-tuning, ``selected``), MLflow metrics and the selected members'
+    fine-tunes (``finetuned_members`` format with histories and settings: the selection variant reuses them).
     """
     trained, masks, ids = unpack_members(pareto_members)
     splits, dev = (train_split, validation_split), resolve_device(device)
@@ -75,11 +76,13 @@ def select_members(
     )
     kept = selection.kept
     selected = {"model": trained, "masks": masks[kept], "member_ids": [ids[i] for i in kept]}
-    return selected, selection.table, to_mlflow_metrics(selection.metrics)
+    finetunes = selection.finetuned.as_members(trained, masks, ids)
+    return selected, selection.table, to_mlflow_metrics(selection.metrics), finetunes
 
 
 def finetune_variant(
     pareto_members: dict[str, object],
+    selection_finetunes: dict[str, object],
     multi_exit_model_init: nn.Module,
     train_split: Split,
     validation_split: Split,
@@ -93,7 +96,8 @@ def finetune_variant(
     variant: str,
 ) -> tuple[pd.DataFrame, dict[str, object], dict[str, object], list[ChildRun]]:
     """Fine-tune every chosen member with the weights of ``variant`` with ``report.seeds`` fine-tune
-    seeds (``seed``, ``seed + 1``, ...) and measure it against the dense model.
+    seeds (``seed``, ``seed + 1``, ...) and measure it against the dense model. A fine-tune that
+    select_members made with the same settings (``selection_finetunes``) is taken, not repeated.
 
     Returns:
         One row per member and seed, the fine-tuned pruned members of the first seed (for the catalog), MLflow
@@ -110,7 +114,7 @@ def finetune_variant(
     fine_tune_seeds = replicate_seeds(seed, report.seeds)
     measured = finetune_with_variant(
         trained, multi_exit_model_init, masks, ids, variant, splits, policy, dense_measurements, params,
-        fine_tune_seeds, dev,
+        fine_tune_seeds, dev, ReusableFinetunes.from_members(selection_finetunes),
     )  # fmt: skip
     pruned = [m.model for m in measured if not m.replicate]
     finetuned = {"model": trained, "masks": masks, "member_ids": ids, "pruned": pruned}

@@ -18,6 +18,7 @@ from evoprune.pipelines.finetune.nodes import export_members, finetune_variant, 
 # Inputs and parameters shared by every variant (not namespaced), in the order finetune_variant takes them.
 SHARED_INPUTS = (
     "selected_members",
+    "selection_finetunes",
     "multi_exit_model_init",
     "train_split",
     "validation_split",
@@ -76,7 +77,7 @@ def create_pipeline(variants: Sequence[str] | None = None, **kwargs) -> Pipeline
                     "params:seed",
                     "params:device",
                 ],
-                ["selected_members", "member_selection", "selection_metrics"],
+                ["selected_members", "member_selection", "selection_metrics", "selection_finetunes"],
                 name="select_members",
             ),
         ]
