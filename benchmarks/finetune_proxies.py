@@ -46,7 +46,7 @@ def _masks_at(budget: float, front, trained, layout, train_split, neighbours: in
     out = {f"member{int(member['member'])}": member_mask}
     rng = np.random.default_rng(seed)
     for k in range(neighbours):
-        scores = member_mask + 0.6 * rng.random(layout.num_bits)
+        scores = member_mask + 1.3 * rng.random(layout.num_bits)
         out[f"neighbour{k}"] = mask_within_budget(layout, scores, flops, 0.7)
     calibration = calibration_batch(train_split, 256, seed)
     shape = input_shape(trained)

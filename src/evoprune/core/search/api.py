@@ -26,6 +26,7 @@ from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
 from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
 from evoprune.core.search.operators import rank_within_layers
 from evoprune.core.search.problem import POLICY_OBJECTIVES, MaskSearchProblem
+from evoprune.core.search.recovery import recovered_accuracy
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, SearchResult, run_search
 from evoprune.core.units import ChromosomeLayout, build_layout
@@ -78,12 +79,14 @@ def search_fingerprint(
     policy: tuple | None,
     device: torch.device | str = "cpu",
     latency: LatencyModel | None = None,
+    recovery_split: dict[str, torch.Tensor] | None = None,
 ) -> str:
     """16 hex digits naming everything a candidate's score depends on: every search setting, the seed, the
     early-exit policy, the model's spec and weights, the validation images and labels it is scored on, the
     calibration images of adaptive BatchNorm (their contents, not just their count) and the kind of device
     (CPU and CUDA kernels round differently). Another value of any of them gives another checkpoint folder,
-    so an old front is never resumed on new inputs."""
+    so an old front is never resumed on new inputs. A recovery search also depends on the training images and
+    labels its candidates train on (``recovery_split``)."""
     kind = torch.device(device).type
     payload = [cfg.model_dump(), seed, getattr(model, "spec", None), policy, sorted(validation_split), kind]
     if latency is not None:  # a latency_ratio search depends on the tables it was scored with
@@ -95,6 +98,8 @@ def search_fingerprint(
     for name in sorted(validation_split):
         _hash_tensor(digest, validation_split[name])
     _hash_tensor(digest, calibration_images)
+    for name in sorted(recovery_split or {}):
+        _hash_tensor(digest, recovery_split[name])
     return digest.hexdigest()[:16]
 
 
@@ -141,6 +146,32 @@ def remove_old_checkpoints(current: Path, kept: int) -> list[Path]:
     return removed
 
 
+def _recovery_split(
+    cfg: SearchConfig, train_split: dict[str, torch.Tensor] | None, distributed: DistributedConfig | None
+) -> dict[str, torch.Tensor] | None:
+    """The training images and labels the recovery fitness reads (None when it is off), checked."""
+    if not cfg.recovery.generations:
+        return None
+    if train_split is None:
+        raise ValueError("search.recovery.generations is set: the search needs the training split (train_split)")
+    if distributed is not None and distributed.scheduler is not None:
+        raise ValueError(
+            "search.recovery trains every candidate in this process; it does not run on Dask workers yet. Set "
+            "mask_search.distributed.scheduler: null or search.recovery.generations: 0."
+        )
+    return {k: train_split[k][: cfg.recovery.images_needed()] for k in ("images", "labels")}
+
+
+def _recovered(model, layout, recovery_split, validation_split, cfg: SearchConfig, device, seed):
+    """The problem's score under the recovery fitness: every exit's accuracy after the recovery steps."""
+
+    def score(X: np.ndarray) -> dict[str, np.ndarray]:
+        accuracy = recovered_accuracy(model, layout, X, recovery_split, validation_split, cfg.recovery, device, seed)
+        return {"accuracy": accuracy}
+
+    return score
+
+
 def search_pruning_masks(
     model: nn.Module,
     validation_split: dict[str, torch.Tensor],
@@ -157,6 +188,7 @@ def search_pruning_masks(
     distributed: DistributedConfig | None = None,
     latency: LatencyModel | None = None,
     latency_settings: LatencySettings | None = None,
+    train_split: dict[str, torch.Tensor] | None = None,
 ) -> SearchOutcome:
     """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
     method, random masks for contrast and, when configured, the roulette branch path for comparison.
@@ -175,6 +207,8 @@ def search_pruning_masks(
             needs it, which then fails saying why the network has no tables.
         latency_settings: the settings ``latency`` should have been measured with: its key is checked against
             them, this network and this device before searching (``LatencyKeyError`` on any difference).
+        train_split: the training data of ``cfg.recovery`` (its first ``recovery.images_needed()`` images are
+            read); needed when ``cfg.recovery.generations`` is set.
     """
     if latency is not None and latency_settings is not None:
         latency.check_key(latency_key(model, latency_settings, device))
@@ -191,6 +225,7 @@ def search_pruning_masks(
             "build_exits' operating point (run build_exits first, or choose error / mean_error / *_ratio objectives)."
         )
     policy = policy if uses_policy else None
+    recovery_split = _recovery_split(cfg, train_split, distributed)
 
     scorer = (
         contextlib.nullcontext()
@@ -219,6 +254,7 @@ def search_pruning_masks(
                 policy,
                 device,
                 latency if uses_latency else None,
+                recovery_split,
             )
             checkpoint_dir = Path(checkpoint_dir) / fingerprint
             remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
@@ -257,6 +293,9 @@ def search_pruning_masks(
                 seeds=seeds,
                 fingerprint=fingerprint,
                 on_bad_checkpoint=on_bad_checkpoint,
+                recovered_score=None
+                if recovery_split is None
+                else _recovered(model, layout, recovery_split, validation_split, cfg, device, seed),
             )
         seconds = time.perf_counter() - start
     rng = np.random.default_rng(seed + 1)

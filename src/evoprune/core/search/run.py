@@ -6,12 +6,13 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.algorithms.soo.nonconvex.ga import GA
 from pymoo.core.evaluator import Evaluator
@@ -31,7 +32,8 @@ from evoprune.core.search.checkpoint import (
     save_checkpoint,
 )
 from evoprune.core.search.operators import KeepUnitsPerLayer, RouletteMutation, RouletteSampling
-from evoprune.core.search.problem import EXTRA_VALUES, OBJECTIVES, MaskSearchProblem
+from evoprune.core.search.problem import EXTRA_VALUES, OBJECTIVES, POLICY_OBJECTIVES, MaskSearchProblem
+from evoprune.core.search.recovery import RecoveryConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,33 @@ class SearchConfig(BaseModel):
     # every layer larger than this keeps a multiple of this many units (or all): channel counts that
     # the CPU/GPU kernels run fast (8 = AVX2's float lanes); 1 = any count. The baselines obey it too.
     round_to: PositiveInt = 1
+    # the last recovery.generations generations score candidates after recovery.steps fine-tune steps
+    # (evoprune.core.search.recovery); 0 generations = off
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+
+    @model_validator(mode="after")
+    def _recovery_fits(self) -> SearchConfig:
+        if not self.recovery.generations:
+            return self
+        if self.recovery.generations > self.generations:
+            raise ValueError(
+                f"search.recovery.generations ({self.recovery.generations}) exceeds search.generations "
+                f"({self.generations}); set at most {self.generations}."
+            )
+        if self.algorithm == "roulette":
+            raise ValueError("search.recovery scores generations of nsga2 / ga; the roulette algorithm has none.")
+        policy = [o for o in self.objectives if o in POLICY_OBJECTIVES]
+        if policy:
+            raise ValueError(
+                f"search.recovery scores each exit's accuracy, not the early-exit policy of objectives {policy}; "
+                "set recovery.generations: 0 or choose error / mean_error objectives."
+            )
+        return self
+
+    @property
+    def recovery_from(self) -> int | None:
+        """Generations completed before the recovery fitness takes over (None: never)."""
+        return self.generations - self.recovery.generations if self.recovery.generations else None
 
 
 @dataclass
@@ -115,6 +144,22 @@ def generation_stats(algorithm, cfg: SearchConfig, problem: MaskSearchProblem) -
         within = flops_ratio <= budget
         stats[f"best_accuracy_at_{budget:g}_flops"] = float(accuracy[within].max()) if within.any() else 0.0
     return stats
+
+
+def _switch_to_recovery(algorithm, problem: MaskSearchProblem, recovered_score, rescore: bool) -> None:
+    """Score with ``recovered_score`` from now on; at the switch itself (``rescore``, a population already
+    scored the old way) the population is scored again and re-ranked, so old and new candidates compete on one
+    scale."""
+    if problem.score is recovered_score:
+        return
+    problem.score = recovered_score
+    if not (rescore and algorithm.is_initialized):
+        return
+    logger.info("mask_search: recovery fitness from generation %d on; scoring the population again", algorithm.n_iter)
+    pop = algorithm.pop
+    algorithm.evaluator.eval(problem, pop, skip_already_evaluated=False, count_evals=False)
+    algorithm.pop = algorithm.survival.do(problem, pop, n_survive=len(pop), random_state=algorithm.random_state)
+    algorithm.opt = filter_optimum(algorithm.pop, least_infeasible=True)
 
 
 def _apply_checkpoint(checkpoint: Checkpoint, algorithm) -> tuple[list[dict], dict[str, list]]:
@@ -175,6 +220,7 @@ def run_search(
     seeds: np.ndarray | None = None,
     fingerprint: str | None = None,
     on_bad_checkpoint: OnBadCheckpoint = "restart",
+    recovered_score: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> SearchResult:
     """Run NSGA-II or GA generation by generation.
 
@@ -192,7 +238,11 @@ def run_search(
             the settings, seed and problem, it must match the checkpoint's.
         on_bad_checkpoint: a checkpoint that is corrupt, torn, old or another search's: ``restart`` warns,
             moves it aside (``state.npz.bad``) and starts afresh; ``stop`` raises ``CheckpointError``.
+        recovered_score: the problem's score from ``cfg.recovery_from`` generations on (needed when
+            ``cfg.recovery.generations``); the population is scored again with it when it takes over.
     """
+    if cfg.recovery_from is not None and recovered_score is None:
+        raise ValueError("search.recovery.generations is set, but no recovered_score was given to run_search")
     min_units = problem.layout.min_units(cfg.max_pruning_ratio)
     repair = KeepUnitsPerLayer(problem.layout, importance, min_units, cfg.round_to, cfg.uncapped_below)
     algorithm = make_algorithm(cfg, rank, repair, seeds)
@@ -207,6 +257,8 @@ def run_search(
     # `has_next()` alone would run one generation too many after resuming a finished search.
     limit = cfg.generations if stop_after is None else min(stop_after, cfg.generations)
     while len(generations) < limit and algorithm.has_next():
+        if cfg.recovery_from is not None and len(generations) >= cfg.recovery_from:
+            _switch_to_recovery(algorithm, problem, recovered_score, rescore=len(generations) == cfg.recovery_from)
         algorithm.next()
         off = algorithm.off if algorithm.off is not None else algorithm.pop
         for key in ("X", "F", "G", "accuracy"):

@@ -63,7 +63,7 @@ def search_all_exits(
     outcome = search_pruning_masks(
         multi_exit_model, subset, calibration, cfg, seed, resolve_device(device), policy=policy,
         checkpoint_dir=mask_search.checkpoint_dir, checkpoints_kept=mask_search.checkpoints_kept,
-        on_bad_checkpoint=mask_search.on_bad_checkpoint, distributed=mask_search.distributed,
+        on_bad_checkpoint=mask_search.on_bad_checkpoint, distributed=mask_search.distributed, train_split=train_split,
     )  # fmt: skip
     front, _, _, _, summary = tabulate_search(outcome)
     return front, summary

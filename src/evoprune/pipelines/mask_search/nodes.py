@@ -130,6 +130,7 @@ def search_masks(
         params.distributed,
         latency_model,
         latency_params.settings(params.search.round_to),
+        train_split,
     )
 
 
