@@ -130,6 +130,7 @@ class TrainingExtras:
     after_epoch: Callable[[int], dict[str, float]] | None = None  # values appended to the history per epoch
     no_weight_decay: tuple[nn.Parameter, ...] = ()  # parameters trained without weight decay
     parameters: tuple[nn.Parameter, ...] = ()  # trained too, though not the model's (e.g. thresholds held outside)
+    progress: bool = True  # the per-epoch progress bar (off for many short trainings under one bar of their own)
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig, extras: TrainingExtras | None = None) -> torch.optim.Optimizer:
@@ -197,7 +198,7 @@ def train(
     optimizer = _make_optimizer(model, cfg, extras)
     history: dict[str, list[float] | float] = {"train_loss": [], "val_accuracy": []}
     start, step = time.perf_counter(), 0
-    bar = tqdm(range(cfg.epochs), desc=description, unit="epoch", leave=False)
+    bar = tqdm(range(cfg.epochs), desc=description, unit="epoch", leave=False, disable=not extras.progress)
     for epoch in bar:
         order = torch.randperm(n, generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)

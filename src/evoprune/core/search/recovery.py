@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from evoprune.core.exits import input_shape
 from evoprune.core.masking import prune_physically
-from evoprune.core.train import TrainConfig, accuracy_per_exit, train
+from evoprune.core.train import TrainConfig, TrainingExtras, accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout
 
 
@@ -60,6 +60,8 @@ def recovered_accuracy(
     train_cfg = cfg.train_config()
     for mask in tqdm(np.asarray(X, dtype=bool), desc="recovery fitness", unit="mask", leave=False):
         pruned = prune_physically(model, layout, mask, input_shape(model))
-        train(pruned, train_split, None, train_cfg, device, seed, "recovery steps")
+        train(
+            pruned, train_split, None, train_cfg, device, seed, "recovery steps", extras=TrainingExtras(progress=False)
+        )
         out.append(accuracy_per_exit(pruned, validation_split, device))
     return np.asarray(out, dtype=float).reshape(len(out), -1)
