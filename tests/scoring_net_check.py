@@ -14,7 +14,8 @@ from tests.conftest import run_tiny_session
 
 def assert_scoring_net_runs_after_prune(project: Path, client: mlflow.MlflowClient, experiment: str) -> None:
     """The Scoring Net is trained and saved (weights + feature spec, weights only), its masks at the members'
-    budgets are fine-tuned into report rows beside the members and baselines, and ``scoring_net.*`` is logged."""
+    budgets are fine-tuned into report rows beside the members and baselines, it is transferred to conf/tiny's
+    targets (table, plot, metrics), and ``scoring_net.*`` is logged."""
     before = pd.read_csv(project / "data/tiny/08_reporting/report_table.csv")
     run_tiny_session(project, "scoring_net")
     path = project / "data/tiny/06_models/scoring_net.pt"
@@ -39,4 +40,22 @@ def assert_scoring_net_runs_after_prune(project: Path, client: mlflow.MlflowClie
     assert {"scoring_net.mask_seconds", "scoring_net.train.stage1_gates.seconds"} <= metrics
     assert any(m.startswith("scoring_net.member") and m.endswith(".test_accuracy") for m in metrics)
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id, "scoring_net")}
-    assert "scoring_net/scoring_net.pt" in artifacts
+    assert {f"scoring_net/{f}" for f in ("scoring_net.pt", "scoring_net_transfer.csv", "scoring_net_transfer.png")} <= (
+        artifacts
+    )
+
+    # transfer: per target of conf/tiny and its budget, the zero-shot, adapted and native nets beside L1
+    transfer = pd.read_csv(project / "data/tiny/08_reporting/scoring_net_transfer.csv")
+    methods = {"scoring_net_zero_shot", "scoring_net_adapted", "scoring_net_native", "l1"}
+    assert transfer.groupby(["target", "budget"])["method"].apply(set).to_dict() == {
+        ("digits_lenet5", 0.5): methods,
+        ("classes_5_9", 0.5): methods,
+    }
+    assert (transfer["flops_ratio"] <= transfer["budget"] + 1e-9).all()
+    assert set(transfer["source"]) == {"run", "classes 0,1,2,3,4"}
+    assert (transfer[transfer["method"] == "l1"]["margin_vs_l1_pt"] == 0).all()
+    assert (project / "data/tiny/08_reporting/scoring_net_transfer.png").stat().st_size > 0
+    assert {
+        "scoring_net.transfer.digits_lenet5.scoring_net_zero_shot.margin_vs_l1_at_50pct",
+        "scoring_net.transfer.classes_5_9.scoring_net_adapted.accuracy_at_50pct",
+    } <= metrics

@@ -30,7 +30,16 @@ from evoprune.core.scoring_net.training import (
     fit_to_targets,
     train_scoring_net,
 )
-from evoprune.core.scoring_net.transfer import digits_split, zero_shot_comparison
+from evoprune.core.scoring_net.transfer import (
+    TransferConfig,
+    TransferTarget,
+    class_subset,
+    criteria_comparison,
+    digits_split,
+    transfer_scoring_net,
+    transfer_to_target,
+    zero_shot_comparison,
+)
 
 __all__ = [
     "FEATURE_NAMES",
@@ -40,7 +49,13 @@ __all__ = [
     "ScoringNet",
     "ScoringNetConfig",
     "ScoringNetResult",
+    "TransferConfig",
+    "TransferTarget",
+    "class_subset",
+    "criteria_comparison",
     "digits_split",
+    "transfer_scoring_net",
+    "transfer_to_target",
     "zero_shot_comparison",
     "split_features",
     "SoftFlops",

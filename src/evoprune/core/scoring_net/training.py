@@ -217,6 +217,7 @@ def train_scoring_net(
     validation_split: dict[str, torch.Tensor] | None = None,
     layout: ChromosomeLayout | None = None,
     device: torch.device | str = "cpu",
+    initial: ScoringNet | None = None,
 ) -> ScoringNetResult:
     """Train a Scoring Net for ``model`` in ``cfg.stages`` order.
 
@@ -227,6 +228,8 @@ def train_scoring_net(
         seed: drives the net's initial weights, budgets, batches and calibration images.
         layout: the model's chromosome layout (built from ``input_shape(model)`` when None).
         device: where the network, the net and the data live.
+        initial: start from a copy of this trained net (adapting it to ``model``, e.g. after a transfer) instead
+            of fresh weights; its widths win over ``cfg.hidden``. ``initial`` itself is not modified.
 
     Returns:
         The net (eval mode, on ``device``), its features and the history: ``feature_seconds`` and ``stages``, one
@@ -256,7 +259,7 @@ def train_scoring_net(
     features = unit_features(frozen, layout, images_to_float(images[pick]), labels[pick], mid_budget).to(device)
     history: dict[str, Any] = {"feature_seconds": time.perf_counter() - start, "stages": []}
 
-    net = ScoringNet(len(FEATURE_NAMES), cfg.hidden).to(device)
+    net = (copy.deepcopy(initial) if initial is not None else ScoringNet(len(FEATURE_NAMES), cfg.hidden)).to(device)
     for stage in cfg.stages:
         start = time.perf_counter()
         record = _run_stage(stage, net, frozen, layout, features, (images, labels), rng, cfg.max_pruning_ratio)

@@ -1,17 +1,26 @@
 """Nodes of scoring_net: train the Scoring Net on the trained network (``evoprune.core.scoring_net``), then prune
-to the selected members' FLOPs with its masks, fine-tune and measure them exactly like the baselines."""
+to the selected members' FLOPs with its masks, fine-tune and measure them exactly like the baselines; and apply it
+to other models and datasets (transfer)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from evoprune.core.comparison import early_exit_policy, unpack_members
 from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.plots import criteria_on_targets
 from evoprune.core.runtime import resolve_device
-from evoprune.core.scoring_net import ScoringNet, ScoringNetConfig, train_scoring_net
+from evoprune.core.scoring_net import (
+    ScoringNet,
+    ScoringNetConfig,
+    TransferConfig,
+    train_scoring_net,
+    transfer_scoring_net,
+)
 from evoprune.core.scoring_net.compare import prune_to_member_budgets_by_scoring_net
 from evoprune.tracking import to_mlflow_metrics
 
@@ -24,6 +33,7 @@ class ScoringNetParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     training: ScoringNetConfig = Field(default_factory=ScoringNetConfig)  # stages, losses, optimisers, features
+    transfer: TransferConfig = Field(default_factory=TransferConfig)  # other models and datasets (transfer node)
 
 
 def train_criterion(
@@ -78,3 +88,31 @@ def prune_with_scoring_net(
         "mask_seconds": mask_seconds
     }
     return {"scoring_net": pd.DataFrame(rows).drop(columns=["criterion"], errors="ignore")}, to_mlflow_metrics(metrics)
+
+
+def transfer_criterion(
+    scoring_net: ScoringNet,
+    train_split: Split,
+    test_split: Split,
+    params: ScoringNetParams,
+    seed: int,
+    device: str,
+) -> tuple[pd.DataFrame, Figure, dict[str, object]]:
+    """The trained Scoring Net on each ``transfer.targets`` model/dataset, zero-shot, adapted and beside a net
+    trained there and group L1, all at equal FLOPs without fine-tuning: the table, its plot and metrics
+    (``transfer.<target>.<method>.accuracy_at_<budget %>pct`` and ``.margin_vs_l1_at_<budget %>pct``)."""
+    rows = transfer_scoring_net(
+        scoring_net, params.training, (train_split, test_split), params.transfer, seed, resolve_device(device)
+    )
+    table = pd.DataFrame(rows)
+    metrics = {
+        f"transfer.{r.target}.{r.method}.{kind}_at_{round(100 * r.budget)}pct": value
+        for r in table.itertuples()
+        for kind, value in (("accuracy", r.test_accuracy), ("margin_vs_l1", r.margin_vs_l1_pt))
+        if r.method != "l1" or kind == "accuracy"
+    }
+    return (
+        table,
+        criteria_on_targets(rows, "Scoring Net transfer vs L1 (equal FLOPs, no fine-tuning)"),
+        to_mlflow_metrics(metrics),
+    )

@@ -1,5 +1,6 @@
 """scoring_net: the trained network of a prune run -> Scoring Net trained in stages -> its masks at the selected
-members' FLOPs, fine-tuned and measured -> ``method_results["scoring_net"]`` for the report.
+members' FLOPs, fine-tuned and measured -> ``method_results["scoring_net"]`` for the report; and the same Scoring
+Net applied to the ``transfer.targets`` (other models, datasets, class splits) -> ``scoring_net_transfer``.
 
 Runs after ``prune`` (it reads the multi-exit network, the selected members and the dense measurements);
 ``kedro run --pipeline=scoring_net`` also rebuilds the report with its rows.
@@ -7,7 +8,7 @@ Runs after ``prune`` (it reads the multi-exit network, the selected members and 
 
 from kedro.pipeline import Node, Pipeline
 
-from evoprune.pipelines.scoring_net.nodes import prune_with_scoring_net, train_criterion
+from evoprune.pipelines.scoring_net.nodes import prune_with_scoring_net, train_criterion, transfer_criterion
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -45,6 +46,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["method_results", "scoring_net_metrics"],
                 name="prune_with_scoring_net",
+            ),
+            Node(
+                transfer_criterion,
+                ["scoring_net", "train_split", "test_split", "params:scoring_net", "params:seed", "params:device"],
+                ["scoring_net_transfer", "scoring_net_transfer_plot", "scoring_net_transfer_metrics"],
+                name="transfer_scoring_net",
             ),
         ]
     )
