@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/latency_prediction.py                           # LeNet-5, VGG-style, ResNet-20
     .venv/bin/python benchmarks/latency_prediction.py --envs base --held-out 60 --round-to 1 --threads 2
+    .venv/bin/python benchmarks/latency_prediction.py --runtime onnxruntime torch   # both runtimes, one table
 
 For each environment's multi-exit network (conf/<env>'s train_dense.model and build_exits; weights do not
 change latency, so an untrained network of the same shape serves), the tables are profiled here, then
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads while timing")
     parser.add_argument("--grid-points", type=int, nargs="+", default=[5], help="kept-unit counts per dimension")
+    parser.add_argument("--runtime", nargs="+", default=["torch"], choices=["torch", "onnxruntime"])
     args = parser.parse_args()
     device = torch.device("cpu")
     print(
@@ -66,14 +68,17 @@ def main() -> None:
         f"{args.held_out} held-out pruned nets"
     )
     print(
-        "| network | round_to | grid points | profile s | within +-10% | median abs. error | worst | ms within +-10% | dense ms |"
+        "| network | runtime | round_to | grid points | profile s | within +-10% | median abs. error | worst | "
+        "ms within +-10% | dense ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for env in args.envs:
         model = _network(env)
         layout = build_layout(model, input_shape(model))
-        for round_to, grid_points in [(r, g) for r in args.round_to for g in args.grid_points]:
+        runs = [(r, g, rt) for rt in args.runtime for r in args.round_to for g in args.grid_points]
+        for round_to, grid_points, runtime in runs:
             settings = LatencySettings(
+                runtime=runtime,
                 grid_points=grid_points,
                 batch_size=args.batch_size,
                 repeats=args.repeats,
@@ -89,7 +94,7 @@ def main() -> None:
             errors = prediction_errors(check["predicted_ratio"], check["measured_ratio"])
             ms = prediction_errors(check["predicted_ms"], check["measured_ms"])
             print(
-                f"| {env} ({model.backbone.spec.get('name')}) | {round_to} | {grid_points} | {seconds:.0f} | "
+                f"| {env} ({model.backbone.spec.get('name')}) | {runtime} | {round_to} | {grid_points} | {seconds:.0f} | "
                 f"{errors['within_10pct']:.0%} | {errors['median_abs_error']:.1%} | {errors['max_abs_error']:.1%} | "
                 f"{ms['within_10pct']:.0%} | {latency.dense_ms:.1f} |"
             )

@@ -180,3 +180,38 @@ def test_whole_networks_are_timed_paired_with_the_dense_one(profiled):
     times = measure_masks_ms(model, layout, masks, SETTINGS, CPU)
     assert times.ratio.shape == (5,) and (times.ratio > 0).all() and times.dense_ms > 0
     np.testing.assert_allclose(times.ms, times.ratio * times.dense_ms)
+
+
+def test_onnx_runtime_runs_what_the_network_computes_with_either_exporter():
+    from evoprune.core.export import onnxruntime_call
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5), torch.nn.ReLU()).eval()
+    x = torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)  # the tables' layout
+    with torch.no_grad():
+        expected = layer(x).numpy()
+    for exporter in ("torchscript", "dynamo"):
+        (got,) = onnxruntime_call(layer, x, threads=1, exporter=exporter)()
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_onnx_runtime_tables_are_keyed_by_runtime_and_refused_off_the_cpu(profiled):
+    from evoprune.core.latency import check_runtime
+
+    model, layout, torch_tables = profiled
+    ort = SETTINGS.model_copy(update={"runtime": "onnxruntime", "calibration_masks": 2})
+    key = latency_key(model, ort, CPU)
+    import onnxruntime
+
+    assert key["runtime"] == "onnxruntime" and key["onnxruntime"] == onnxruntime.__version__
+    assert "onnxruntime" not in latency_key(model, SETTINGS, CPU)
+    with pytest.raises(LatencyKeyError, match="runtime"):  # torch tables are not reused for ONNX Runtime
+        torch_tables.check_key(key)
+    latency = profile_latency(model, layout, ort, CPU)
+    assert latency.key == key and all((t.ms > 0).all() for t in latency.tables)
+    masks = layout.repair(np.random.default_rng(0).random((3, layout.num_bits)) < 0.6)
+    times = measure_masks_ms(model, layout, masks, ort, CPU)  # pruned networks exported and timed in ONNX Runtime
+    assert times.ratio.shape == (3,) and (times.ratio > 0).all()
+    with pytest.raises(ValueError, match="set `device: cpu`"):
+        check_runtime(ort, torch.device("cuda"))
+    check_runtime(SETTINGS, torch.device("cuda"))  # torch times on any device

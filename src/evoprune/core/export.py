@@ -6,7 +6,9 @@ A ``MultiExitNet`` gives one output per exit (``exit1``, ``exit2``, ...), a plai
 
 from __future__ import annotations
 
+import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,33 @@ def onnx_max_abs_error(model: nn.Module, path: str | Path, images: torch.Tensor)
     if len(got) != len(expected):
         raise ValueError(f"{path} has {len(got)} outputs, the model returns {len(expected)}; export it again")
     return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
+
+
+def onnxruntime_call(
+    model: nn.Module, example: torch.Tensor, threads: int | None = 1, exporter: str = "dynamo"
+) -> Callable[[], object]:
+    """A function that runs ``model`` once on ``example`` (CPU, its exact shape) in an ONNX Runtime session with
+    ``threads`` intra-op threads (None: ONNX Runtime's default): what latency tables time for
+    ``runtime: onnxruntime``.
+
+    ``exporter``: ``dynamo`` (``torch.export``, the exporter of ``export_onnx``; ~1 s per network) or
+    ``torchscript`` (``dynamo=False``, ~30 ms per small network, for the hundreds of single layers a table
+    holds; it lacks some ops, e.g. adaptive pooling to a size that does not divide the input).
+    """
+    model = model.eval().cpu()
+    example = example.detach().cpu().float().contiguous()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        if exporter == "torchscript":
+            buffer = io.BytesIO()
+            torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["images"])
+            graph = buffer.getvalue()
+        else:
+            program = torch.onnx.export(model, (example,), dynamo=True, verbose=False, input_names=["images"])
+            graph = program.model_proto.SerializeToString()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    feed = {"images": example.numpy()}
+    return lambda: session.run(None, feed)

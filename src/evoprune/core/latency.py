@@ -42,7 +42,7 @@ import hashlib
 import json
 import logging
 import statistics
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,6 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evoprune.core.cost import interleaved_median_seconds, interleaved_seconds, paired_speedup
+from evoprune.core.export import onnxruntime_call
 from evoprune.core.masking import prune_physically
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.units import ChromosomeLayout
@@ -73,6 +74,9 @@ class LatencySettings(BaseModel):
     calibration_masks: NonNegativeInt = 16  # random pruned networks timed whole to fit intercept and slope
     seed: int = 0  # of the calibration masks
     round_to: PositiveInt = 1  # the calibration masks keep multiples of this many units, like the search's
+    # what runs the network on the target: torch eager, or ONNX Runtime's CPU provider (a network exported to
+    # ONNX; memory_format does not apply, ONNX Runtime picks its own layout)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
 
 
 TABLES_VERSION = "3"  # how tables are measured (grid, pairing, allocator): tables of another version are not reused
@@ -240,14 +244,39 @@ def latency_key(model: nn.Module, settings: LatencySettings, device: torch.devic
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_name() or "cpu")
     threads = settings.threads if settings.threads is not None else torch.get_num_threads()
     measured = settings.model_dump(exclude={"threads"})
+    runtime = {"onnxruntime": _onnxruntime_version()} if settings.runtime == "onnxruntime" else {}
     return {
         "device": f"{device.type}:{name}",
         "torch": torch.__version__,
+        **runtime,
         "tables_version": TABLES_VERSION,
         "threads": str(threads),
         **{k: str(v) for k, v in measured.items()},
         "model": architecture_digest(model),
     }
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _runner(net: nn.Module, x: torch.Tensor, settings: LatencySettings, layer: bool = False) -> Callable[[], object]:
+    """``net(x)`` as the settings' runtime runs it (built outside inference mode: the ONNX export traces); a
+    table's ``layer`` is exported with the faster TorchScript-based exporter, a whole network with torch.export."""
+    if settings.runtime == "onnxruntime":
+        return onnxruntime_call(net, x, settings.threads, "torchscript" if layer else "dynamo")
+    return lambda: net(x)
+
+
+def check_runtime(settings: LatencySettings, device: torch.device) -> None:
+    """ONNX Runtime tables are timed with its CPU provider, so only for a CPU device."""
+    if settings.runtime == "onnxruntime" and device.type != "cpu":
+        raise ValueError(
+            f"latency_profile.runtime 'onnxruntime' times networks with ONNX Runtime's CPU provider, but the device "
+            f"is {device}; set `device: cpu` for this run, or `runtime: torch` to time on {device}."
+        )
 
 
 def architecture_digest(model: nn.Module) -> str:
@@ -394,7 +423,7 @@ def _measure_layer(
                 op = op.to(memory_format=fmt)
             else:
                 x = torch.randn(settings.batch_size, int(kin), device=device)
-            fns[(a, b)] = lambda op=op, x=x: op(x)
+            fns[(a, b)] = _runner(op, x, settings, layer=True)
     with torch.inference_mode():
         seconds = interleaved_median_seconds(fns, settings.repeats)
     ms = np.zeros((len(in_units), len(out_units)))
@@ -421,7 +450,8 @@ def measure_masks_ms(
     model: nn.Module, layout: ChromosomeLayout, masks: np.ndarray, settings: LatencySettings, device: torch.device
 ) -> PairedTimes:
     """Each mask's physically pruned network timed alternately with the dense network (inference mode, the
-    settings' memory layout and threads; ``repeats`` pairs per mask, after one warm-up each)."""
+    settings' runtime, memory layout and threads; ``repeats`` pairs per mask, after one warm-up each)."""
+    check_runtime(settings, device)
     fmt = _fmt(settings)
     shape = input_shape(model)
     x = torch.rand(settings.batch_size, *shape, device=device).contiguous(memory_format=fmt)
@@ -431,10 +461,13 @@ def measure_masks_ms(
         (dense if mask.all() else prune_physically(model, layout, mask, shape)).eval().to(device, memory_format=fmt)
         for mask in np.asarray(masks, dtype=bool)
     ]
+    run_dense = _runner(dense, x, settings)
     ratios, dense_seconds = [], []
-    with timing_threads(settings.threads), torch.inference_mode():
+    with timing_threads(settings.threads):
         for net in tqdm(nets, desc="timing pruned networks", unit="net", leave=False):
-            times = interleaved_seconds({"dense": lambda: dense(x), "pruned": lambda net=net: net(x)}, settings.repeats)
+            run_pruned = run_dense if net is dense else _runner(net, x, settings)
+            with torch.inference_mode():
+                times = interleaved_seconds({"dense": run_dense, "pruned": run_pruned}, settings.repeats)
             ratios.append(paired_speedup(times["pruned"], times["dense"]))  # median of pruned / dense per pair
             dense_seconds += times["dense"]
     return PairedTimes(np.array(ratios), 1e3 * statistics.median(dense_seconds) if dense_seconds else float("nan"))
@@ -459,6 +492,7 @@ def profile_latency(
     Raises:
         UnsupportedLatencyModel: a layer the tables cannot time (an LSTM, a grouped non-depthwise conv).
     """
+    check_runtime(settings, device)
     if any(isinstance(m, nn.LSTM) for m in model.modules()):
         raise UnsupportedLatencyModel(
             "latency tables time conv and linear layers; a model with an LSTM is not covered yet "
@@ -593,6 +627,7 @@ __all__ = [
     "calibration_masks",
     "key_digest",
     "latency_key",
+    "check_runtime",
     "measure_masks_ms",
     "prediction_errors",
     "profile_latency",
