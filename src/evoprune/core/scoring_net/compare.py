@@ -33,10 +33,12 @@ def prune_to_member_budgets_by_scoring_net(
     feature_images: int,
     seed: int,
     device: torch.device,
+    finetune_seeds: Sequence[int] | None = None,
 ) -> tuple[list[MeasuredModel], float]:
     """Per member (``masks[k]`` of ``trained``): the Scoring Net's mask at the member's FLOPs (features on
     ``feature_images`` training images, ``unit_limits`` = (max_pruning_ratio, round_to) as the search obeyed),
-    then pruned, fine-tuned and measured, labelled ``criterion = scoring_net``.
+    then pruned, fine-tuned (once per ``finetune_seeds``; default ``[seed]``) and measured, labelled
+    ``criterion = scoring_net``.
 
     Returns:
         The measured models and the seconds per mask (features + scoring + budget fitting, amortised).
@@ -58,7 +60,7 @@ def prune_to_member_budgets_by_scoring_net(
         policy,
         dense_measurements,
         params,
-        [seed],
+        list(finetune_seeds) if finetune_seeds is not None else [seed],
         device,
     )
     return measured, mask_seconds

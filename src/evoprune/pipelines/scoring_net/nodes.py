@@ -10,9 +10,10 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from evoprune.core.comparison import early_exit_policy, unpack_members
+from evoprune.core.comparison import criterion_metrics, early_exit_policy, replicate_seeds, unpack_members
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.plots import criteria_on_targets
+from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
 from evoprune.core.scoring_net import (
     ScoringNet,
@@ -72,21 +73,23 @@ def prune_with_scoring_net(
     max_pruning_ratio: float,
     round_to: int,
     seed: int,
+    report: ReportParams,
     device: str,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
     """``method_results["scoring_net"]``: per selected member, the trained network pruned to the member's FLOPs
     by the Scoring Net's mask (``mask_seconds``: features + scoring + budget fitting), fine-tuned like the
-    members and measured; and its metrics (``<member>.<metric>``)."""
+    members and baselines (``report.seeds`` fine-tune seeds) and measured; and its metrics
+    (``member<id>[.seed<seed>].<metric>``)."""
     trained, masks, ids = unpack_members(selected_members)
     splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
     limits, images, dev = (max_pruning_ratio, round_to), params.training.feature_images, resolve_device(device)
     measured, mask_seconds = prune_to_member_budgets_by_scoring_net(
-        scoring_net, trained, masks, ids, splits, policy, dense_measurements, finetune, limits, images, seed, dev
-    )
+        scoring_net, trained, masks, ids, splits, policy, dense_measurements, finetune, limits, images, seed, dev,
+        replicate_seeds(seed, report.seeds),
+    )  # fmt: skip
     rows = [{**m.row, "kind": "scoring_net", "method": "scoring_net", "mask_seconds": mask_seconds} for m in measured]
-    metrics = {f"member{m.member}.{k}": v for m in measured for k, v in m.scalars.items()} | {
-        "mask_seconds": mask_seconds
-    }
+    metrics = {k.removeprefix("scoring_net."): v for k, v in criterion_metrics(measured).items()}
+    metrics["mask_seconds"] = mask_seconds
     return {"scoring_net": pd.DataFrame(rows).drop(columns=["criterion"], errors="ignore")}, to_mlflow_metrics(metrics)
 
 

@@ -42,6 +42,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:mask_search.search.max_pruning_ratio",
                     "params:mask_search.search.round_to",
                     "params:seed",
+                    "params:report",
                     "params:device",
                 ],
                 ["method_results", "scoring_net_metrics"],
