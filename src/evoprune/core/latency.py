@@ -27,8 +27,12 @@ multiples). Larger ones on ``grid_points`` counts, the inner ones multiples of 8
 channels by); a count between two points is interpolated, which underestimates the step an odd count costs:
 search with ``round_to: 8`` to stay on the grid's kind of counts.
 
+``runtime: onnxruntime`` times the same layers and networks exported to ONNX in ONNX Runtime's CPU provider
+(``export.onnxruntime_call``) instead of torch eager: the tables of a deployment that runs ONNX Runtime.
+
 A model is keyed by the device, torch version, threads, every measurement setting and the architecture
-(module tree and tensor shapes, not the weights, which do not change latency): ``check_key`` refuses a
+(module tree and tensor shapes, not the weights, which do not change latency), and ONNX Runtime's version when
+it is the runtime: ``check_key`` refuses a
 model measured elsewhere or for other settings instead of silently reusing it, and ``cached_or_profiled``
 reuses a model from a cache only under the same key.
 """
