@@ -2,6 +2,8 @@
 
 Unit-level (z-scored within the unit's group, so every layer's units are on one scale; std 0 -> 0):
     weight_l1, weight_l2   norms of the unit's row of its root layer (``modules[group.name].weight``)
+    group_l1               Torch-Pruning's group L1 (``importance.GroupL1``): the unit's filter and every coupled
+                           slice, its consumers' input weights included (how much the next layers use it)
     bn_gamma               mean |gamma| over the BatchNorms among the group's mask modules (0 without one)
     mean_activation        mean of relu(a) over the calibration batch (and positions), a = the output of
                            the group's mask modules (averaged over them: a residual group has several)
@@ -21,6 +23,7 @@ Change ``FEATURE_VERSION`` whenever a feature's definition changes: saved Scorin
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -29,14 +32,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from evoprune.core.data import draw_samples
+from evoprune.core.importance import GroupL1
+from evoprune.core.models.adapter import input_shape
 from evoprune.core.scoring_net.gates import check_budget, check_gateable
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import ChromosomeLayout
 
-UNIT_FEATURE_NAMES: tuple[str, ...] = ("weight_l1", "weight_l2", "bn_gamma", "mean_activation", "apoz", "taylor")
+UNIT_FEATURE_NAMES: tuple[str, ...] = (
+    "weight_l1",
+    "weight_l2",
+    "group_l1",
+    "bn_gamma",
+    "mean_activation",
+    "apoz",
+    "taylor",
+)
 LAYER_FEATURE_NAMES: tuple[str, ...] = ("depth", "flops_share", "log_width", "budget")
 FEATURE_NAMES: tuple[str, ...] = UNIT_FEATURE_NAMES + LAYER_FEATURE_NAMES
-FEATURE_VERSION = "evoprune.scoring_net.features/1"
+FEATURE_VERSION = "evoprune.scoring_net.features/2"  # /2: group_l1 added
 BUDGET_COLUMN = FEATURE_NAMES.index("budget")
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -116,16 +129,19 @@ def _group_statistics(
 
 
 def _weight_statistics(model: nn.Module, layout: ChromosomeLayout) -> torch.Tensor:
-    """(num_bits, 3) L1 and L2 norms of each unit's root-layer row and mean |gamma| of its BatchNorms."""
+    """(num_bits, 4) L1 and L2 norms of each unit's root-layer row, its group L1 and mean |gamma| of its
+    BatchNorms."""
     modules = dict(model.named_modules())
-    stats = torch.zeros(layout.num_bits, 3, dtype=torch.float64)
+    stats = torch.zeros(layout.num_bits, 4, dtype=torch.float64)
+    traceable = copy.deepcopy(model).requires_grad_(True)  # torch-pruning traces autograd (a frozen copy has none)
+    stats[:, 2] = torch.as_tensor(GroupL1(input_shape(model))(traceable, layout), dtype=torch.float64)
     for g in layout.groups:
         rows = modules[g.name].weight.detach().double().cpu().reshape(g.size, -1)
         norms = [modules[n] for n in g.mask_modules if isinstance(modules[n], _NORMS) and modules[n].affine]
         gamma = sum(m.weight.detach().double().cpu().abs() for m in norms) / len(norms) if norms else 0.0
         stats[g.offset : g.offset + g.size, 0] = rows.abs().sum(1)
         stats[g.offset : g.offset + g.size, 1] = rows.pow(2).sum(1).sqrt()
-        stats[g.offset : g.offset + g.size, 2] = gamma
+        stats[g.offset : g.offset + g.size, 3] = gamma
     return stats
 
 
@@ -163,7 +179,7 @@ def unit_features(
             _activation_statistics(model, layout, calibration_images, labels, batch_size),
         ],
         1,
-    )  # (num_bits, 6) in UNIT_FEATURE_NAMES order
+    )  # (num_bits, 7) in UNIT_FEATURE_NAMES order
     shares = group_flops_share(layout)
     last = max(len(layout.groups) - 1, 1)
     out = torch.zeros(layout.num_bits, len(FEATURE_NAMES), dtype=torch.float64)
