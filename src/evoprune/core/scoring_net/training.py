@@ -46,7 +46,7 @@ from torch import nn
 from evoprune.core.baselines import mask_within_budget
 from evoprune.core.data import images_to_float
 from evoprune.core.models.adapter import input_shape
-from evoprune.core.scoring_net.features import FEATURE_NAMES, at_budget, unit_features
+from evoprune.core.scoring_net.features import FEATURE_NAMES, UNIT_FEATURE_NAMES, at_budget, unit_features
 from evoprune.core.scoring_net.gates import SoftFlops, check_budget, check_gateable, hard_mask_accuracy, unit_gates
 from evoprune.core.scoring_net.model import ScoringNet, masks_at_budgets
 from evoprune.core.train import TrainingDivergedError, as_exit_list
@@ -69,6 +69,9 @@ class _StageConfig(BaseModel):
     distillation_temperature: PositiveFloat = 4.0  # softens both logits in the KL (distillation only)
     flops_weight: NonNegativeFloat = 10.0  # lambda of relu(expected FLOPs ratio - budget)^2
     straight_through: bool = False  # hard mask at the budget forward, sigmoid gradient backward
+    # each step, each unit feature (weight norms ... taylor) is zeroed (its layer mean) with this probability, so the
+    # net cannot lean on one statistic alone (one that may not mean the same on another dataset)
+    feature_dropout: float = Field(0.5, ge=0.0, lt=1.0)
 
     @field_validator("budget_range")
     @classmethod
@@ -179,7 +182,11 @@ def _run_stage(
         budget = float(rng.uniform(*stage.budget_range))
         idx = torch.as_tensor(rng.choice(images.shape[0], min(stage.batch_size, images.shape[0]), replace=False))
         x, y = images_to_float(images[idx]), labels[idx]
-        scores = net(at_budget(features, budget))  # (num_bits,)
+        step_features = at_budget(features, budget)
+        if stage.feature_dropout:
+            keep = torch.as_tensor(rng.random(len(UNIT_FEATURE_NAMES)) >= stage.feature_dropout, device=features.device)
+            step_features[:, : len(UNIT_FEATURE_NAMES)] *= keep.to(features.dtype)
+        scores = net(step_features)  # (num_bits,)
         soft = torch.sigmoid(scores / stage.temperature)
         gates = soft
         if stage.straight_through:
