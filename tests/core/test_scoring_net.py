@@ -270,6 +270,21 @@ def test_same_seed_gives_the_same_masks_and_another_seed_other_scores(lenet):
     assert runs[0].history["stages"][0]["budget"] == runs[1].history["stages"][0]["budget"]
 
 
+def test_feature_dropout_changes_what_the_net_learns_and_is_bounded(lenet):
+    model, layout, split = lenet
+    plain = [st.model_copy(update={"feature_dropout": 0.0}) for st in _quick_config().stages]
+    nets = {
+        p: train_scoring_net(model, split, _quick_config(stages=[plain[0].model_copy(update={"feature_dropout": p})]),
+                             seed=3, layout=layout)
+        for p in (0.0, 0.9)
+    }  # fmt: skip
+    scores = {p: r.net.scores(r.features) for p, r in nets.items()}
+    assert not torch.allclose(scores[0.0], scores[0.9])  # the same seed and steps, other inputs seen
+    assert torch.equal(nets[0.0].features, nets[0.9].features)  # the features themselves are not altered
+    with pytest.raises(ValidationError, match="feature_dropout"):
+        GatesStageConfig(feature_dropout=1.0)
+
+
 def test_training_reports_each_stage_and_leaves_the_model_alone(lenet):
     model, layout, split = lenet
     before = {k: v.clone() for k, v in model.state_dict().items()}
