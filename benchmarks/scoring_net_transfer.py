@@ -19,7 +19,7 @@ import time
 import torch
 
 from evoprune.core.models import build_model
-from evoprune.core.scoring_net import digits_split, zero_shot_comparison
+from evoprune.core.scoring_net import criteria_comparison, digits_split
 from evoprune.core.train import TrainConfig, accuracy_per_exit, train
 from evoprune.datasets import ScoringNetDataset, TensorDictDataset
 
@@ -63,7 +63,7 @@ def main() -> None:
     train_split, test_split = digits_split(seed=args.seed)
     lenet = _trained({"name": "lenet5"}, train_split, args.digits_epochs, args.seed)
     dense = accuracy_per_exit(lenet, test_split, torch.device("cpu"))[-1]
-    rows = zero_shot_comparison(net, lenet, train_split, test_split, args.budgets, args.seed)
+    rows = criteria_comparison({"scoring_net": net}, lenet, train_split, test_split, args.budgets, args.seed)
     _print(f"(a) LeNet-5 on scikit-learn digits ({time.perf_counter() - start:.0f} s)", rows, dense)
 
     start = time.perf_counter()
@@ -73,7 +73,7 @@ def main() -> None:
     fmnist_train = {k: v[pick] for k, v in full.items()}
     vgg = _trained(VGG, fmnist_train, args.vgg_epochs, args.seed)
     dense = accuracy_per_exit(vgg, fmnist_test, torch.device("cpu"))[-1]
-    rows = zero_shot_comparison(net, vgg, fmnist_train, fmnist_test, args.budgets, args.seed)
+    rows = criteria_comparison({"scoring_net": net}, vgg, fmnist_train, fmnist_test, args.budgets, args.seed)
     _print(f"(b) VGG-style net on Fashion-MNIST ({time.perf_counter() - start:.0f} s)", rows, dense)
 
 

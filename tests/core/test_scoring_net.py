@@ -401,13 +401,15 @@ def test_the_digits_are_a_real_28_by_28_uint8_dataset_split_by_seed():
 
 
 def test_zero_shot_transfer_scores_both_criteria_at_each_budget_on_another_model():
-    from evoprune.core.scoring_net import zero_shot_comparison
+    from evoprune.core.scoring_net import criteria_comparison
 
     torch.manual_seed(0)
     net = ScoringNet(hidden=(8,))
     model = build_model({"name": "vgg", "stages": [[4], [8]], "fc_features": [16]}).eval()  # not the net's model
     split = image_split(64, 0)
-    rows = zero_shot_comparison(net, model, split, image_split(32, 1), [0.3, 0.6], seed=0, feature_images=32)
+    rows = criteria_comparison(
+        {"scoring_net": net}, model, split, image_split(32, 1), [0.3, 0.6], seed=0, feature_images=32
+    )
     assert [(r["budget"], r["method"]) for r in rows] == [
         (0.3, "scoring_net"),
         (0.3, "l1"),
@@ -417,4 +419,4 @@ def test_zero_shot_transfer_scores_both_criteria_at_each_budget_on_another_model
     assert all(r["flops_ratio"] <= r["budget"] + 1e-9 and 0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
     assert rows[0]["units_kept"] < rows[2]["units_kept"]  # a larger budget keeps more units
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        zero_shot_comparison(net, model, split, split, [1.5], seed=0)
+        criteria_comparison({"scoring_net": net}, model, split, split, [1.5], seed=0)

@@ -38,7 +38,6 @@ from evoprune.core.scoring_net.transfer import (
     digits_split,
     transfer_scoring_net,
     transfer_to_target,
-    zero_shot_comparison,
 )
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "digits_split",
     "transfer_scoring_net",
     "transfer_to_target",
-    "zero_shot_comparison",
     "split_features",
     "SoftFlops",
     "at_budget",

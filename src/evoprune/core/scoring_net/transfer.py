@@ -3,7 +3,6 @@
 ``criteria_comparison`` computes the new model's unit features on its own data, lets each Scoring Net and
 Torch-Pruning's group L1 pick a mask at every budget (the same budget fitting), and scores the masks right after
 pruning (hard masks, adaptive BN on a copy: no training), so the rankings alone are compared.
-``zero_shot_comparison`` is that for one net.
 
 ``transfer_to_target`` runs one ``TransferTarget`` end to end: the target's data (Fashion-MNIST, a class subset
 of it, or the digits below), a dense model trained on it, then the masks of
@@ -60,23 +59,6 @@ def digits_split(size: int = 28, test_share: float = 0.25, seed: int = 0) -> tup
     cut = int(round(len(labels) * (1.0 - test_share)))
     train, test = order[:cut], order[cut:]
     return {"images": images[train], "labels": labels[train]}, {"images": images[test], "labels": labels[test]}
-
-
-def zero_shot_comparison(
-    net: ScoringNet,
-    model: nn.Module,
-    calibration_split: Split,
-    test_split: Split,
-    budgets: Sequence[float],
-    seed: int,
-    feature_images: int = 256,
-    max_pruning_ratio: float = 1.0,
-) -> list[dict[str, float]]:
-    """Per budget: the Scoring Net's (method ``scoring_net``) and group L1's masks on ``model`` and their test
-    accuracy without any training (``criteria_comparison`` with one net)."""
-    return criteria_comparison(
-        {"scoring_net": net}, model, calibration_split, test_split, budgets, seed, feature_images, max_pruning_ratio
-    )
 
 
 def criteria_comparison(
