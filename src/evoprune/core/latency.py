@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import onnxruntime
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import nn
@@ -248,7 +249,7 @@ def latency_key(model: nn.Module, settings: LatencySettings, device: torch.devic
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_name() or "cpu")
     threads = settings.threads if settings.threads is not None else torch.get_num_threads()
     measured = settings.model_dump(exclude={"threads"})
-    runtime = {"onnxruntime": _onnxruntime_version()} if settings.runtime == "onnxruntime" else {}
+    runtime = {"onnxruntime": onnxruntime.__version__} if settings.runtime == "onnxruntime" else {}
     return {
         "device": f"{device.type}:{name}",
         "torch": torch.__version__,
@@ -258,12 +259,6 @@ def latency_key(model: nn.Module, settings: LatencySettings, device: torch.devic
         **{k: str(v) for k, v in measured.items()},
         "model": architecture_digest(model),
     }
-
-
-def _onnxruntime_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
 
 
 def _runner(net: nn.Module, x: torch.Tensor, settings: LatencySettings, layer: bool = False) -> Callable[[], object]:
