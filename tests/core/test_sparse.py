@@ -12,6 +12,7 @@ from evoprune.core.models.adapter import input_shape
 from evoprune.core.sparse import (
     ControllerConfig,
     SparseTrainingConfig,
+    SparsityController,
     StructuredThresholds,
     UnstructuredThresholds,
     long_tailed_derivative,
@@ -101,6 +102,28 @@ def test_the_controller_reaches_the_target_share_kept():
     kept = result.history["kept_share"]
     assert kept[0] > 0.5 and kept[-1] == pytest.approx(0.2, abs=0.01)  # from dense to the target, within 1 pt
     assert result.resets == 0 and result.history["alpha"][-1] < cfg.controller.max_alpha  # gentle near the target
+
+
+def test_the_ramped_target_falls_cubically_from_all_kept_to_the_target():
+    controller = SparsityController(ControllerConfig(target_kept=0.1, ramp=0.5))
+    targets = [controller.target(p) for p in (0.0, 0.1, 0.25, 0.4, 0.5, 0.9)]
+    assert targets[0] == 1.0 and targets[-2:] == [0.1, 0.1]
+    assert targets[2] == pytest.approx(0.1 + 0.9 * 0.5**3)  # Zhu & Gupta: t + (1 - t)(1 - p / ramp)^3
+    assert all(a > b for a, b in zip(targets[:5], targets[1:5], strict=False))
+    assert SparsityController(ControllerConfig(target_kept=0.1)).target(0.0) == 0.1  # no ramp: the target at once
+
+
+def test_a_ramped_controller_follows_the_gradual_target_and_ends_at_it():
+    data = image_split(512, 0)
+    torch.manual_seed(0)
+    controller = ControllerConfig(target_kept=0.2, max_alpha=0.2, every=1, ramp=0.6)
+    cfg = _config(epochs=8, controller=controller)
+    cfg.training.batch_size = 16  # 32 steps per epoch
+    kept = train_sparse(build_model({"name": "lenet5"}), data, None, cfg, CPU, 0).history["kept_share"]
+    targets = [SparsityController(controller).target((epoch + 1) / 8) for epoch in range(8)]
+    assert kept[0] > 0.5  # after the first epoch most weights are still kept
+    assert kept == pytest.approx(targets, abs=0.05)  # each epoch ends near the ramp's target
+    assert kept[-1] == pytest.approx(0.2, abs=0.01)
 
 
 def test_structured_masks_prune_physically_to_the_masked_models_logits():

@@ -38,6 +38,9 @@ class ControllerConfig(BaseModel):
     max_alpha: PositiveFloat = 5e-3  # regulariser weight when the share kept is off by `band` or more
     band: float = Field(0.02, gt=0.0, le=1.0)  # error (kept - target) at which the full weight applies
     every: PositiveInt = 10  # optimiser steps between updates
+    # share of the training steps over which the target falls from 1 (all kept) to target_kept along Zhu & Gupta's
+    # cubic schedule (gradual pruning, 2017); 0: target_kept from the first step
+    ramp: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class SparseTrainingConfig(BaseModel):
@@ -61,14 +64,24 @@ class SparsityController:
     """A proportional controller on the regulariser: alpha = max_alpha x clip((kept - target) / band, -1, 1).
 
     Above the target the regulariser raises the thresholds (the paper's direction); below it the sign turns and
-    it lowers them, so weights come back; the closer to the target, the gentler. Thresholds are kept >= 0."""
+    it lowers them, so weights come back; the closer to the target, the gentler. Thresholds are kept >= 0.
+    With ``ramp`` > 0 the target itself moves: ``target(p) = t + (1 - t) (1 - p / ramp)^3`` at training progress
+    ``p`` (Zhu & Gupta's gradual schedule), then stays at ``t``, so the masks are not fixed while the weights are
+    still those of the first steps."""
 
     def __init__(self, cfg: ControllerConfig) -> None:
         self.cfg = cfg
         self.alpha = cfg.max_alpha
 
-    def update(self, kept: float) -> None:
-        error = (kept - self.cfg.target_kept) / self.cfg.band
+    def target(self, progress: float) -> float:
+        """The share to keep at ``progress`` (0 at the first step, 1 at the last) of the training."""
+        final = self.cfg.target_kept
+        if self.cfg.ramp <= 0.0 or progress >= self.cfg.ramp:
+            return final
+        return final + (1.0 - final) * (1.0 - progress / self.cfg.ramp) ** 3
+
+    def update(self, kept: float, progress: float = 1.0) -> None:
+        error = (kept - self.target(progress)) / self.cfg.band
         self.alpha = self.cfg.max_alpha * max(-1.0, min(1.0, error))
 
 
@@ -105,6 +118,8 @@ def train_sparse(
     else:
         thresholds = UnstructuredThresholds(model)
     controller = SparsityController(cfg.controller) if cfg.controller else None
+    n_train = len(train_split["labels"][: cfg.training.train_subset])
+    total_steps = cfg.training.epochs * -(-n_train // cfg.training.batch_size)
     resets = []
 
     def alpha() -> float:
@@ -117,7 +132,7 @@ def train_sparse(
                 for t in thresholds.thresholds():
                     t.clamp_(min=0.0)
             if step % controller.cfg.every == 0:
-                controller.update(thresholds.kept_share())
+                controller.update(thresholds.kept_share(), step / total_steps)
 
     def after_epoch(_epoch: int) -> dict[str, float]:
         values = {"kept_share": thresholds.kept_share(), "alpha": alpha()}
