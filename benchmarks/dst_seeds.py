@@ -3,7 +3,8 @@ seeds, on a plain (single-exit) network.
 
     .venv/bin/python benchmarks/dst_seeds.py --model lenet5 --seeds 1 2 3       # needs data/05_model_input
     .venv/bin/python benchmarks/dst_seeds.py --model lenet300 --target-kept 0.04
-    .venv/bin/python benchmarks/dst_seeds.py --target-kept 0.045 --ramp 0.5 --learning-rate 0.05 --schedule cosine
+    .venv/bin/python benchmarks/dst_seeds.py --target-kept 0.045 --ramp 0.5 --learning-rate 0.05 --schedule cosine \
+        --weight-decay 5e-4 --epochs 35
 
 Per seed: θ0 from the seed; the dense network trained from θ0 as conf/base's train_dense says (its epochs: E_d);
 DST for E epochs (conf/base's dst.unstructured, or a sparsity controller with --target-kept, its target ramped
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="DST epochs (default: conf/base dst)")
     parser.add_argument("--learning-rate", type=float, default=None, help="DST peak learning rate (default: conf)")
     parser.add_argument("--schedule", choices=["constant", "cosine", "onecycle"], default=None)
+    parser.add_argument("--weight-decay", type=float, default=None, help="DST weight decay (default: conf)")
     parser.add_argument("--start-from", choices=["init", "trained"], default="init")
     parser.add_argument("--data", default="data/05_model_input/fashion_mnist_{split}.pt")
     args = parser.parse_args()
@@ -60,6 +62,8 @@ def main() -> None:
         dst_cfg.training.learning_rate = args.learning_rate
     if args.schedule:
         dst_cfg.training.schedule = args.schedule
+    if args.weight_decay is not None:
+        dst_cfg.training.weight_decay = args.weight_decay
     if args.target_kept:
         dst_cfg.controller = ControllerConfig(target_kept=args.target_kept, ramp=args.ramp)
     splits = {s: TensorDictDataset(filepath=args.data.format(split=s)).load() for s in ("train", "validation", "test")}
@@ -71,7 +75,7 @@ def main() -> None:
     print(
         f"# dense {dense_cfg.epochs} epochs; DST {dst_cfg.training.epochs} epochs from {args.start_from} (alpha "
         f"{dst_cfg.alpha}, controller {dst_cfg.controller}, lr {dst_cfg.training.learning_rate} "
-        f"{dst_cfg.training.schedule}); magnitude: dense + {finetune_epochs} fine-tune epochs"
+        f"{dst_cfg.training.schedule}, weight decay {dst_cfg.training.weight_decay}); magnitude: dense + {finetune_epochs} fine-tune epochs"
     )
     print("| seed | dense acc | DST acc | DST kept | magnitude acc | DST - magnitude (pt) | DST - dense (pt) | DST s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -33,7 +33,9 @@ class DSTParams(BaseModel):
     start_from: Literal["init", "trained"] = "init"  # θ0 of the multi-exit network (the paper) | its trained weights
     unstructured: SparseTrainingConfig = Field(default_factory=SparseTrainingConfig)
     structured: SparseTrainingConfig = Field(
-        default_factory=lambda: SparseTrainingConfig(mode="structured", controller=ControllerConfig(target_kept=0.25))
+        default_factory=lambda: SparseTrainingConfig(
+            mode="structured", controller=ControllerConfig(target_kept=0.25, ramp=0.5)
+        )
     )
     # magnitude baseline's fine-tune epochs; null: equal total epochs (from init: DST's epochs minus train_dense's,
     # at least 1; from the trained weights: DST's epochs)
