@@ -14,6 +14,7 @@ project's chromosome layout (``StructuredThresholds``), which physically prune l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -119,7 +120,7 @@ def train_sparse(
         thresholds = UnstructuredThresholds(model)
     controller = SparsityController(cfg.controller) if cfg.controller else None
     n_train = len(train_split["labels"][: cfg.training.train_subset])
-    total_steps = cfg.training.epochs * -(-n_train // cfg.training.batch_size)
+    total_steps = cfg.training.epochs * math.ceil(n_train / cfg.training.batch_size)  # as the training loop counts
     resets = []
 
     def alpha() -> float:
