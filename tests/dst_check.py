@@ -15,7 +15,7 @@ def assert_dst_runs_after_prune(project: Path, client: mlflow.MlflowClient, expe
     """The dst pipeline trains both forms, saves its artifacts, logs ``dst.*`` metrics in its own MLflow run and
     adds its rows to the report (beside the members, which are kept)."""
     before = pd.read_csv(project / "data/tiny/08_reporting/report_table.csv")
-    run_tiny_session(project, "dst")
+    run_tiny_session(project, "dst", runtime_params={"dst": {"seed_search": True}})
     models = project / "data/tiny/06_models"
     sparse = SparseModelDataset(filepath=str(models / "dst_sparse_model.pt")).load()
     layers = dict(sparse["model"].named_modules())
@@ -38,6 +38,10 @@ def assert_dst_runs_after_prune(project: Path, client: mlflow.MlflowClient, expe
     unstructured = dst_rows.set_index("method").loc[["dst_unstructured", "magnitude_unstructured"]]
     assert abs(unstructured["weights_kept"].iloc[0] - unstructured["weights_kept"].iloc[1]) < 1e-3  # same sparsity
     assert (project / "data/tiny/08_reporting/dst_training.png").is_file()
+    seeded = pd.read_csv(project / "data/tiny/08_reporting/dst_seeded_search_comparison.csv")
+    assert seeded["budget"].tolist() == [0.5, 0.25] and (seeded["axis"] == "flops_ratio").all()  # prune's budgets
+    front = pd.read_csv(project / "data/tiny/07_model_output/dst_seeded_pareto_set.csv", dtype={"mask": str})
+    assert len(front) > 0 and front["flops_ratio"].between(0, 1).all()
     history = pd.read_json(project / "data/tiny/07_model_output/dst_unstructured_history.json", typ="series")
     assert len(history["kept_share"]) == 1 and len(history["val_accuracy"]) == 1
 
@@ -48,5 +52,6 @@ def assert_dst_runs_after_prune(project: Path, client: mlflow.MlflowClient, expe
         metrics
     )
     assert "dst.magnitude_unstructured.weights_kept" in metrics and "report.variant.keep.mean_drop_pt" in metrics
+    assert metrics["dst.seeded_search.front_size"] == len(front)
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id, "dst")}
     assert {"dst/dst_sparse_model.pt", "dst/dst_structured_members.pt", "dst/dst_training.png"} <= artifacts

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pymoo.core.problem import Problem
@@ -7,6 +8,7 @@ from evoprune.core.baselines import mask_within_budget
 from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.models import build_model
+from evoprune.core.search.api import search_pruning_masks
 from evoprune.core.search.operators import (
     RouletteMutation,
     RouletteSampling,
@@ -16,6 +18,7 @@ from evoprune.core.search.operators import (
 from evoprune.core.search.problem import MaskSearchProblem
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, path_levels_within, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, run_search
+from evoprune.core.sparse.compare import seeded_search_comparison
 from evoprune.core.train import TrainConfig, train
 from evoprune.core.units import build_layout
 from tests.conftest import image_split as _split
@@ -231,3 +234,30 @@ def test_a_rounded_search_evaluates_only_rounded_masks(setup):
         kept = result.evaluated_X[:, g.offset : g.offset + g.size].sum(1)
         assert ((kept % 4 == 0) | (kept == g.size)).all(), g.name
         assert len(set(kept.tolist())) > 1  # the counts still vary
+
+
+def test_another_methods_masks_seed_the_search_through_the_api(setup):
+    model, layout, *_ = setup
+    scores = GroupL1((1, 28, 28))(model, layout)
+    dst_like = mask_within_budget(layout, scores, 0.3)[None]  # a unit mask as dynamic sparse training gives one
+    cfg = SearchConfig(pop_size=8, generations=1, seed_with_l1=0, max_accuracy_drop=0.9)
+    val = _split(60, 1)
+    outcome = search_pruning_masks(model, val, None, cfg, seed=0, device=CPU, seed_masks=dst_like)
+    first = outcome.result.evaluated_X[outcome.result.evaluated_generation == 1]  # generations count from 1
+    assert (first == dst_like[0]).all(axis=1).any()  # it is in the first population, as given (already valid)
+    assert outcome.cost_ratio(dst_like)[0] == pytest.approx(layout.cost(dst_like)["flops"][0] / layout.dense_flops)
+    unseeded = search_pruning_masks(model, val, None, cfg, seed=0, device=CPU)
+    first_unseeded = unseeded.result.evaluated_X[unseeded.result.evaluated_generation == 1]
+    assert not (first_unseeded == dst_like[0]).all(axis=1).any()
+    with pytest.raises(ValueError, match=rf"\(n, {layout.num_bits}\) unit masks"):
+        search_pruning_masks(model, val, None, cfg, seed=0, device=CPU, seed_masks=dst_like[:, :-1])
+
+
+def test_a_seeded_front_is_compared_with_the_unseeded_one_at_each_budget():
+    seeded = pd.DataFrame({"flops_ratio": [0.2, 0.4, 0.9], "exit1_accuracy": [0.5, 0.6, 0.7],
+                           "exit2_accuracy": [0.80, 0.85, 0.90]})  # fmt: skip
+    unseeded = pd.DataFrame({"flops_ratio": [0.3, 0.45], "exit1_accuracy": [0.9, 0.9], "exit2_accuracy": [0.82, 0.84]})
+    table = seeded_search_comparison(seeded, unseeded, [0.25, 0.5, 0.1])
+    assert table["seeded_accuracy"].tolist()[:2] == [0.80, 0.85]  # the final exit, best within each budget
+    assert np.isnan(table["unseeded_accuracy"][0]) and table["unseeded_accuracy"][1] == 0.84
+    assert table["gain_pt"][1] == pytest.approx(1.0) and table[["seeded_accuracy", "gain_pt"]].iloc[2].isna().all()

@@ -49,14 +49,18 @@ class SearchOutcome:
         """(K,) predicted latency of masks relative to the dense network's, or None without a latency model."""
         return None if self.latency is None else self.latency.ratio(self.layout, X)
 
+    def cost_ratio(self, X: np.ndarray, axis: str = "flops_ratio") -> np.ndarray:
+        """(K,) cost of masks relative to the dense network's on ``axis``: FLOPs, or the predicted latency (FLOPs
+        when there is no latency model)."""
+        latency = self.predicted_latency_ratio(X) if axis == "latency_ratio" else None
+        return latency if latency is not None else self.layout.cost(X)["flops"] / self.layout.dense_flops
+
     def roulette_path(self, axis: str = "flops_ratio") -> tuple[list[float], list[float]] | None:
         """The roulette branch path as (FLOPs or predicted latency ratios, accuracies), or None when the
         branch did not run."""
         if self.roulette is None:
             return None
-        X = self.roulette["path_X"]
-        latency = self.predicted_latency_ratio(X) if axis == "latency_ratio" else None
-        cost = latency if latency is not None else self.layout.cost(X)["flops"] / self.layout.dense_flops
+        cost = self.cost_ratio(self.roulette["path_X"], axis)
         return cost.tolist(), self.roulette["path_accuracy"].tolist()
 
 
@@ -172,6 +176,19 @@ def _recovered(model, layout, recovery_split, validation_split, cfg: SearchConfi
     return score
 
 
+def _checked_seed_masks(seed_masks: np.ndarray, num_bits: int) -> np.ndarray:
+    """``seed_masks`` as a boolean (n, num_bits) array, or a ValueError saying what is wrong with them."""
+    masks = np.asarray(seed_masks)
+    if masks.ndim != 2 or masks.shape[1] != num_bits:
+        raise ValueError(
+            f"seed masks must be (n, {num_bits}) unit masks of this network's layout, got shape {masks.shape}: they "
+            "come from another network (re-run the method that made them on this one)."
+        )
+    if not np.isin(masks, (0, 1)).all():
+        raise ValueError("seed masks must hold 0/1 (or boolean) keep bits.")
+    return masks.astype(bool)
+
+
 def search_pruning_masks(
     model: nn.Module,
     validation_split: dict[str, torch.Tensor],
@@ -189,6 +206,7 @@ def search_pruning_masks(
     latency: LatencyModel | None = None,
     latency_settings: LatencySettings | None = None,
     train_split: dict[str, torch.Tensor] | None = None,
+    seed_masks: np.ndarray | None = None,
 ) -> SearchOutcome:
     """Layout, importance, exact sliced evaluator, then NSGA-II / GA (resumable) or the roulette branch
     method, random masks for contrast and, when configured, the roulette branch path for comparison.
@@ -209,6 +227,8 @@ def search_pruning_masks(
             them, this network and this device before searching (``LatencyKeyError`` on any difference).
         train_split: the training data of ``cfg.recovery`` (its first ``recovery.images_needed()`` images are
             read); needed when ``cfg.recovery.generations`` is set.
+        seed_masks: (n, num_bits) unit masks another method found (e.g. dynamic sparse training's structured
+            masks), put in NSGA-II's / GA's first population after the all-ones mask and the L1 seeds.
     """
     if latency is not None and latency_settings is not None:
         latency.check_key(latency_key(model, latency_settings, device))
@@ -275,7 +295,7 @@ def search_pruning_masks(
         if cfg.algorithm == "roulette":
             result = _branch_result(problem, branch)
         else:
-            seeds = None
+            seeds = np.zeros((0, layout.num_bits), dtype=bool)
             if cfg.seed_with_l1:
                 scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
                 budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
@@ -283,6 +303,8 @@ def search_pruning_masks(
                 seeds = np.stack(
                     [mask_within_budget(layout, scores, b, c, cfg.round_to) for b, c in zip(budgets, caps, strict=True)]
                 )
+            if seed_masks is not None:
+                seeds = np.vstack([seeds, _checked_seed_masks(seed_masks, layout.num_bits)])
             result = run_search(
                 problem,
                 cfg,
@@ -290,7 +312,7 @@ def search_pruning_masks(
                 importance,
                 seed,
                 checkpoint_dir,
-                seeds=seeds,
+                seeds=seeds if len(seeds) else None,
                 fingerprint=fingerprint,
                 on_bad_checkpoint=on_bad_checkpoint,
                 recovered_score=None

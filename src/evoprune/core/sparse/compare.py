@@ -28,6 +28,7 @@ from evoprune.core.train import TrainConfig, accuracy_per_exit
 
 Split = dict[str, torch.Tensor]
 DST_MEMBER = -1  # member id of the rows (they are not members of the Pareto front)
+SEEDED_COMPARISON_COLUMNS = ["axis", "budget", "seeded_accuracy", "unseeded_accuracy", "gain_pt"]
 
 
 def unstructured_row(
@@ -120,3 +121,27 @@ def method_metrics(table: pd.DataFrame) -> dict[str, float]:
     """The table's numbers as ``<method>.<column>`` metrics (empty cells left out)."""
     numeric = table.set_index("method").select_dtypes("number")
     return {f"{method}.{k}": v for method, row in numeric.iterrows() for k, v in row.dropna().items()}
+
+
+def best_within_budgets(front: pd.DataFrame, budgets: list[float], axis: str = "flops_ratio") -> list[float]:
+    """Per budget: the best final-exit accuracy of a front's masks whose ``axis`` cost is within it (NaN when
+    none is). ``front`` has the Pareto set's columns: ``axis`` and ``exit<k>_accuracy`` per exit."""
+    last = max((c for c in front.columns if c.startswith("exit") and c.endswith("_accuracy")), key=_exit_number)
+    return [float(front.loc[front[axis] <= b, last].max()) if (front[axis] <= b).any() else np.nan for b in budgets]
+
+
+def _exit_number(column: str) -> int:
+    return int(column.removeprefix("exit").removesuffix("_accuracy"))
+
+
+def seeded_search_comparison(
+    seeded_front: pd.DataFrame, unseeded_front: pd.DataFrame, budgets: list[float], axis: str = "flops_ratio"
+) -> pd.DataFrame:
+    """One row per budget: the best final-exit validation accuracy (before fine-tuning) within it on the front
+    of a search seeded with DST's masks and on the unseeded search's, and their difference in points."""
+    seeded = best_within_budgets(seeded_front, budgets, axis)
+    unseeded = best_within_budgets(unseeded_front, budgets, axis)
+    table = pd.DataFrame({"budget": budgets, "seeded_accuracy": seeded, "unseeded_accuracy": unseeded})
+    table["gain_pt"] = 100 * (table["seeded_accuracy"] - table["unseeded_accuracy"])
+    table.insert(0, "axis", axis)
+    return table[SEEDED_COMPARISON_COLUMNS]

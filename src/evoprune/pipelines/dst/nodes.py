@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -15,14 +17,23 @@ from torch import nn
 from evoprune.core import plots
 from evoprune.core.comparison import early_exit_policy
 from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.latency import LatencyModel
 from evoprune.core.runtime import resolve_device
 from evoprune.core.sparse import ControllerConfig, SparseTrainingConfig, SparseTrainingResult, train_sparse
-from evoprune.core.sparse.compare import compare_dst, method_metrics
+from evoprune.core.sparse.compare import (
+    SEEDED_COMPARISON_COLUMNS,
+    compare_dst,
+    method_metrics,
+    seeded_search_comparison,
+)
 from evoprune.core.train import TrainConfig
+from evoprune.pipelines.latency_profile.nodes import LatencyProfileParams
+from evoprune.pipelines.mask_search.nodes import MaskSearchParams, search_masks, tabulate_search
 from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
+logger = logging.getLogger(__name__)
 
 
 class DSTParams(BaseModel):
@@ -40,6 +51,9 @@ class DSTParams(BaseModel):
     # magnitude baseline's fine-tune epochs; null: equal total epochs (from init: DST's epochs minus train_dense's,
     # at least 1; from the trained weights: DST's epochs)
     magnitude_finetune_epochs: PositiveInt | None = None
+    # run mask_search again with the structured DST mask in NSGA-II's first population, and compare its front
+    # with prune's at the member budgets
+    seed_search: bool = False
 
     @model_validator(mode="after")
     def _modes(self) -> DSTParams:
@@ -135,6 +149,39 @@ def compare_methods(
         resolve_device(device),
     )
     return {"dst": table}, to_mlflow_metrics(method_metrics(table))
+
+
+def search_seeded_with_dst(
+    dst_structured_members: dict[str, object],
+    multi_exit_model: nn.Module,
+    train_split: Split,
+    validation_split: Split,
+    early_exit_operating_point: dict[str, object],
+    latency_model: LatencyModel,
+    pareto_set: pd.DataFrame,
+    latency_params: LatencyProfileParams,
+    mask_search: MaskSearchParams,
+    params: DSTParams,
+    seed: int,
+    device: str,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object]]:
+    """With ``dst.seed_search``: prune's search again, the structured DST mask in its first population; its Pareto
+    set, and per member budget the best final-exit validation accuracy on it and on prune's front (gain in
+    points; the DST mask's own cost when no budgets are set). Off: empty tables and no metrics."""
+    if not params.seed_search:
+        logger.info("dst.seed_search is off: no search seeded with the DST mask (set it to true to run one)")
+        return pd.DataFrame(columns=["member"]), pd.DataFrame(columns=SEEDED_COMPARISON_COLUMNS), {}
+    outcome = search_masks(
+        multi_exit_model, train_split, validation_split, early_exit_operating_point, latency_model, latency_params,
+        mask_search, seed, device, seed_masks=dst_structured_members["masks"],
+    )  # fmt: skip
+    seeded = tabulate_search(outcome)[0]
+    axis = mask_search.cost_axis()
+    own_cost = float(outcome.cost_ratio(np.asarray(dst_structured_members["masks"], dtype=bool), axis)[0])
+    comparison = seeded_search_comparison(seeded, pareto_set, mask_search.member_budgets or [own_cost], axis)
+    gains = zip(comparison["budget"], comparison["gain_pt"], strict=True)
+    metrics = {f"gain_pt_at_{100 * b:.0f}pct": g for b, g in gains if np.isfinite(g)}  # NaN: a front has none
+    return seeded, comparison, to_mlflow_metrics({**metrics, "front_size": len(seeded)})
 
 
 def plot_sparse_training(dst_unstructured_history: dict, dst_structured_history: dict) -> Figure:

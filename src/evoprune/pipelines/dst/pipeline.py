@@ -1,5 +1,6 @@
 """dst: θ0 (or the trained weights) of the multi-exit network -> dynamic sparse training, unstructured and
-structured -> compared with magnitude pruning and structured L1 -> ``method_results["dst"]`` for the report.
+structured -> compared with magnitude pruning and structured L1 -> ``method_results["dst"]`` for the report;
+with ``dst.seed_search``, prune's search again with the structured DST mask in its first population.
 
 Runs after ``prune`` (it reads the multi-exit network, the dense measurements and the early-exit operating point
 that prune saved); ``kedro run --pipeline=dst`` also rebuilds the report with the DST rows.
@@ -7,7 +8,13 @@ that prune saved); ``kedro run --pipeline=dst`` also rebuilds the report with th
 
 from kedro.pipeline import Node, Pipeline
 
-from evoprune.pipelines.dst.nodes import compare_methods, plot_sparse_training, train_structured, train_unstructured
+from evoprune.pipelines.dst.nodes import (
+    compare_methods,
+    plot_sparse_training,
+    search_seeded_with_dst,
+    train_structured,
+    train_unstructured,
+)
 
 _START = ["multi_exit_model_init", "multi_exit_model", "train_split", "validation_split"]
 _SETTINGS = ["params:dst", "params:seed", "params:device"]
@@ -48,6 +55,25 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["method_results", "dst_metrics"],
                 name="compare_methods",
+            ),
+            Node(
+                search_seeded_with_dst,
+                [
+                    "dst_structured_members",
+                    "multi_exit_model",
+                    "train_split",
+                    "validation_split",
+                    "early_exit_operating_point",
+                    "latency_model",
+                    "pareto_set",
+                    "params:latency_profile",
+                    "params:mask_search",
+                    "params:dst",
+                    "params:seed",
+                    "params:device",
+                ],
+                ["dst_seeded_pareto_set", "dst_seeded_search_comparison", "dst_seeded_search_metrics"],
+                name="search_seeded_with_dst",
             ),
             Node(
                 plot_sparse_training,

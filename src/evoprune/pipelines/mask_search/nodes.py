@@ -110,9 +110,11 @@ def search_masks(
     params: MaskSearchParams,
     seed: int,
     device: str,
+    seed_masks: np.ndarray | None = None,
 ) -> SearchOutcome:
     """Run the configured search on the first ``validation_subset`` validation images; the latency model must
-    be this network's, measured with this run's settings on this device (else: run latency_profile again)."""
+    be this network's, measured with this run's settings on this device (else: run latency_profile again).
+    ``seed_masks`` (another method's unit masks) join the first population."""
     subset, calibration, policy = search_data(train_split, validation_split, early_exit_operating_point, params)
     return search_pruning_masks(
         multi_exit_model,
@@ -131,6 +133,7 @@ def search_masks(
         latency_model,
         latency_params.settings(params.search.round_to),
         train_split,
+        seed_masks,
     )
 
 
