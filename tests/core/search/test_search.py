@@ -236,17 +236,18 @@ def test_a_rounded_search_evaluates_only_rounded_masks(setup):
         assert len(set(kept.tolist())) > 1  # the counts still vary
 
 
-def test_another_methods_masks_seed_the_search_through_the_api(setup):
+def test_another_methods_masks_seed_the_search_through_the_api(setup, tmp_path):
     model, layout, *_ = setup
     scores = GroupL1((1, 28, 28))(model, layout)
     dst_like = mask_within_budget(layout, scores, 0.3)[None]  # a unit mask as dynamic sparse training gives one
-    cfg = SearchConfig(pop_size=8, generations=1, seed_with_l1=0, max_accuracy_drop=0.9)
+    cfg = SearchConfig(pop_size=8, generations=1, checkpoint_every=1, seed_with_l1=0, max_accuracy_drop=0.9)
     val = _split(60, 1)
-    outcome = search_pruning_masks(model, val, None, cfg, seed=0, device=CPU, seed_masks=dst_like)
+    outcome = search_pruning_masks(model, val, None, cfg, 0, CPU, checkpoint_dir=tmp_path, seed_masks=dst_like)
     first = outcome.result.evaluated_X[outcome.result.evaluated_generation == 1]  # generations count from 1
     assert (first == dst_like[0]).all(axis=1).any()  # it is in the first population, as given (already valid)
     assert outcome.cost_ratio(dst_like)[0] == pytest.approx(layout.cost(dst_like)["flops"][0] / layout.dense_flops)
-    unseeded = search_pruning_masks(model, val, None, cfg, seed=0, device=CPU)
+    unseeded = search_pruning_masks(model, val, None, cfg, 0, CPU, checkpoint_dir=tmp_path)
+    assert len(list(tmp_path.glob("*/state.npz"))) == 2  # its checkpoint never overwrites the unseeded search's
     first_unseeded = unseeded.result.evaluated_X[unseeded.result.evaluated_generation == 1]
     assert not (first_unseeded == dst_like[0]).all(axis=1).any()
     with pytest.raises(ValueError, match=rf"\(n, {layout.num_bits}\) unit masks"):

@@ -84,13 +84,15 @@ def search_fingerprint(
     device: torch.device | str = "cpu",
     latency: LatencyModel | None = None,
     recovery_split: dict[str, torch.Tensor] | None = None,
+    seed_masks: np.ndarray | None = None,
 ) -> str:
     """16 hex digits naming everything a candidate's score depends on: every search setting, the seed, the
     early-exit policy, the model's spec and weights, the validation images and labels it is scored on, the
     calibration images of adaptive BatchNorm (their contents, not just their count) and the kind of device
     (CPU and CUDA kernels round differently). Another value of any of them gives another checkpoint folder,
     so an old front is never resumed on new inputs. A recovery search also depends on the training images and
-    labels its candidates train on (``recovery_split``)."""
+    labels its candidates train on (``recovery_split``); a search seeded with another method's masks, on them
+    (``seed_masks``: its checkpoints never overwrite the unseeded search's)."""
     kind = torch.device(device).type
     payload = [cfg.model_dump(), seed, getattr(model, "spec", None), policy, sorted(validation_split), kind]
     if latency is not None:  # a latency_ratio search depends on the tables it was scored with
@@ -104,6 +106,8 @@ def search_fingerprint(
     _hash_tensor(digest, calibration_images)
     for name in sorted(recovery_split or {}):
         _hash_tensor(digest, recovery_split[name])
+    if seed_masks is not None:
+        _hash_tensor(digest, torch.as_tensor(np.asarray(seed_masks, dtype=bool)))
     return digest.hexdigest()[:16]
 
 
@@ -237,6 +241,7 @@ def search_pruning_masks(
             raise ValueError(f"the latency_ratio objective needs latency tables: {latency.unavailable}")
         latency = None
     layout = build_layout(model, input_shape(model))
+    seed_masks = None if seed_masks is None else _checked_seed_masks(seed_masks, layout.num_bits)
     evaluator = mask_evaluator(model, layout, device, calibration_images)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
     if uses_policy and (policy is None or not hasattr(model, "exit_heads")):
@@ -275,6 +280,7 @@ def search_pruning_masks(
                 device,
                 latency if uses_latency else None,
                 recovery_split,
+                seed_masks,
             )
             checkpoint_dir = Path(checkpoint_dir) / fingerprint
             remove_old_checkpoints(checkpoint_dir, checkpoints_kept)
@@ -304,7 +310,7 @@ def search_pruning_masks(
                     [mask_within_budget(layout, scores, b, c, cfg.round_to) for b, c in zip(budgets, caps, strict=True)]
                 )
             if seed_masks is not None:
-                seeds = np.vstack([seeds, _checked_seed_masks(seed_masks, layout.num_bits)])
+                seeds = np.vstack([seeds, seed_masks])
             result = run_search(
                 problem,
                 cfg,
