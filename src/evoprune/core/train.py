@@ -126,7 +126,8 @@ class TrainingExtras:
     """What a training method adds to the plain loop (e.g. dynamic sparse training's thresholds)."""
 
     penalty: Callable[[], torch.Tensor] | None = None  # added to the task loss at every step
-    after_step: Callable[[int], None] | None = None  # called after each optimiser step with its index
+    # called after each optimiser step with its index (0-based) and the number of steps of the whole training
+    after_step: Callable[[int, int], None] | None = None
     after_epoch: Callable[[int], dict[str, float]] | None = None  # values appended to the history per epoch
     no_weight_decay: tuple[nn.Parameter, ...] = ()  # parameters trained without weight decay
     parameters: tuple[nn.Parameter, ...] = ()  # trained too, though not the model's (e.g. thresholds held outside)
@@ -221,7 +222,7 @@ def train(
             loss.backward()
             optimizer.step()
             if extras.after_step is not None:
-                extras.after_step(step)
+                extras.after_step(step, total_steps)
             loss_sum += loss.detach() * idx.numel()
             step += 1
         history["train_loss"].append(loss_sum.item() / n)

@@ -126,12 +126,8 @@ def method_metrics(table: pd.DataFrame) -> dict[str, float]:
 def best_within_budgets(front: pd.DataFrame, budgets: list[float], axis: str = "flops_ratio") -> list[float]:
     """Per budget: the best final-exit accuracy of a front's masks whose ``axis`` cost is within it (NaN when
     none is). ``front`` has the Pareto set's columns: ``axis`` and ``exit<k>_accuracy`` per exit."""
-    last = max((c for c in front.columns if c.startswith("exit") and c.endswith("_accuracy")), key=_exit_number)
+    last = final_exit_key(front.columns, "_accuracy")
     return [float(front.loc[front[axis] <= b, last].max()) if (front[axis] <= b).any() else np.nan for b in budgets]
-
-
-def _exit_number(column: str) -> int:
-    return int(column.removeprefix("exit").removesuffix("_accuracy"))
 
 
 def seeded_search_comparison(

@@ -14,7 +14,6 @@ project's chromosome layout (``StructuredThresholds``), which physically prune l
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -119,14 +118,12 @@ def train_sparse(
     else:
         thresholds = UnstructuredThresholds(model)
     controller = SparsityController(cfg.controller) if cfg.controller else None
-    n_train = len(train_split["labels"][: cfg.training.train_subset])
-    total_steps = cfg.training.epochs * math.ceil(n_train / cfg.training.batch_size)  # as the training loop counts
     resets = []
 
     def alpha() -> float:
         return controller.alpha if controller else cfg.alpha
 
-    def after_step(step: int) -> None:
+    def after_step(step: int, total_steps: int) -> None:
         resets.extend(thresholds.reset(cfg.reset_below))
         if controller is not None:
             with torch.no_grad():

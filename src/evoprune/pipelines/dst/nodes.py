@@ -177,8 +177,9 @@ def search_seeded_with_dst(
     )  # fmt: skip
     seeded = tabulate_search(outcome)[0]
     axis = mask_search.cost_axis()
-    own_cost = float(outcome.cost_ratio(np.asarray(dst_structured_members["masks"], dtype=bool), axis)[0])
-    comparison = seeded_search_comparison(seeded, pareto_set, mask_search.member_budgets or [own_cost], axis)
+    dst_masks = np.asarray(dst_structured_members["masks"], dtype=bool)
+    budgets = mask_search.member_budgets or outcome.cost_ratio(dst_masks, axis).tolist()
+    comparison = seeded_search_comparison(seeded, pareto_set, budgets, axis)
     gains = zip(comparison["budget"], comparison["gain_pt"], strict=True)
     metrics = {f"gain_pt_at_{100 * b:.0f}pct": g for b, g in gains if np.isfinite(g)}  # NaN: a front has none
     return seeded, comparison, to_mlflow_metrics({**metrics, "front_size": len(seeded)})
