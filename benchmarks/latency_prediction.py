@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/latency_prediction.py                           # LeNet-5, VGG-style, ResNet-20
     .venv/bin/python benchmarks/latency_prediction.py --envs base --held-out 60 --round-to 1 --threads 2
     .venv/bin/python benchmarks/latency_prediction.py --runtime onnxruntime torch   # both runtimes, one table
+    .venv/bin/python benchmarks/latency_prediction.py --envs lstm --round-to 8     # the LSTM's layer tables
 
 For each environment's multi-exit network (conf/<env>'s train_dense.model and build_exits; weights do not
 change latency, so an untrained network of the same shape serves), the tables are profiled here, then
@@ -44,7 +45,10 @@ def _network(env: str) -> torch.nn.Module:
     dense = TrainDenseParams.model_validate(params["train_dense"])
     exits = BuildExitsParams.model_validate(params["build_exits"])
     torch.manual_seed(0)
-    return attach_exits(build_model(dense.model), exits.exit_after, exits.head).eval()
+    backbone = build_model(dense.model)
+    if not exits.exit_after:  # conf/lstm: no early exits, the network alone (as build_exits gives it)
+        return backbone.eval()
+    return attach_exits(backbone, exits.exit_after, exits.head).eval()
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The latency model inside a finished tiny `prune` run, then `latency_profile` again (served from the cache) and
-a `latency_ratio` search through `kedro run --pipeline=mask_search`; the check runs inside
+"""The latency model inside a finished tiny `prune` run, then `latency_profile` again (served from the cache),
+a `latency_ratio` search through `kedro run --pipeline=mask_search` and baselines fitted to the members' predicted
+latency (`kedro run --pipeline=baselines` with that objective); the check runs inside
 ``tests/test_prune_session.py::test_prune_run_is_tracked_in_mlflow`` (one prune run serves every method)."""
 
 from pathlib import Path
@@ -12,7 +13,7 @@ from evoprune.core.exits import input_shape
 from evoprune.core.latency import key_digest
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.units import build_layout
-from evoprune.datasets import LatencyModelDataset, TorchModelDataset
+from evoprune.datasets import LatencyModelDataset, PrunedMembersDataset, TorchModelDataset
 from tests.conftest import run_tiny_session
 
 
@@ -53,3 +54,18 @@ def assert_latency_search_runs_after_prune(project: Path, client: mlflow.MlflowC
     assert latest.data.params["mask_search.search.objectives"] == str(search["objectives"])
     assert {"mask_search.latency.within_10pct", "mask_search.latency.ms_within_10pct"} <= set(latest.data.metrics)
     assert "latency_profile.dense_ms" in profile.data.metrics
+
+    # baselines on the members' budget axis: with a latency_ratio search, pruned to each member's predicted latency
+    run_tiny_session(project, "baselines", runtime_params={"mask_search": {"search": search}})
+    members = PrunedMembersDataset(filepath=str(data / "06_models/selected_members.pt")).load()
+    budgets = dict(zip(members["member_ids"], latency.ratio(layout, members["masks"]), strict=True))
+    rows = pd.read_csv(data / "08_reporting/baseline_results.csv")
+    assert set(rows["criterion"]) == {"l1", "random"} and len(rows) == 2 * len(budgets)
+    np.testing.assert_allclose(rows["latency_budget"], rows["member"].map(budgets))
+    for _, row in rows.iterrows():  # the prediction depends on the kept counts alone: rebuild a mask with them
+        counts = np.zeros((1, layout.num_bits), dtype=bool)
+        for g in layout.groups:
+            counts[0, g.offset : g.offset + int(row[f"kept.{g.name}"])] = True
+        assert latency.ratio(layout, counts)[0] <= row["latency_budget"] + 1e-9
+    tagged = client.search_runs([experiment], "tags.stage = 'baselines'", order_by=["start_time DESC"])[: len(rows)]
+    assert sorted(r.data.tags["latency_budget"] for r in tagged) == sorted(f"{b:.3f}" for b in rows["latency_budget"])

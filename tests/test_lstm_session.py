@@ -1,5 +1,6 @@
 """`prune` on a row-sequential LSTM through a real KedroSession: no early exits, hidden units searched,
-pruned physically by our shrinker, fine-tuned, compared with the baselines and reported; then hidden-state
+pruned physically by our shrinker, latency tables of its LSTM layer, fine-tuned, compared with the baselines and
+reported; then hidden-state
 pruning and dynamic sparse training of its gate matrices on the same run."""
 
 import mlflow
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from evoprune.datasets import SparseModelDataset
+from evoprune.datasets import LatencyModelDataset, SparseModelDataset
 from tests.conftest import run_tiny_session
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,10 @@ def test_prune_runs_on_an_lstm_without_early_exits(tiny_project):
     assert run.data.params["train_dense.model.name"] == "lstm_seq"
     assert "build_exits.exit1.test_accuracy" in run.data.metrics
     assert run.data.metrics["build_exits.latency.speedup"] == 1.0
+    latency = LatencyModelDataset(filepath=str(tiny_project / "data/tiny/06_models/latency_model.pt")).load()
+    assert latency.available and "lstm.weight_ih_l0" in {t.name for t in latency.tables}  # LSTM layers timed too
+    validation = pd.read_csv(reporting / "latency_validation.csv")
+    assert len(validation) > 1 and validation["predicted_ms"].gt(0).all() and validation["measured_ratio"].gt(0).all()
 
     hidden = {"hidden_state": {"sparsities": [0.5], "training": {"epochs": 1, "batch_size": 50}}}
     run_tiny_session(tiny_project, "hidden_state", runtime_params=LSTM | hidden)

@@ -153,3 +153,16 @@ def test_the_multi_exit_network_rebuilds_from_its_spec(net):
             torch.testing.assert_close(a, b)
     assert set(net.state_dict()) == set(again.state_dict())
     assert all(k.startswith(("backbone.", "exit_heads.")) for k in net.state_dict())
+
+
+def grouped_conv_net(num_classes: int = 10) -> nn.Module:
+    """A user's model with a grouped (not depthwise) convolution, as ResNeXt's blocks have."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 24 * 24, num_classes)
+    )
+
+
+def test_a_grouped_convolution_is_refused_by_name_not_with_an_index_error():
+    model = build_model({"source": "factory", "factory": "tests.core.test_any_model:grouped_conv_net"})
+    with pytest.raises(ValueError, match=r"grouped convolutions \(2: groups > 1, not depthwise\) are not supported"):
+        build_layout(model, (1, 28, 28))

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from evoprune.core.baselines import mask_within_budget, torch_pruning_global_mask
+from evoprune.core.baselines import BaselinePruner, budget_cost, mask_within_budget, torch_pruning_global_mask
 from evoprune.core.exits import attach_exits
 from evoprune.core.importance import BASELINE_CRITERIA, GroupL1, GroupRandom, baseline_criterion
+from evoprune.core.latency import LatencyModel, LayerTable
 from evoprune.core.models import build_model
 from evoprune.core.models.adapter import logit_layers
 from evoprune.core.units import build_layout, flops_per_layer, sum_of_exit_outputs
@@ -31,7 +32,7 @@ def test_mask_fits_the_budget_closely_and_keeps_every_layer(net, budget):
 
 def test_bad_budget_is_refused(net):
     _, layout = net
-    with pytest.raises(ValueError, match=r"flops_budget .* \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"budget is a ratio .* \(0, 1\]"):
         mask_within_budget(layout, np.zeros(layout.num_bits), 1.5)
 
 
@@ -87,7 +88,7 @@ def test_torch_pruning_global_pruner_leaves_the_model_whole_and_is_reproducible(
     other = torch_pruning_global_mask(model, layout, GroupRandom((1, 28, 28), 4), 0.4)
     assert np.array_equal(*masks) and not np.array_equal(masks[0], other)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match=r"flops_budget .* \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"budget is a ratio .* \(0, 1\]"):
         torch_pruning_global_mask(model, layout, GroupL1((1, 28, 28)), 0.0)
 
 
@@ -117,3 +118,47 @@ def test_torch_pruning_global_pruner_agrees_with_pruning_in_place(net):
         modules[g.name].weight.shape[0] for g in layout.groups
     ]
     assert layout.cost(mask[None])["flops"][0] / layout.dense_flops <= 0.5
+
+
+def _conv1_bound_latency(layout) -> LatencyModel:
+    """Tables of a target where only the first conv's kept filters cost time (1 ms each), as LeNet-5's memory-bound
+    first stage nearly does on a CPU: the latency ratio is conv1's kept share, whatever else a mask keeps."""
+    tables = []
+    for layer in layout.layers:
+        n_in, n_out = len(layer.in_bits), len(layer.out_bits)
+        if layer is layout.layers[0]:
+            tables.append(
+                LayerTable(layer.name, np.array([n_in]), np.arange(1, n_out + 1), np.arange(1.0, n_out + 1)[None])
+            )
+        else:
+            tables.append(LayerTable(layer.name, np.array([1, n_in]), np.array([1, n_out]), np.zeros((2, 2))))
+    return LatencyModel({}, tuple(tables), 0.0, 1.0, float(len(layout.layers[0].out_bits)))
+
+
+@pytest.mark.parametrize(("ranking", "budget", "conv1_kept"), [("budget_fit", 0.34, 2), ("torch_pruning", 0.2, 1)])
+def test_baselines_fit_a_latency_budget_on_the_latency_models_prediction(net, ranking, budget, conv1_kept):
+    """On the latency axis the budget binds the predicted latency, not the FLOPs: on a target where conv1's filters
+    are all that costs time, a third of the latency means 2 of its 6 filters, and the FLOPs-fitted mask at the
+    same ratio misses it."""
+    model, layout = net
+    latency = budget_cost(layout, "latency_ratio", _conv1_bound_latency(layout))
+    pruner = BaselinePruner("l1", ranking, (1, 28, 28))
+    on_latency = pruner.masks(model, layout, np.array([budget]), 0, latency)[0]
+    on_flops = pruner.masks(model, layout, np.array([budget]), 0)[0]
+    conv1 = layout.groups[0]
+    assert latency(on_latency[None])[0] <= budget
+    assert int(on_latency[conv1.offset : conv1.offset + conv1.size].sum()) == conv1_kept
+    assert latency(on_flops[None])[0] > budget  # FLOPs are met by cutting the big later layers instead
+    if ranking == "budget_fit":  # the give-back returns every unit that costs no time
+        assert on_latency[conv1.offset + conv1.size :].all()
+
+
+def test_a_latency_budget_without_latency_tables_is_refused_saying_what_to_do(net):
+    _, layout = net
+    with pytest.raises(ValueError, match="latency_profile"):
+        budget_cost(layout, "latency_ratio", None)
+    stand_in = LatencyModel.without_tables({}, "nn.LSTM layers are not timed")
+    with pytest.raises(ValueError, match="nn.LSTM layers are not timed.*budget_axis: flops_ratio"):
+        budget_cost(layout, "latency_ratio", stand_in)
+    masks = np.ones((1, layout.num_bits), dtype=bool)
+    assert budget_cost(layout, "flops_ratio", stand_in)(masks)[0] == pytest.approx(1.0)

@@ -159,15 +159,35 @@ def test_the_cache_serves_its_own_key_and_only_it(profiled):
     assert cached_or_profiled(forged, model, layout, other, CPU) is not latency
 
 
-def test_a_network_the_tables_cannot_time_gets_a_stand_in_that_says_why(caplog):
-    model = build_model({"name": "lstm_seq", "hidden_size": 8})
+def test_a_network_without_tables_keeps_why_and_says_it_when_asked_to_predict():
+    model = build_model({"name": "lenet5"})
     layout = build_layout(model, (1, 28, 28))
-    stand_in = cached_or_profiled({}, model, layout, SETTINGS, CPU)
-    assert not stand_in.available and "LSTM" in stand_in.unavailable and "LSTM" in caplog.text
-    with pytest.raises(UnsupportedLatencyModel, match="no latency tables for this network: .*LSTM"):
+    stand_in = LatencyModel.without_tables(latency_key(model, SETTINGS, CPU), "a layer kind the tables do not time")
+    assert not stand_in.available
+    with pytest.raises(UnsupportedLatencyModel, match="no latency tables for this network: a layer kind"):
         stand_in.ratio(layout, np.ones((1, layout.num_bits), dtype=bool))
     back = LatencyModel.from_state(stand_in.state())
     assert back.unavailable == stand_in.unavailable and back.key == stand_in.key
+
+
+def test_lstm_layers_are_timed_whole_in_their_input_weights_table():
+    """Each LSTM layer's table (its weight_ih part) is keyed by kept inputs and gate rows (4 per hidden unit), the
+    recurrence part holds zero; the prediction is still the calibrated sum over the layout's layers."""
+    torch.manual_seed(0)
+    model = build_model({"name": "lstm_seq", "hidden_size": 8, "num_layers": 2}).eval()
+    layout = build_layout(model, (1, 28, 28))
+    latency = profile_latency(model, layout, SETTINGS, CPU)
+    tables = {t.name: t for t in latency.tables}
+    assert set(tables) == {layer.name for layer in layout.layers}
+    for k, inputs in ((0, [28]), (1, list(range(1, 9)))):
+        timed, recurrence = tables[f"lstm.weight_ih_l{k}"], tables[f"lstm.weight_hh_l{k}"]
+        assert timed.in_units.tolist() == inputs and timed.out_units.tolist() == [4 * h for h in range(1, 9)]
+        assert (timed.ms > 0).all() and not recurrence.ms.any()
+    masks = layout.repair(np.random.default_rng(0).random((4, layout.num_bits)) < 0.5)
+    assert np.isfinite(latency.ratio(layout, masks)).all()
+    assert latency.ratio(layout, np.ones((1, layout.num_bits), dtype=bool))[0] == pytest.approx(1.0)
+    measured = measure_masks_ms(model, layout, masks, SETTINGS, CPU)  # pruned by our own LSTM shrinker
+    assert measured.ratio.shape == (4,) and (measured.ratio > 0).all()
 
 
 def test_whole_networks_are_timed_paired_with_the_dense_one(profiled):

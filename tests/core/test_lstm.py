@@ -208,10 +208,6 @@ def test_bad_input_to_the_sequence_model_gets_a_clear_error():
         build_model({"name": "lstm_seq", "steps": 5})
     with pytest.raises(SplitError, match="early exits .* do not apply to an LSTM"):
         attach_exits(model, [1])
-    from evoprune.core.latency import LatencySettings, profile_latency
-
-    with pytest.raises(ValueError, match="a model with an LSTM is not covered"):
-        profile_latency(model, build_layout(model, SHAPE), LatencySettings(), torch.device("cpu"))
     with pytest.raises(ValueError, match="bidirectional"):
         from evoprune.core.lstm import lstm_modules
 

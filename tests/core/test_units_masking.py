@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -212,3 +214,78 @@ def test_sliced_evaluation_equals_masked_evaluation(net):
     np.testing.assert_array_equal(sliced, masked)
     with torch.no_grad():  # the model itself is left as it was (no leftover forward override)
         assert all(torch.equal(a, b) for a, b in zip(before, as_exit_list(net(probe)), strict=True))
+
+
+@pytest.mark.parametrize("policy", [None, (0.6, "max_softmax")])
+def test_tiled_evaluation_equals_sliced_evaluation_exits_and_policy_included(net, policy):
+    """The evaluator a GPU gets (many candidates per forward) scores exactly what the CPU's sliced one does,
+    whatever the number of candidates per pass."""
+    from evoprune.core.masking import SlicedEvaluator, TiledEvaluator
+
+    layout = build_layout(net, SHAPE)
+    x, y = make_images(90, seed=5)
+    split = {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
+    masks = np.vstack([np.ones((1, layout.num_bits), dtype=bool), _random_masks(layout, 6, seed=7, keep=0.6)])
+    sliced = SlicedEvaluator(net, layout, torch.device("cpu")).evaluate(masks, split, policy, batch_size=40)
+    for per_pass in (1, 3, 16):
+        tiled = TiledEvaluator(net, layout, torch.device("cpu"), candidates_per_pass=per_pass)
+        scores = tiled.evaluate(masks, split, policy, batch_size=100)
+        assert scores.keys() == sliced.keys()
+        for key, value in sliced.items():
+            np.testing.assert_array_equal(scores[key], value, err_msg=f"{key}, {per_pass} per pass")
+
+
+def test_bfloat16_tiled_scores_stay_within_a_ranking_tolerance_of_float32():
+    """On a trained network (an untrained one's logits tie, and any rounding flips them) bf16 autocast moves
+    a candidate's accuracy by at most a few of 300 predictions."""
+    from evoprune.core.masking import TiledEvaluator
+    from evoprune.core.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    net = build_model({"name": "lenet5"})
+    x, y = make_images(600, seed=8)
+    split = {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
+    train(net, split, None, TrainConfig(epochs=3, batch_size=50), torch.device("cpu"), 0, "tiny lenet5")
+    layout = build_layout(net.eval(), SHAPE)
+    test = {k: v[:300] for k, v in split.items()}
+    masks = _random_masks(layout, 8, seed=9, keep=0.7)
+    exact = TiledEvaluator(net, layout, torch.device("cpu")).accuracy(masks, test)
+    bf16 = TiledEvaluator(net, layout, torch.device("cpu"), precision="bfloat16").accuracy(masks, test)
+    assert exact.max() > 0.5  # trained: the test means something
+    assert np.abs(bf16 - exact).max() <= 0.02
+
+
+def test_the_evaluator_is_chosen_by_device_and_refused_where_it_would_be_wrong():
+    from evoprune.core.masking import LSTMEvaluator, SlicedEvaluator, TiledEvaluator, mask_evaluator
+
+    cpu = torch.device("cpu")
+    lenet, vgg = NETS["lenet5"], NETS["vgg_multi_exit"]
+    layout, vgg_layout = build_layout(lenet, SHAPE), build_layout(vgg, SHAPE)
+    calibration = torch.zeros(8, 28, 28, dtype=torch.uint8)
+    assert isinstance(mask_evaluator(lenet, layout, cpu), SlicedEvaluator)  # auto on a CPU
+    assert isinstance(mask_evaluator(lenet, layout, cpu, kind="tiled"), TiledEvaluator)
+    assert isinstance(mask_evaluator(lenet, layout, cpu, calibration, kind="tiled"), TiledEvaluator)  # no BatchNorm
+    with pytest.raises(ValueError, match="adaptive BN.*adaptive_bn_images: 0"):
+        mask_evaluator(vgg, vgg_layout, cpu, calibration, kind="tiled")
+    with pytest.raises(ValueError, match="precision bfloat16 is for the tiled evaluator"):
+        mask_evaluator(lenet, layout, cpu, precision="bfloat16")
+    lstm = build_model({"name": "lstm_seq", "hidden_size": 8}).eval()
+    lstm_layout = build_layout(lstm, SHAPE)
+    assert isinstance(mask_evaluator(lstm, lstm_layout, cpu), LSTMEvaluator)
+    with pytest.raises(ValueError, match="does not cover LSTMs"):
+        mask_evaluator(lstm, lstm_layout, cpu, kind="tiled")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_tiled_evaluator_is_chosen_and_scores_as_the_cpu_does():
+    from evoprune.core.masking import SlicedEvaluator, TiledEvaluator, mask_evaluator
+
+    net = NETS["vgg_multi_exit"]
+    layout = build_layout(net, SHAPE)
+    x, y = make_images(200, seed=10)
+    split = {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
+    masks = _random_masks(layout, 8, seed=11, keep=0.6)
+    cpu = SlicedEvaluator(net, layout, torch.device("cpu")).accuracy(masks, split)
+    cuda = mask_evaluator(copy.deepcopy(net), layout, torch.device("cuda"))
+    assert isinstance(cuda, TiledEvaluator)
+    assert np.abs(cuda.accuracy(masks, split) - cpu).max() <= 1 / 200  # CUDA kernels round differently

@@ -1,4 +1,4 @@
-"""Pruning baselines at a FLOPs budget: global L1-norm filter pruning and random pruning.
+"""Pruning baselines at a budget: global L1-norm filter pruning, random pruning and Torch-Pruning's other criteria.
 
 Unit scores come from a criterion of ``evoprune.core.importance`` (``GroupL1``: torch-pruning's
 ``GroupMagnitudeImportance(p=1)``, the L1 norm over each pruning group; ``GroupRandom``:
@@ -7,6 +7,10 @@ FLOPs of the mask fit the budget, never emptying a layer (or pruning more of it 
 ``max_pruning_ratio``). The result is a mask in the same chromosome layout as the searched members, so
 baselines go through the same physical pruning and fine-tuning.
 
+The budget is a ratio of the dense network's cost on a ``CostRatio`` axis: FLOPs by default
+(``flops_ratio_of``), or the latency model's predicted latency (``budget_cost(layout, "latency_ratio", model)``)
+when the members were chosen on it, so both sides of the comparison fit the same axis.
+
 ``torch_pruning_global_mask`` ranks the same criteria with Torch-Pruning's own global pruner instead, as a
 user would call it (``MetaPruner(global_pruning=True)``, stepped until the FLOPs fit); the channels it removes
 from a copy of the network become a mask in the same layout.
@@ -14,7 +18,9 @@ from a copy of the network become a mask in the same layout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -23,6 +29,7 @@ import torch_pruning as tp
 from torch import nn
 
 from evoprune.core.importance import Calibration, GroupCriterion, baseline_criterion, eval_copy
+from evoprune.core.latency import LatencyModel
 from evoprune.core.lstm import has_lstm
 from evoprune.core.models.adapter import logit_layers
 from evoprune.core.units import ChromosomeLayout, sum_of_exit_outputs
@@ -30,6 +37,29 @@ from evoprune.core.units import ChromosomeLayout, sum_of_exit_outputs
 PROGRESSIVE_STEPS = 200  # torch_pruning_global_mask: each step removes up to 0.5% of the channels
 Ranking = Literal["budget_fit", "torch_pruning"]
 RANKINGS: tuple[str, ...] = ("budget_fit", "torch_pruning")
+BudgetAxis = Literal["flops_ratio", "latency_ratio"]
+CostRatio = Callable[[np.ndarray], np.ndarray]  # (K, num_bits) masks -> (K,) cost ratios of the dense network
+
+
+def flops_ratio_of(layout: ChromosomeLayout) -> CostRatio:
+    """The analytic FLOPs of masks of ``layout`` as ratios of the dense network's."""
+    return lambda masks: layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
+
+
+def budget_cost(layout: ChromosomeLayout, axis: BudgetAxis, latency_model: LatencyModel | None = None) -> CostRatio:
+    """The cost ratio budgets are fitted on: ``flops_ratio`` (analytic) or ``latency_ratio`` (``latency_model``'s
+    prediction for this network, relative to the dense network's)."""
+    if axis == "flops_ratio":
+        return flops_ratio_of(layout)
+    if axis != "latency_ratio":
+        raise ValueError(f"budget axis {axis!r}: expected flops_ratio or latency_ratio")
+    if latency_model is None or not latency_model.available:
+        why = latency_model.unavailable if latency_model is not None else "no latency model given"
+        raise ValueError(
+            f"budgets on latency_ratio need the latency model of this network ({why}); run the latency_profile "
+            "pipeline, or set mask_search.budget_axis: flops_ratio"
+        )
+    return partial(latency_model.ratio, layout)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,10 +86,18 @@ class BaselinePruner:
         """Whether its masks depend on the seed (the random criterion)."""
         return self.criterion == "random"
 
-    def masks(self, model: nn.Module, layout: ChromosomeLayout, budgets: np.ndarray, seed: int) -> np.ndarray:
-        """(K, num_bits) masks of ``model`` at the K FLOPs ``budgets`` (ratios of the dense FLOPs)."""
+    def masks(
+        self,
+        model: nn.Module,
+        layout: ChromosomeLayout,
+        budgets: np.ndarray,
+        seed: int,
+        cost_ratio: CostRatio | None = None,
+    ) -> np.ndarray:
+        """(K, num_bits) masks of ``model`` at the K ``budgets``: ratios of the dense network's cost on
+        ``cost_ratio``'s axis (default: FLOPs)."""
         criterion = baseline_criterion(self.criterion, self.input_shape, seed, self.calibration)
-        limits = (self.max_pruning_ratio, self.round_to)
+        limits = (self.max_pruning_ratio, self.round_to, cost_ratio)
         if self.ranking == "torch_pruning":
             return np.stack([torch_pruning_global_mask(model, layout, criterion, float(b), *limits) for b in budgets])
         scores = criterion(model, layout)
@@ -69,23 +107,25 @@ class BaselinePruner:
 def mask_within_budget(
     layout: ChromosomeLayout,
     scores: np.ndarray,
-    flops_budget: float,
+    budget: float,
     max_pruning_ratio: float = 1.0,
     round_to: int = 1,
+    cost_ratio: CostRatio | None = None,
 ) -> np.ndarray:
     """The mask that removes units globally in ascending ``scores`` (never a layer's last unit) until its
-    FLOPs are at most ``flops_budget`` (a ratio of the dense FLOPs), then gives back the best removed
-    units that still fit (one conv channel can hold a tenth of the FLOPs, so the first fitting mask can
-    undershoot the budget by far). No layer loses more than ``max_pruning_ratio`` of its units. The
-    sparsest mask if none fits.
+    cost is at most ``budget`` (a ratio of the dense network's cost on ``cost_ratio``'s axis; default the
+    analytic FLOPs), then gives back the best removed units that still fit (one conv channel can hold a tenth
+    of the FLOPs, so the first fitting mask can undershoot the budget by far). No layer loses more than
+    ``max_pruning_ratio`` of its units. The sparsest mask if none fits.
 
     With ``round_to`` > 1 every layer larger than it keeps a multiple of ``round_to`` units or all of
     them (``ChromosomeLayout.round_units`` by the same scores): of the removal sequence rounded so, the
     mask with the most FLOPs within the budget (the sparsest if none fits), then removed units come back
     ``round_to`` at a time, the layer whose best removed unit scores highest first, while they fit.
     """
-    if not 0.0 < flops_budget <= 1.0:
-        raise ValueError(f"flops_budget is a ratio of the dense FLOPs in (0, 1], got {flops_budget}")
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget is a ratio of the dense network's cost (FLOPs, latency) in (0, 1], got {budget}")
+    ratio_of = cost_ratio or flops_ratio_of(layout)
     mask = np.ones(layout.num_bits, dtype=bool)
     left = {g.name: g.size for g in layout.groups}
     min_units = layout.min_units(max_pruning_ratio)
@@ -102,25 +142,31 @@ def mask_within_budget(
     masks = np.stack(sequence)
     if round_to > 1:
         masks = layout.round_units(masks, round_to, scores, min_units)
-    ratios = layout.cost(masks)["flops"] / layout.dense_flops
-    fitting = np.flatnonzero(ratios <= flops_budget + 1e-12)
+    ratios = ratio_of(masks)
+    fitting = np.flatnonzero(ratios <= budget + 1e-12)
     if not len(fitting):
         return masks[-1]
     if round_to > 1:
-        return _give_back_rounded(layout, scores, masks[fitting[np.argmax(ratios[fitting])]], flops_budget, round_to)
+        densest = masks[fitting[np.argmax(ratios[fitting])]]
+        return _give_back_rounded(layout, scores, densest, budget, round_to, ratio_of)
     mask = masks[int(fitting[0])].copy()
     for bit in np.flatnonzero(~mask)[np.argsort(-scores[~mask], kind="stable")]:
         mask[bit] = True
-        if layout.cost(mask[None])["flops"][0] / layout.dense_flops > flops_budget + 1e-12:
+        if ratio_of(mask[None])[0] > budget + 1e-12:
             mask[bit] = False
     return mask
 
 
 def _give_back_rounded(
-    layout: ChromosomeLayout, scores: np.ndarray, mask: np.ndarray, flops_budget: float, round_to: int
+    layout: ChromosomeLayout,
+    scores: np.ndarray,
+    mask: np.ndarray,
+    budget: float,
+    round_to: int,
+    ratio_of: CostRatio,
 ) -> np.ndarray:
     """Give removed units back in steps that keep every rounded layer's count a multiple of ``round_to``
-    (or whole), best-scoring layer first, while the FLOPs stay within the budget."""
+    (or whole), best-scoring layer first, while the cost stays within the budget."""
     mask = mask.copy()
     while True:
         steps = []
@@ -132,7 +178,7 @@ def _give_back_rounded(
             steps.append(best_first[: 1 if g.size <= round_to else min(round_to, len(dropped))])
         for bits in sorted(steps, key=lambda b: -scores[b[0]]):
             mask[bits] = True
-            if layout.cost(mask[None])["flops"][0] / layout.dense_flops <= flops_budget + 1e-12:
+            if ratio_of(mask[None])[0] <= budget + 1e-12:
                 break
             mask[bits] = False
         else:
@@ -143,19 +189,21 @@ def torch_pruning_global_mask(
     model: nn.Module,
     layout: ChromosomeLayout,
     criterion: GroupCriterion,
-    flops_budget: float,
+    budget: float,
     max_pruning_ratio: float = 1.0,
     round_to: int = 1,
+    cost_ratio: CostRatio | None = None,
     steps: int = PROGRESSIVE_STEPS,
 ) -> np.ndarray:
     """The mask Torch-Pruning's global pruner removes with ``criterion``'s importance when it is stepped, as
-    Torch-Pruning's own FLOPs-target recipes do, until the FLOPs fit ``flops_budget``: ``MetaPruner(
+    Torch-Pruning's own FLOPs-target recipes do, until the cost fits ``budget`` (a ratio of the dense network's
+    cost on ``cost_ratio``'s axis; default the analytic FLOPs): ``MetaPruner(
     global_pruning=True, pruning_ratio=1.0, iterative_steps=steps)``, the logit layers ignored, gradients
     recomputed before each step for the gradient criteria (Taylor, Hessian). The last step may overshoot the
     budget by what one step removes. ``max_pruning_ratio`` and ``round_to`` go to the pruner as its own
     arguments. A copy of ``model`` is pruned in place; the removed channels map back to ``layout``'s bits."""
-    if not 0.0 < flops_budget <= 1.0:
-        raise ValueError(f"flops_budget is a ratio of the dense FLOPs in (0, 1], got {flops_budget}")
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget is a ratio of the dense network's cost (FLOPs, latency) in (0, 1], got {budget}")
     if has_lstm(model):
         raise ValueError("Torch-Pruning's pruner is broken for nn.LSTM: rank LSTM baselines with budget_fit")
     work = eval_copy(model)
@@ -175,9 +223,10 @@ def torch_pruning_global_mask(
     )
     names = {m: n for n, m in work.named_modules()}
     alive = {g.name: np.arange(g.offset, g.offset + g.size) for g in layout.groups}  # bits of current channels
+    ratio_of = cost_ratio or flops_ratio_of(layout)
     mask = np.ones(layout.num_bits, dtype=bool)
     for _ in range(steps):
-        if layout.cost(mask[None])["flops"][0] / layout.dense_flops <= flops_budget + 1e-12:
+        if ratio_of(mask[None])[0] <= budget + 1e-12:
             break
         criterion.set_gradients(work)
         for group in pruner.step(interactive=True):

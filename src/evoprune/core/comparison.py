@@ -18,10 +18,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evoprune.core.baselines import BaselinePruner
+from evoprune.core.baselines import BaselinePruner, BudgetAxis, budget_cost
 from evoprune.core.exits import final_exit_key, input_shape
 from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
+from evoprune.core.latency import LatencyModel
 from evoprune.core.masking import prune_physically
 from evoprune.core.search.roulette_branch import path_levels_within
 from evoprune.core.train import train
@@ -237,9 +238,12 @@ def prune_to_member_budgets(
     params: FinetuneParams,
     seeds: Sequence[int],
     device: torch.device,
+    budget_axis: BudgetAxis = "flops_ratio",
+    latency_model: LatencyModel | None = None,
 ) -> list[MeasuredModel]:
-    """For each baseline pruner and each member's FLOPs ratio: the trained network pruned by it to the
-    member's FLOPs, fine-tuned exactly like the members (``params.training``) with each of ``seeds`` and
+    """For each baseline pruner and each member's cost on ``budget_axis`` (its FLOPs, or its latency as
+    ``latency_model`` predicts it: the axis the members were chosen on): the trained network pruned by it to
+    that budget, fine-tuned exactly like the members (``params.training``) with each of ``seeds`` and
     measured, labelled with the pruner's ``name``. A seeded criterion (random) draws its masks per seed.
 
     Args:
@@ -248,18 +252,22 @@ def prune_to_member_budgets(
         splits: train, validation and test split.
     """
     layout = build_layout(trained, input_shape(trained))
-    budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
+    cost_ratio = budget_cost(layout, budget_axis, latency_model)
+    members = np.asarray(masks, dtype=bool)
+    flops_budgets = layout.cost(members)["flops"] / layout.dense_flops
+    latency_budgets = cost_ratio(members) if budget_axis == "latency_ratio" else None
+    budgets = flops_budgets if latency_budgets is None else latency_budgets
     out = []
     for pruner in pruners:
         draws = [[s] for s in seeds] if pruner.seeded else [list(seeds)]
         for draw in draws:
-            fitted = pruner.masks(trained, layout, budgets, draw[0])
+            fitted = pruner.masks(trained, layout, budgets, draw[0], cost_ratio)
             run = finetune_criterion_masks(
                 trained,
                 layout,
                 fitted,
                 member_ids,
-                budgets,
+                flops_budgets,
                 pruner.name,
                 splits,
                 policy,
@@ -267,6 +275,7 @@ def prune_to_member_budgets(
                 params,
                 draw,
                 device,
+                latency_budgets,
             )
             out += [replace(m, replicate=seeds.index(m.labels["seed"])) for m in run]
     return out
@@ -328,10 +337,12 @@ def finetune_criterion_masks(
     params: FinetuneParams,
     seeds: Sequence[int],
     device: torch.device,
+    latency_budgets: Sequence[float] | None = None,
 ) -> list[MeasuredModel]:
-    """Each of a criterion's ``masks`` (one per member, fitted to its FLOPs ``budgets``): the trained network
-    pruned physically to it, fine-tuned exactly like the members (``params.training``) with each of ``seeds``
-    and measured, labelled ``criterion``, ``member``, ``flops_budget`` and ``seed``."""
+    """Each of a criterion's ``masks`` (one per member, fitted to its FLOPs ``budgets``, or to its predicted
+    ``latency_budgets`` when given): the trained network pruned physically to it, fine-tuned exactly like the
+    members (``params.training``) with each of ``seeds`` and measured, labelled ``criterion``, ``member``,
+    ``flops_budget`` (the member's FLOPs ratio), ``latency_budget`` (with ``latency_budgets``) and ``seed``."""
     train_split, validation_split, _ = splits
     shape = input_shape(trained)
 
@@ -353,6 +364,9 @@ def finetune_criterion_masks(
         (mask, {"criterion": criterion, "member": int(member), "flops_budget": float(budget)})
         for member, budget, mask in zip(member_ids, budgets, masks, strict=True)
     ]
+    if latency_budgets is not None:
+        for (_, labels), latency in zip(jobs, latency_budgets, strict=True):
+            labels["latency_budget"] = float(latency)
     return _finetune_and_measure(
         trained, layout, jobs, seeds, fit, splits[2], policy, dense_measurements, params, device
     )

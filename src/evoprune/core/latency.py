@@ -5,7 +5,8 @@ channels as with 16, and LeNet-5's first conv 4.4 ms per 1000 images with 1 filt
 So, as NetAdapt (Yang et al. 2018) and HALP (Shen et al. 2022) do, every conv/linear layer of the chromosome
 layout is timed alone on this machine over a grid of kept input and output units, at the feature-map size
 it sees in the network, followed by the channel-wise modules that run right after it in the network
-(BatchNorm, activation, pooling; found by a probe forward), all sized to the kept units. A mask's
+(BatchNorm, activation, pooling; found by a probe forward), all sized to the kept units; an LSTM layer is
+timed whole (every time step, the fused kernel) at its kept inputs and hidden units. A mask's
 predicted latency is ``intercept + slope * sum(table entries)``, each layer's entry interpolated
 bilinearly between grid points, vectorised over a population. The intercept and slope are fitted by least
 squares to whole pruned networks measured here (``calibration_masks``): they take the parts no table holds
@@ -45,6 +46,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import re
 import statistics
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ from tqdm.auto import tqdm
 
 from evoprune.core.cost import interleaved_median_seconds, interleaved_seconds, paired_speedup
 from evoprune.core.export import onnxruntime_call
+from evoprune.core.lstm import GATES, lstm_steps
 from evoprune.core.masking import prune_physically
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.units import ChromosomeLayout
@@ -423,11 +426,16 @@ def _measure_layer(
             else:
                 x = torch.randn(settings.batch_size, int(kin), device=device)
             fns[(a, b)] = _runner(op, x, settings, layer=True)
+    return _grid_ms(fns, (len(in_units), len(out_units)), settings.repeats)
+
+
+def _grid_ms(fns: dict[tuple[int, int], Callable[[], object]], shape: tuple[int, int], repeats: int) -> np.ndarray:
+    """Milliseconds of each grid entry's call (interleaved medians), as a ``shape`` array."""
     with torch.inference_mode():
-        seconds = interleaved_median_seconds(fns, settings.repeats)
-    ms = np.zeros((len(in_units), len(out_units)))
-    for (a, b), s in seconds.items():
-        ms[a, b] = 1e3 * s
+        seconds = interleaved_median_seconds(fns, repeats)
+    ms = np.zeros(shape)
+    for (a, b), sec in seconds.items():
+        ms[a, b] = 1e3 * sec
     return ms
 
 
@@ -488,23 +496,27 @@ def profile_latency(
     """Measure every layer's table on this machine, then fit intercept and slope on the dense network and
     ``settings.calibration_masks`` random pruned ones, timed whole (paired with the dense network).
 
+    An LSTM layer k is timed as a single-layer ``nn.LSTM`` over the model's sequence length, keyed by its kept
+    inputs and hidden units, in the table of its ``weight_ih_l{k}`` part; its ``weight_hh_l{k}`` part's table
+    is zero (the recurrence is inside that timing).
+
     Raises:
-        UnsupportedLatencyModel: a layer the tables cannot time (an LSTM, a grouped non-depthwise conv).
+        UnsupportedLatencyModel: a layer the tables cannot time (e.g. a grouped, not depthwise, conv).
     """
     check_runtime(settings, device)
-    if any(isinstance(m, nn.LSTM) for m in model.modules()):
-        raise UnsupportedLatencyModel(
-            "latency tables time conv and linear layers; a model with an LSTM is not covered yet "
-            "(search it on FLOPs, and measure its members' latency: finetune.measurement)"
-        )
     steady_allocator()
     model = model.eval().to(device)
     modules = dict(model.named_modules())
-    probes = _probe(model, [layer.name for layer in layout.layers], device)
+    recurrent = {layer.name: _lstm_part(layer.name, modules) for layer in layout.layers}
+    probes = _probe(model, [layer.name for layer in layout.layers if recurrent[layer.name] is None], device)
     tables = []
     with timing_threads(settings.threads):
         for layer in tqdm(layout.layers, desc="latency tables", unit="layer", leave=False):
-            tables.append(_layer_table(modules[layer.name], layer, probes[layer.name], settings, device))
+            part = recurrent[layer.name]
+            if part is None:
+                tables.append(_layer_table(modules[layer.name], layer, probes[layer.name], settings, device))
+            else:
+                tables.append(_lstm_table(model, layer, part, settings, device))
     masks = np.vstack(
         [
             np.ones((1, layout.num_bits), dtype=bool),
@@ -535,6 +547,51 @@ def _layer_table(
         in_units = np.array([in_dim])
     ms = _measure_layer(module, probe, in_units, out_units, settings, device)
     return LayerTable(layer.name, in_units, out_units, ms)
+
+
+_LSTM_PART = re.compile(r"^(?P<module>.+)\.weight_(?P<kind>ih|hh)_l(?P<layer>\d+)$")
+
+
+@dataclass(frozen=True)
+class _LSTMPart:
+    module: str  # the nn.LSTM's name in the model
+    kind: str  # ih: the layer's timing lives in its table | hh: zero
+    layer: int
+
+
+def _lstm_part(name: str, modules: Mapping[str, nn.Module]) -> _LSTMPart | None:
+    """Which LSTM layer's weight a layout layer is (``core.lstm``'s layout names them ``<lstm>.weight_ih_l<k>``
+    and ``<lstm>.weight_hh_l<k>``); None for a module layer."""
+    found = _LSTM_PART.match(name)
+    if found is None or not isinstance(modules.get(found["module"]), nn.LSTM):
+        return None
+    return _LSTMPart(found["module"], found["kind"], int(found["layer"]))
+
+
+def _lstm_table(
+    model: nn.Module,
+    layer: Any,
+    part: _LSTMPart,
+    settings: LatencySettings,
+    device: torch.device,
+) -> LayerTable:
+    """LSTM layer ``part.layer`` timed whole (all time steps, fused kernel) at its grid of kept inputs and
+    hidden units; the table's output axis counts gate rows (4 per hidden unit, as the layout's bits do)."""
+    in_dim, out_dim = len(layer.in_bits), len(layer.out_bits)
+    if part.kind == "hh":
+        return LayerTable(layer.name, np.array([in_dim]), np.array([out_dim]), np.zeros((1, 1)))
+    lstm = dict(model.named_modules())[part.module]
+    steps = lstm_steps(model, part.module, input_shape(model))
+    hidden = unit_grid(out_dim // GATES, settings.grid_points, settings.round_to)
+    in_units = unit_grid(in_dim, settings.grid_points, settings.round_to) if (layer.in_bits >= 0).any() else [in_dim]
+    fns = {}
+    for a, kin in enumerate(in_units):
+        for b, kept in enumerate(hidden):
+            op = nn.LSTM(int(kin), int(kept), 1, bias=lstm.bias, batch_first=True).eval().to(device)
+            x = torch.randn(settings.batch_size, steps, int(kin), device=device)
+            fns[(a, b)] = _runner(op, x, settings, layer=True)
+    ms = _grid_ms(fns, (len(in_units), len(hidden)), settings.repeats)
+    return LayerTable(layer.name, np.asarray(in_units), GATES * hidden, ms)
 
 
 def cached_or_profiled(

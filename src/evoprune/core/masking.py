@@ -6,14 +6,18 @@ the unit: every consumer sees a zero input there. Two exact ways to score a popu
   by its own mask inside forward hooks (K candidates per forward, each at the dense cost);
 - ``SlicedEvaluator``: run each candidate on its own sliced weights, so it costs what it keeps, with
   the input block computed once per batch. Faster on CPU (benchmarks/mask_evaluation.py).
+``TiledEvaluator`` is the first way behind the search's evaluator interface: one launch for many candidates,
+what keeps a GPU busy (small per-candidate forwards leave it idle); ``mask_evaluator`` picks it on CUDA.
 ``prune_physically`` turns one mask into a genuinely smaller network with torch-pruning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -331,6 +335,80 @@ class SlicedEvaluator(_MaskScorer):
                 m.eval()
 
 
+EvaluatorKind = Literal["auto", "sliced", "tiled"]
+Precision = Literal["float32", "bfloat16"]
+
+
+class TiledEvaluator(_MaskScorer):
+    """Scores ``candidates_per_pass`` masks per forward: the batch tiled that many times, each tile's unit
+    activations multiplied by its own mask (``population_masks``). Every candidate runs at the dense cost, but
+    K candidates share one launch per layer, which keeps a GPU busy where the sliced evaluator's small
+    per-candidate forwards leave it idle. Exact like the sliced evaluator (a masked unit's activation is zero),
+    up to float summation order. ``precision: bfloat16`` runs the forward under autocast: for ranking only.
+
+    Per-candidate BatchNorm re-estimation (adaptive BN) is not done here (a tiled batch would mix the
+    candidates' statistics): a model with BatchNorm and calibration images is refused, use the sliced one."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: ChromosomeLayout,
+        device: torch.device,
+        candidates_per_pass: int = 16,
+        precision: Precision = "float32",
+    ) -> None:
+        if has_lstm(model):
+            raise ValueError("tiled evaluation masks conv/linear units; an LSTM's are scored by the LSTM evaluator")
+        if candidates_per_pass < 1:
+            raise ValueError(f"candidates_per_pass must be at least 1, got {candidates_per_pass}")
+        self.model, self.layout, self.device = model.eval().to(device), layout, torch.device(device)
+        self.candidates_per_pass, self.precision = candidates_per_pass, precision
+
+    def _autocast(self):
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        masks: np.ndarray | torch.Tensor,
+        split: dict[str, torch.Tensor],
+        policy: tuple[float, str] | None = None,
+        batch_size: int = 5000,
+    ) -> dict[str, np.ndarray]:
+        """As ``SlicedEvaluator.evaluate``; ``batch_size`` counts images per forward, all tiles together."""
+        from evoprune.core.early_exit import simulate_early_exit
+
+        masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
+        correct, policy_correct, used_counts = [], [], []
+        for first in range(0, masks.shape[0], self.candidates_per_pass):
+            chunk = masks[first : first + self.candidates_per_pass]
+            k = chunk.shape[0]
+            hits, policy_hits, shares = 0, 0, 0
+            with population_masks(self.model, self.layout, chunk):
+                for x, y in _float_batches(split, max(1, batch_size // k), self.device):
+                    with self._autocast():
+                        logits = torch.stack(as_exit_list(self.model(x.repeat(k, *([1] * (x.dim() - 1))))))
+                    logits = logits.float()  # (E, k*B, C), tile j = candidate j
+                    tiled_labels = y.repeat(k)
+                    hits = hits + (logits.argmax(-1) == tiled_labels).view(logits.shape[0], k, -1).sum(-1).T
+                    if policy is not None:
+                        preds, used = simulate_early_exit(logits, policy[0], policy[1])
+                        policy_hits = policy_hits + (preds == tiled_labels).view(k, -1).sum(-1)
+                        one_hot = nn.functional.one_hot(used.view(k, -1), logits.shape[0])  # (k, B, E)
+                        shares = shares + one_hot.sum(1)
+            correct.append(hits)
+            policy_correct.append(policy_hits)
+            used_counts.append(shares)
+        n = split["labels"].numel()
+        result = {"accuracy": (torch.cat(correct).double() / n).cpu().numpy()}
+        if policy is not None:
+            result["policy_accuracy"] = (torch.cat(policy_correct).double() / n).cpu().numpy()
+            result["exit_share"] = (torch.cat(used_counts).double() / n).cpu().numpy()
+        return result
+
+
 @contextmanager
 def _depthwise_follows_weights(convs: list[nn.Conv2d]) -> Iterator[None]:
     """While active, each depthwise conv runs with as many groups as its (sliced) weight has channels,
@@ -389,8 +467,30 @@ def mask_evaluator(
     layout: ChromosomeLayout,
     device: torch.device,
     calibration_images: torch.Tensor | None = None,
-) -> SlicedEvaluator | LSTMEvaluator:
-    """The exact evaluator for ``model``'s masks: sliced weights, or shrunk LSTMs for a model with one."""
+    kind: EvaluatorKind = "auto",
+    precision: Precision = "float32",
+) -> SlicedEvaluator | TiledEvaluator | LSTMEvaluator:
+    """The exact evaluator for ``model``'s masks: shrunk LSTMs for a model with one; else ``kind``: ``sliced``
+    (each candidate on its sliced weights: fastest on CPU), ``tiled`` (many candidates per launch: for a GPU),
+    ``auto`` = tiled on CUDA unless adaptive BN needs per-candidate statistics, sliced otherwise.
+    ``precision: bfloat16`` (tiled only) runs the forward under bf16 autocast."""
+    device = torch.device(device)
+    adaptive_bn = calibration_images is not None and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
+    if kind == "auto":
+        kind = "tiled" if device.type == "cuda" and not adaptive_bn and not has_lstm(model) else "sliced"
+    if precision != "float32" and kind != "tiled":
+        raise ValueError(f"precision {precision} is for the tiled evaluator; the {kind} one scores in float32")
     if has_lstm(model):
+        if kind == "tiled":
+            raise ValueError("the tiled evaluator does not cover LSTMs; set the evaluator to auto or sliced")
         return LSTMEvaluator(model, layout, device)
+    if kind == "tiled":
+        if adaptive_bn:
+            raise ValueError(
+                "the tiled evaluator cannot re-estimate BatchNorm per candidate (adaptive BN): set "
+                "mask_search.adaptive_bn_images: 0, or the evaluator to sliced"
+            )
+        return TiledEvaluator(model, layout, device, precision=precision)
     return SlicedEvaluator(model, layout, device, calibration_images)

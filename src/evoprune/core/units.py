@@ -236,6 +236,15 @@ def build_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChromosomeLa
         from evoprune.core.lstm import lstm_layout
 
         return lstm_layout(model, input_shape)
+    grouped = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and not _is_depthwise(m)
+    ]
+    if grouped:
+        raise ValueError(
+            f"grouped convolutions ({', '.join(grouped)}: groups > 1, not depthwise) are not supported: a unit of "
+            "them reads only its group's inputs, which the unit layout does not model; plain and depthwise "
+            "convolutions are (e.g. torchvision's resnet/mobilenet, not resnext/regnet)"
+        )
     was_training = model.training
     model.eval()
     example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)

@@ -242,7 +242,7 @@ def search_pruning_masks(
         latency = None
     layout = build_layout(model, input_shape(model))
     seed_masks = None if seed_masks is None else _checked_seed_masks(seed_masks, layout.num_bits)
-    evaluator = mask_evaluator(model, layout, device, calibration_images)
+    evaluator = mask_evaluator(model, layout, device, calibration_images, cfg.evaluator, cfg.precision)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)
     if uses_policy and (policy is None or not hasattr(model, "exit_heads")):
         raise ValueError(
@@ -255,7 +255,10 @@ def search_pruning_masks(
     scorer = (
         contextlib.nullcontext()
         if distributed is None or distributed.scheduler is None
-        else DaskScorer(distributed, evaluator_recipe(model, validation_split, calibration_images, policy, device))
+        else DaskScorer(
+            distributed,
+            evaluator_recipe(model, validation_split, calibration_images, policy, device, cfg.evaluator, cfg.precision),
+        )
     )
     with scorer as remote:  # None: score in this process
 

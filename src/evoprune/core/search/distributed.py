@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from evoprune.core.exits import build_network
-from evoprune.core.masking import LSTMEvaluator, SlicedEvaluator, mask_evaluator
+from evoprune.core.masking import LSTMEvaluator, SlicedEvaluator, TiledEvaluator, mask_evaluator
 from evoprune.core.models.adapter import input_shape, model_spec
 from evoprune.core.units import build_layout
 
@@ -62,6 +62,8 @@ class EvaluatorRecipe:
     calibration_images: torch.Tensor | None
     policy: tuple[float, str] | None
     device: str
+    evaluator: str = "auto"  # core.masking.mask_evaluator's kind
+    precision: str = "float32"
 
 
 def evaluator_recipe(
@@ -70,9 +72,11 @@ def evaluator_recipe(
     calibration_images: torch.Tensor | None,
     policy: tuple[float, str] | None,
     device: torch.device | str = "cpu",
+    evaluator: str = "auto",
+    precision: str = "float32",
 ) -> EvaluatorRecipe:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    digest = hashlib.sha256(repr((model_spec(model), policy, str(device))).encode())
+    digest = hashlib.sha256(repr((model_spec(model), policy, str(device), evaluator, precision)).encode())
     tensors = [*state.values(), *validation_split.values()]
     tensors += [calibration_images] if calibration_images is not None else []
     for t in tensors:
@@ -85,13 +89,17 @@ def evaluator_recipe(
         None if calibration_images is None else calibration_images.cpu(),
         policy,
         str(device),
+        evaluator,
+        precision,
     )
 
 
-_WORKER_EVALUATOR: dict[str, SlicedEvaluator | LSTMEvaluator] = {}  # one per worker process: the latest recipe's
+_WORKER_EVALUATOR: dict[
+    str, SlicedEvaluator | TiledEvaluator | LSTMEvaluator
+] = {}  # one per worker process: the latest recipe's
 
 
-def _worker_evaluator(recipe: EvaluatorRecipe) -> SlicedEvaluator | LSTMEvaluator:
+def _worker_evaluator(recipe: EvaluatorRecipe) -> SlicedEvaluator | TiledEvaluator | LSTMEvaluator:
     if recipe.key not in _WORKER_EVALUATOR:
         _WORKER_EVALUATOR.clear()
         model = build_network(recipe.spec)
@@ -99,7 +107,7 @@ def _worker_evaluator(recipe: EvaluatorRecipe) -> SlicedEvaluator | LSTMEvaluato
         model.eval()
         layout = build_layout(model, input_shape(model))
         _WORKER_EVALUATOR[recipe.key] = mask_evaluator(
-            model, layout, torch.device(recipe.device), recipe.calibration_images
+            model, layout, torch.device(recipe.device), recipe.calibration_images, recipe.evaluator, recipe.precision
         )
     return _WORKER_EVALUATOR[recipe.key]
 

@@ -22,6 +22,7 @@ from pymoo.operators.crossover.pntx import TwoPointCrossover
 from pymoo.util.optimum import filter_optimum
 from tqdm.auto import tqdm
 
+from evoprune.core.masking import EvaluatorKind, Precision
 from evoprune.core.search.checkpoint import (
     CHECKPOINT_FILE,
     LOG_KEYS,
@@ -70,6 +71,11 @@ class SearchConfig(BaseModel):
     # the last recovery.generations generations score candidates after recovery.steps fine-tune steps
     # (evoprune.core.search.recovery); 0 generations = off
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    # how candidates are scored (core.masking): auto = tiled on CUDA (many candidates per launch), sliced on CPU
+    # (each candidate on its own sliced weights) | sliced | tiled. precision bfloat16 (tiled only): autocast, for
+    # ranking where bf16 is exact enough (benchmarks/mask_evaluation.py prints its disagreement with float32)
+    evaluator: EvaluatorKind = "auto"
+    precision: Precision = "float32"
 
     @model_validator(mode="after")
     def _recovery_fits(self) -> SearchConfig:

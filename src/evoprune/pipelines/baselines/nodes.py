@@ -22,9 +22,11 @@ from evoprune.core.comparison import (
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.importance import BaselineCriterion, calibration_batch
+from evoprune.core.latency import LatencyModel
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
+from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.tracking import ChildRun, measured_child_run, to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
@@ -54,30 +56,32 @@ def prune_baselines(
     test_split: Split,
     early_exit_operating_point: dict[str, object],
     dense_measurements: dict[str, float],
+    latency_model: LatencyModel,
     finetune: FinetuneParams,
     params: BaselinesParams,
-    max_pruning_ratio: float,
-    round_to: int,
+    mask_search: MaskSearchParams,
     seed: int,
     report: ReportParams,
     device: str,
 ) -> tuple[pd.DataFrame, dict[str, object], list[ChildRun]]:
-    """For each criterion x ranking and each selected member's FLOPs ratio: prune the trained network to that
-    budget, fine-tune it exactly like the members (``finetune.training``, ``report.seeds`` fine-tune seeds) and
-    measure it. No layer loses more than ``max_pruning_ratio`` of its units, and every layer larger than
-    ``round_to`` keeps a multiple of it: the limits the search obeyed.
+    """For each criterion x ranking and each selected member's cost on the members' budget axis
+    (``mask_search.cost_axis()``: FLOPs, or the latency model's predicted latency): prune the trained network to
+    that budget, fine-tune it exactly like the members (``finetune.training``, ``report.seeds`` fine-tune seeds)
+    and measure it. No layer loses more than ``search.max_pruning_ratio`` of its units, and every layer larger
+    than ``search.round_to`` keeps a multiple of it: the limits the search obeyed.
 
     Returns: one row per (method, budget, seed), MLflow metrics (``<method>.member<id>.<metric>``) and one
-    nested MLflow run per row (tags stage, criterion, member, flops_budget, seed).
+    nested MLflow run per row (tags stage, criterion, member, flops_budget, [latency_budget,] seed).
     """
     trained, masks, ids = unpack_members(selected_members)
-    shape, limits = input_shape(trained), {"max_pruning_ratio": max_pruning_ratio, "round_to": round_to}
+    search = mask_search.search
+    shape, limits = input_shape(trained), {"max_pruning_ratio": search.max_pruning_ratio, "round_to": search.round_to}
     calibration = calibration_batch(train_split, params.calibration_samples, seed)
     pruners = [BaselinePruner(c, r, shape, calibration, **limits) for r in params.rankings for c in params.criteria]
     splits, policy = (train_split, validation_split, test_split), early_exit_policy(early_exit_operating_point)
     measured = prune_to_member_budgets(
         trained, masks, ids, pruners, splits, policy, dense_measurements, finetune, replicate_seeds(seed, report.seeds),
-        resolve_device(device),
+        resolve_device(device), mask_search.cost_axis(), latency_model,
     )  # fmt: skip
     metrics = to_mlflow_metrics(criterion_metrics(measured))
     return pd.DataFrame([m.row for m in measured]), metrics, [_run(m) for m in measured]
@@ -114,5 +118,6 @@ def finetune_roulette_branch(
 
 def _run(measured: MeasuredModel) -> ChildRun:
     labels = measured.labels
-    tags = {"stage": "baselines", **labels, "flops_budget": f"{labels['flops_budget']:.3f}"}
+    budgets = {k: f"{labels[k]:.3f}" for k in ("flops_budget", "latency_budget") if k in labels}
+    tags = {"stage": "baselines", **labels, **budgets}
     return measured_child_run(f"baselines/{labels['criterion']}/{measured.key.replace('.', '/')}", tags, measured)

@@ -1,4 +1,5 @@
-"""baselines: trained network + the selected members' FLOPs -> L1 / random pruned, fine-tuned, measured."""
+"""baselines: trained network + the selected members' FLOPs (or predicted latency) -> Torch-Pruning's criteria pruned
+to them, fine-tuned, measured."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -17,10 +18,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "test_split",
                     "early_exit_operating_point",
                     "dense_measurements",
+                    "latency_model",
                     "params:finetune",
                     "params:baselines",
-                    "params:mask_search.search.max_pruning_ratio",
-                    "params:mask_search.search.round_to",
+                    "params:mask_search",
                     "params:seed",
                     "params:report",
                     "params:device",
