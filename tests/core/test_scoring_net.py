@@ -330,6 +330,32 @@ def test_a_saved_net_reloads_with_weights_only_and_scores_identically(tmp_path, 
     assert torch.equal(loaded.scores(lenet_features), net.scores(lenet_features))
 
 
+def test_the_l1_prior_and_ignored_features_survive_a_checkpoint(tmp_path, lenet_features):
+    torch.manual_seed(3)
+    net = ScoringNet(hidden=(8,), l1_prior=2.0, ignored_features=["apoz"])
+    plain = ScoringNet(hidden=(8,))
+    plain.load_state_dict(net.state_dict())
+    column = FEATURE_NAMES.index("group_l1")
+    without_apoz = lenet_features.clone()
+    without_apoz[:, FEATURE_NAMES.index("apoz")] = 0.0
+    expected = plain.scores(without_apoz) + 2.0 * lenet_features[:, column]
+    assert torch.allclose(net.scores(lenet_features), expected)
+    torch.save(scoring_net_state(net), tmp_path / "scoring_net.pt")
+    loaded = load_scoring_net(torch.load(tmp_path / "scoring_net.pt", weights_only=True))
+    assert (loaded.l1_prior, loaded.ignored_features) == (2.0, ("apoz",))
+    assert torch.equal(loaded.scores(lenet_features), net.scores(lenet_features))
+    with pytest.raises(ValueError, match="ignored_features.*not features"):
+        ScoringNet(ignored_features=["gamma"])
+
+
+def test_training_ignores_features_that_are_zero_on_every_source_and_cycles_extra_sources(lenet):
+    model, _, split = lenet
+    cfg = ScoringNetConfig(stages=[GatesStageConfig(steps=4)], feature_images=64, l1_prior=1.0)
+    result = train_scoring_net(model, split, cfg, seed=0, extra_sources=[(model, split)])
+    assert result.net.ignored_features == ("bn_gamma",)  # LeNet-5 has no BatchNorm
+    assert result.net.l1_prior == 1.0 and len(result.history["stages"][0]["loss"]) == 4
+
+
 @pytest.mark.parametrize(
     "change", [{"feature_version": "evoprune.scoring_net.features/0"}, {"feature_names": list(FEATURE_NAMES[:-1])}]
 )

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from evoprune.core.baselines import mask_within_budget
-from evoprune.core.scoring_net.features import FEATURE_NAMES, FEATURE_VERSION, at_budget
+from evoprune.core.scoring_net.features import FEATURE_NAMES, FEATURE_VERSION, UNIT_FEATURE_NAMES, at_budget
 from evoprune.core.scoring_net.gates import check_budget
 from evoprune.core.units import ChromosomeLayout
 
@@ -29,13 +29,35 @@ STATE_FORMAT = "evoprune.scoring_net/1"
 Features = torch.Tensor | Callable[[float], torch.Tensor]  # (num_bits, F), or budget -> (num_bits, F)
 
 
-class ScoringNet(nn.Module):
-    """MLP ``F -> hidden... -> 1`` (ReLU) applied to every unit's feature row: (N, F) -> (N,) keep scores."""
+GROUP_L1_COLUMN = FEATURE_NAMES.index("group_l1")
 
-    def __init__(self, num_features: int = len(FEATURE_NAMES), hidden: Sequence[int] = (32, 32)) -> None:
+
+class ScoringNet(nn.Module):
+    """MLP ``F -> hidden... -> 1`` (ReLU) applied to every unit's feature row: (N, F) -> (N,) keep scores.
+
+    ``l1_prior`` > 0 adds ``l1_prior * group_l1`` (the per-layer z-scored group L1 column) to the MLP's output, so
+    within a layer the net adjusts L1's order instead of replacing it (zero-mean per layer: the layer allocation
+    stays the MLP's). ``ignored_features`` are zeroed before the MLP (e.g. activation statistics that do not
+    mean the same on another dataset).
+    """
+
+    def __init__(
+        self,
+        num_features: int = len(FEATURE_NAMES),
+        hidden: Sequence[int] = (32, 32),
+        l1_prior: float = 0.0,
+        ignored_features: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.num_features = int(num_features)
         self.hidden = tuple(int(h) for h in hidden)
+        self.l1_prior = float(l1_prior)
+        self.ignored_features = tuple(ignored_features)
+        unknown = sorted(set(self.ignored_features) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"ignored_features {unknown} are not features; allowed: {list(FEATURE_NAMES)}")
+        keep = torch.tensor([name not in self.ignored_features for name in FEATURE_NAMES], dtype=torch.float32)
+        self.register_buffer("feature_keep", keep[: self.num_features], persistent=False)
         widths = [self.num_features, *self.hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:], strict=True):
@@ -43,13 +65,21 @@ class ScoringNet(nn.Module):
         layers.append(nn.Linear(widths[-1], 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (N, F) -> (N,)
+    def forward(self, features: torch.Tensor, unit_keep: torch.Tensor | None = None) -> torch.Tensor:  # (N, F) -> (N,)
+        """``unit_keep``: (len(UNIT_FEATURE_NAMES),) 0/1 feature dropout of the MLP's input (training only; the
+        L1 prior always reads the whole group_l1 column)."""
         if features.dim() != 2 or features.shape[1] != self.num_features:
             raise ValueError(
                 f"features have shape {tuple(features.shape)}, the Scoring Net expects (num_bits, {self.num_features}) "
                 "(scoring_net.unit_features)"
             )
-        return self.mlp(features).squeeze(-1)
+        x = features * self.feature_keep.to(features.dtype)
+        if unit_keep is not None:
+            x = torch.cat(
+                [x[:, : len(UNIT_FEATURE_NAMES)] * unit_keep.to(x.device, x.dtype), x[:, len(UNIT_FEATURE_NAMES) :]], 1
+            )
+        out = self.mlp(x).squeeze(-1)
+        return out + self.l1_prior * features[:, GROUP_L1_COLUMN] if self.l1_prior else out
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(num_bits,) keep scores (higher = kept first), without gradients."""
@@ -102,6 +132,8 @@ def scoring_net_state(net: ScoringNet) -> dict[str, Any]:
         "feature_version": FEATURE_VERSION,
         "num_features": net.num_features,
         "hidden": list(net.hidden),
+        "l1_prior": net.l1_prior,
+        "ignored_features": list(net.ignored_features),
         "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
     }
 
@@ -121,6 +153,11 @@ def load_scoring_net(state: dict[str, Any]) -> ScoringNet:
             f"the checkpoint's feature spec ({version!r}, {list(names)}) does not match this version's "
             f"({FEATURE_VERSION!r}, {list(FEATURE_NAMES)}); retrain the Scoring Net (scoring_net pipeline)."
         )
-    net = ScoringNet(int(state["num_features"]), [int(h) for h in state["hidden"]])
+    net = ScoringNet(
+        int(state["num_features"]),
+        [int(h) for h in state["hidden"]],
+        float(state.get("l1_prior", 0.0)),  # absent from checkpoints saved before the prior existed
+        [str(n) for n in state.get("ignored_features", [])],
+    )
     net.load_state_dict(state["state_dict"])
     return net.eval()

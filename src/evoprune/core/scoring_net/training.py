@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -107,6 +108,10 @@ class ScoringNetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hidden: tuple[PositiveInt, ...] = (32, 32)  # MLP widths
+    l1_prior: NonNegativeFloat = 0.0  # score = MLP + l1_prior * z(group_l1) (ScoringNet); 0: the MLP alone
+    # FEATURE_NAMES zeroed before the MLP; unit features that are 0 on every source network are added (bn_gamma
+    # of a network without BatchNorm: its weights would never train, yet read a VGG's gammas after a transfer)
+    ignored_features: list[str] = Field(default_factory=list)
     stages: list[StageConfig] = Field(default_factory=lambda: [GatesStageConfig(), RefineStageConfig()], min_length=1)
     feature_images: PositiveInt = 256  # calibration images for the unit features (random training images)
     max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)  # no layer loses more of its units (hard masks)
@@ -114,12 +119,33 @@ class ScoringNetConfig(BaseModel):
     calibration_batches: NonNegativeInt = 4  # training batches for adaptive BN before scoring a hard mask
     eval_batch_size: PositiveInt = 1000
 
+    @field_validator("ignored_features")
+    @classmethod
+    def _ignored_features_exist(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(
+                f"`scoring_net.training.ignored_features` {unknown} are not features; allowed: {list(FEATURE_NAMES)}"
+            )
+        return value
+
     @field_validator("eval_budgets")
     @classmethod
     def _eval_budgets_in_range(cls, value: list[float]) -> list[float]:
         for b in value:
             check_budget(b, "scoring_net.eval_budgets")
         return value
+
+
+@dataclass
+class _Source:
+    """One frozen network the net trains on: its layout, features (num_bits, F) and training images."""
+
+    frozen: nn.Module
+    layout: ChromosomeLayout
+    features: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
 
 
 @dataclass
@@ -159,16 +185,12 @@ def task_loss(
 def _run_stage(
     stage: _StageConfig,
     net: ScoringNet,
-    frozen: nn.Module,
-    layout: ChromosomeLayout,
-    features: torch.Tensor,
-    data: tuple[torch.Tensor, torch.Tensor],
+    sources: list[_Source],
     rng: np.random.Generator,
     max_pruning_ratio: float,
 ) -> dict[str, Any]:
-    """One stage's optimisation loop; its per-step history."""
-    images, labels = data
-    soft_flops = SoftFlops(layout, features.device)
+    """One stage's optimisation loop (step k trains on ``sources[k % len(sources)]``); its per-step history."""
+    soft_flops = [SoftFlops(s.layout, s.features.device) for s in sources]
     optimizer = _optimizer(stage, net.parameters())
     record: dict[str, Any] = {
         "stage": stage.stage,
@@ -179,14 +201,15 @@ def _run_stage(
     }
     net.train()
     for step in range(stage.steps):
+        source, flops_of = sources[step % len(sources)], soft_flops[step % len(sources)]
+        frozen, layout, images, labels = source.frozen, source.layout, source.images, source.labels
         budget = float(rng.uniform(*stage.budget_range))
         idx = torch.as_tensor(rng.choice(images.shape[0], min(stage.batch_size, images.shape[0]), replace=False))
         x, y = images_to_float(images[idx]), labels[idx]
-        step_features = at_budget(features, budget)
+        keep = None
         if stage.feature_dropout:
-            keep = torch.as_tensor(rng.random(len(UNIT_FEATURE_NAMES)) >= stage.feature_dropout, device=features.device)
-            step_features[:, : len(UNIT_FEATURE_NAMES)] *= keep.to(features.dtype)
-        scores = net(step_features)  # (num_bits,)
+            keep = torch.as_tensor(rng.random(len(UNIT_FEATURE_NAMES)) >= stage.feature_dropout)
+        scores = net(at_budget(source.features, budget), keep)  # (num_bits,)
         soft = torch.sigmoid(scores / stage.temperature)
         gates = soft
         if stage.straight_through:
@@ -198,7 +221,7 @@ def _run_stage(
                 teacher = as_exit_list(frozen(x))
         with unit_gates(frozen, layout, gates):
             task = task_loss(frozen(x), y, teacher, stage.distillation_temperature)
-        expected = soft_flops(soft)
+        expected = flops_of(soft)
         loss = task + stage.flops_weight * torch.relu(expected - budget).pow(2).to(task.dtype)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
@@ -216,6 +239,27 @@ def _run_stage(
     return record
 
 
+def _source(
+    model: nn.Module,
+    split: dict[str, torch.Tensor],
+    layout: ChromosomeLayout | None,
+    cfg: ScoringNetConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> _Source:
+    """A frozen copy of ``model`` on ``device`` with its features on ``cfg.feature_images`` random images."""
+    layout = layout if layout is not None else build_layout(model, input_shape(model))
+    check_gateable(layout)
+    if not split["labels"].numel():
+        raise ValueError("the training split is empty; the Scoring Net needs images to compute features and losses.")
+    frozen = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    images, labels = split["images"].to(device), split["labels"].to(device)
+    pick = torch.as_tensor(rng.choice(images.shape[0], min(cfg.feature_images, images.shape[0]), replace=False))
+    mid_budget = float(np.mean([np.mean(s.budget_range) for s in cfg.stages]))  # replaced at every use
+    features = unit_features(frozen, layout, images_to_float(images[pick]), labels[pick], mid_budget).to(device)
+    return _Source(frozen, layout, features, images, labels)
+
+
 def train_scoring_net(
     model: nn.Module,
     train_split: dict[str, torch.Tensor],
@@ -225,6 +269,7 @@ def train_scoring_net(
     layout: ChromosomeLayout | None = None,
     device: torch.device | str = "cpu",
     initial: ScoringNet | None = None,
+    extra_sources: Sequence[tuple[nn.Module, dict[str, torch.Tensor]]] = (),
 ) -> ScoringNetResult:
     """Train a Scoring Net for ``model`` in ``cfg.stages`` order.
 
@@ -237,6 +282,8 @@ def train_scoring_net(
         device: where the network, the net and the data live.
         initial: start from a copy of this trained net (adapting it to ``model``, e.g. after a transfer) instead
             of fresh weights; its widths win over ``cfg.hidden``. ``initial`` itself is not modified.
+        extra_sources: more (network, training split) pairs; the steps cycle through ``model`` and these (one net
+            for several networks); the validation split and the returned features are ``model``'s.
 
     Returns:
         The net (eval mode, on ``device``), its features and the history: ``feature_seconds`` and ``stages``, one
@@ -250,31 +297,33 @@ def train_scoring_net(
         TrainingDivergedError: a loss became NaN/inf (names the stage, step and learning rate).
     """
     device = torch.device(device)
-    layout = layout if layout is not None else build_layout(model, input_shape(model))
-    check_gateable(layout)
-    if not train_split["labels"].numel():
-        raise ValueError("the training split is empty; the Scoring Net needs images to compute features and losses.")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     eval_rng = np.random.default_rng([seed, 1])  # evaluation never shifts the training draws
-    frozen = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-    images, labels = train_split["images"].to(device), train_split["labels"].to(device)
-
     start = time.perf_counter()
-    pick = torch.as_tensor(rng.choice(images.shape[0], min(cfg.feature_images, images.shape[0]), replace=False))
-    mid_budget = float(np.mean([np.mean(s.budget_range) for s in cfg.stages]))  # replaced at every use
-    features = unit_features(frozen, layout, images_to_float(images[pick]), labels[pick], mid_budget).to(device)
+    sources = [_source(model, train_split, layout, cfg, rng, device)]
+    sources += [_source(m, split, None, cfg, rng, device) for m, split in extra_sources]
     history: dict[str, Any] = {"feature_seconds": time.perf_counter() - start, "stages": []}
+    main = sources[0]
 
-    net = (copy.deepcopy(initial) if initial is not None else ScoringNet(len(FEATURE_NAMES), cfg.hidden)).to(device)
+    if initial is not None:
+        net = copy.deepcopy(initial)
+    else:  # a feature that is 0 on every source (bn_gamma without BatchNorm) would meet untrained weights elsewhere
+        dead = [n for j, n in enumerate(UNIT_FEATURE_NAMES) if not any(s.features[:, j].any() for s in sources)]
+        ignored = [*cfg.ignored_features, *(n for n in dead if n not in cfg.ignored_features)]
+        net = ScoringNet(len(FEATURE_NAMES), cfg.hidden, cfg.l1_prior, ignored)
+    net = net.to(device)
     for stage in cfg.stages:
         start = time.perf_counter()
-        record = _run_stage(stage, net, frozen, layout, features, (images, labels), rng, cfg.max_pruning_ratio)
+        record = _run_stage(stage, net, sources, rng, cfg.max_pruning_ratio)
         record["seconds"] = time.perf_counter() - start
         if validation_split is not None and cfg.eval_budgets:
-            record.update(_evaluate(net, frozen, layout, features, validation_split, (images, labels), cfg, eval_rng))
+            data = (main.images, main.labels)
+            record.update(
+                _evaluate(net, main.frozen, main.layout, main.features, validation_split, data, cfg, eval_rng)
+            )
         history["stages"].append(record)
-    return ScoringNetResult(net.eval(), features.cpu(), layout, history)
+    return ScoringNetResult(net.eval(), main.features.cpu(), main.layout, history)
 
 
 def _evaluate(
