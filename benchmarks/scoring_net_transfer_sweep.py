@@ -63,8 +63,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], int, str]] = {
         "zscore",
     ),
     "prior1_nobn": ({"l1_prior": 1.0, "ignored_features": ["bn_gamma"]}, 0, "zscore"),
-    "winner": ({"l1_prior": 1.0}, 2, "zscore"),  # = prior1_nobn_multi2 (bn_gamma is ignored automatically now)
+    "winner": ({"l1_prior": 1.0}, 4, "zscore"),  # = prior1_multi4 (bn_gamma is ignored automatically now)
     "prior1_multi4": ({"l1_prior": 1.0}, 4, "zscore"),
+    "prior1_multi8": ({"l1_prior": 1.0}, 8, "zscore"),
+    "prior0.5_multi4": ({"l1_prior": 0.5}, 4, "zscore"),
     "prior1_nobn_multi2": ({"l1_prior": 1.0, "ignored_features": ["bn_gamma"]}, 2, "zscore"),
 }
 _ZSCORE = features_module._zscore
