@@ -98,7 +98,7 @@ def main() -> None:
             errors = prediction_errors(check["predicted_ratio"], check["measured_ratio"])
             ms = prediction_errors(check["predicted_ms"], check["measured_ms"])
             print(
-                f"| {env} ({model.backbone.spec.get('name')}) | {runtime} | {round_to} | {grid_points} | {seconds:.0f} | "
+                f"| {env} ({getattr(model, 'backbone', model).spec.get('name')}) | {runtime} | {round_to} | {grid_points} | {seconds:.0f} | "
                 f"{errors['within_10pct']:.0%} | {errors['median_abs_error']:.1%} | {errors['max_abs_error']:.1%} | "
                 f"{ms['within_10pct']:.0%} | {latency.dense_ms:.1f} |"
             )
