@@ -87,10 +87,12 @@ def _rank_z(x: torch.Tensor) -> torch.Tensor:
 
 
 def _cached(path: str, build) -> torch.nn.Module:
+    """The model saved at ``path`` (spec + weights, loaded weights-only), else ``build()`` saved there."""
+    dataset = TorchModelDataset(filepath=path)
     if os.path.exists(path):
-        return torch.load(path, weights_only=False)
+        return dataset.load().eval()
     model = build()
-    torch.save(model, path)
+    dataset.save(model)
     return model
 
 
