@@ -1,12 +1,14 @@
 """Zero-shot transfer margins over group L1 for Scoring Net variants (issue 14: beat L1 in every cell).
 
 For each variant, a Scoring Net is trained (``train_scoring_net``, as the scoring_net pipeline does) on the
-multi-exit LeNet-5 of a finished prune run (plus, for ``multi`` variants, LeNet-5s trained here with other
-seeds), then applied unchanged to the three ``default_targets()``: the digits LeNet-5, the VGG-style net on
-12k Fashion-MNIST images, and a LeNet-5 of classes 5-9 (whose net is trained, with the same variant, on a
-LeNet-5 of classes 0-4, plus for ``multi`` one of another seed). Masks are scored right after pruning
-(``criteria_comparison``: adaptive BN where there is BatchNorm, no fine-tuning). Dense target and source
-models are cached under ``--cache`` (keyed by seed), so variants differ only by the Scoring Net.
+multi-exit LeNet-5 of a finished prune run (plus, for ``multi<N>`` variants, N extra source LeNet-5s trained
+here by ``extra_source_networks`` as the pipeline does, with conf/base's recipe unless the variant sets
+``extra_sources``), then applied unchanged to the three ``default_targets()``: the digits LeNet-5, the
+VGG-style net on 12k Fashion-MNIST images, and a LeNet-5 of classes 5-9 (whose net is trained, with the same
+variant, on a LeNet-5 of classes 0-4, plus for ``multi<N>`` N more of classes 0-4). Masks are scored right
+after pruning (``criteria_comparison``: adaptive BN where there is BatchNorm, no fine-tuning). Dense target
+models and the class-split source are cached under ``--cache`` (keyed by seed), so variants differ only by
+the Scoring Net and its extra sources.
 
     PYTHONPATH=src .venv/bin/python benchmarks/scoring_net_transfer_sweep.py --variant base prior1 --seed 0 \\
         [--data /work/run1/data] [--cache /tmp/scoring_net_sweep]
@@ -25,13 +27,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from evoprune.core.scoring_net import ScoringNetConfig, TransferTarget, criteria_comparison, train_scoring_net
+from evoprune.core.scoring_net import (
+    ScoringNetConfig,
+    TransferTarget,
+    criteria_comparison,
+    extra_source_networks,
+    train_scoring_net,
+)
 from evoprune.core.scoring_net import features as features_module
-from evoprune.core.scoring_net.transfer import _first, _target_splits, _trained_model, class_subset, default_targets
+from evoprune.core.scoring_net.sources import first_images
+from evoprune.core.scoring_net.transfer import _target_splits, _trained_model, class_subset, default_targets
 from evoprune.datasets import TensorDictDataset, TorchModelDataset
 
 BUDGETS = (0.3, 0.5, 0.7)
 NO_ACTIVATION = ["mean_activation", "apoz"]
+# extra source networks: 12k images x 3 epochs each (the first sweep), 4k x 2 (conf/base since: 1/5 of the time)
+_SOURCE_TRAINING = {"batch_size": 64, "optimizer": "adamw", "learning_rate": 3e-3, "weight_decay": 1e-4}
+LARGE_SOURCES = {"train_images": 12000, "training": {**_SOURCE_TRAINING, "epochs": 3}}
+SMALL_SOURCES = {"train_images": 4000, "training": {**_SOURCE_TRAINING, "epochs": 2}}
+ONE_EPOCH_SOURCES = {"train_images": 12000, "training": {**_SOURCE_TRAINING, "epochs": 1}}
 # variant -> (ScoringNetConfig overrides, extra source LeNet-5s, per-layer normalisation of the unit features)
 VARIANTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "base": ({}, 0, "zscore"),
@@ -40,18 +54,22 @@ VARIANTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "prior2": ({"l1_prior": 2.0}, 0, "zscore"),
     "noact": ({"ignored_features": NO_ACTIVATION}, 0, "zscore"),
     "rank": ({}, 0, "rank"),
-    "multi2": ({}, 2, "zscore"),
+    "multi2": ({"extra_sources": LARGE_SOURCES}, 2, "zscore"),
     "prior1_noact": ({"l1_prior": 1.0, "ignored_features": NO_ACTIVATION}, 0, "zscore"),
-    "prior1_multi2": ({"l1_prior": 1.0}, 2, "zscore"),
-    "prior2_multi2": ({"l1_prior": 2.0}, 2, "zscore"),
-    "noact_multi2": ({"ignored_features": NO_ACTIVATION}, 2, "zscore"),
-    "rank_multi2": ({}, 2, "rank"),
+    "prior1_multi2": ({"l1_prior": 1.0, "extra_sources": LARGE_SOURCES}, 2, "zscore"),
+    "prior2_multi2": ({"l1_prior": 2.0, "extra_sources": LARGE_SOURCES}, 2, "zscore"),
+    "noact_multi2": ({"ignored_features": NO_ACTIVATION, "extra_sources": LARGE_SOURCES}, 2, "zscore"),
+    "rank_multi2": ({"extra_sources": LARGE_SOURCES}, 2, "rank"),
     "prior1_rank": ({"l1_prior": 1.0}, 0, "rank"),
     "nobn": ({"ignored_features": ["bn_gamma"]}, 0, "zscore"),
     "noact_nobn": ({"ignored_features": ["bn_gamma", *NO_ACTIVATION]}, 0, "zscore"),
     "prior3_nobn": ({"l1_prior": 3.0, "ignored_features": ["bn_gamma"]}, 0, "zscore"),
-    "nobn_multi2": ({"ignored_features": ["bn_gamma"]}, 2, "zscore"),
-    "noact_nobn_multi2": ({"ignored_features": ["bn_gamma", *NO_ACTIVATION]}, 2, "zscore"),
+    "nobn_multi2": ({"ignored_features": ["bn_gamma"], "extra_sources": LARGE_SOURCES}, 2, "zscore"),
+    "noact_nobn_multi2": (
+        {"ignored_features": ["bn_gamma", *NO_ACTIVATION], "extra_sources": LARGE_SOURCES},
+        2,
+        "zscore",
+    ),
     "noapoz_nobn": ({"ignored_features": ["bn_gamma", "apoz"]}, 0, "zscore"),
     "prior1_noact_nobn": ({"l1_prior": 1.0, "ignored_features": ["bn_gamma", *NO_ACTIVATION]}, 0, "zscore"),
     "long_nobn": (
@@ -63,11 +81,20 @@ VARIANTS: dict[str, tuple[dict[str, Any], int, str]] = {
         "zscore",
     ),
     "prior1_nobn": ({"l1_prior": 1.0, "ignored_features": ["bn_gamma"]}, 0, "zscore"),
-    "winner": ({"l1_prior": 1.0}, 4, "zscore"),  # = prior1_multi4 (bn_gamma is ignored automatically now)
-    "prior1_multi4": ({"l1_prior": 1.0}, 4, "zscore"),
-    "prior1_multi8": ({"l1_prior": 1.0}, 8, "zscore"),
-    "prior0.5_multi4": ({"l1_prior": 0.5}, 4, "zscore"),
-    "prior1_nobn_multi2": ({"l1_prior": 1.0, "ignored_features": ["bn_gamma"]}, 2, "zscore"),
+    "winner": ({"l1_prior": 1.0, "extra_sources": SMALL_SOURCES}, 4, "zscore"),  # = conf/base's Scoring Net
+    "prior1_multi4": ({"l1_prior": 1.0, "extra_sources": LARGE_SOURCES}, 4, "zscore"),
+    "prior1_multi8": ({"l1_prior": 1.0, "extra_sources": LARGE_SOURCES}, 8, "zscore"),
+    "prior1_multi4_small": ({"l1_prior": 1.0, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
+    "prior1_multi8_small": ({"l1_prior": 1.0, "extra_sources": SMALL_SOURCES}, 8, "zscore"),
+    "prior2_multi4_small": ({"l1_prior": 2.0, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
+    "prior1.5_multi4_small": ({"l1_prior": 1.5, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
+    "prior1_multi4_1epoch": ({"l1_prior": 1.0, "extra_sources": ONE_EPOCH_SOURCES}, 4, "zscore"),
+    "prior0.5_multi4": ({"l1_prior": 0.5, "extra_sources": LARGE_SOURCES}, 4, "zscore"),
+    "prior1_nobn_multi2": (
+        {"l1_prior": 1.0, "ignored_features": ["bn_gamma"], "extra_sources": LARGE_SOURCES},
+        2,
+        "zscore",
+    ),
 }
 _ZSCORE = features_module._zscore
 
@@ -100,7 +127,7 @@ def _lenet(split, seed: int, name: str, cache: str, classes: list[int] | None = 
     """A LeNet-5 on ``classes`` of ``split`` (12k images, 3 epochs: the class-split target's recipe)."""
     target = TransferTarget(name=name, classes=classes, train_images=12000)
     data = class_subset(split, classes) if classes else split
-    data = _first(data, target.train_images, seed)
+    data = first_images(data, target.train_images, seed)
     n = len(classes) if classes else 10
     model = _cached(
         f"{cache}/{name}_seed{seed}.pt", lambda: _trained_model(target, data, n, seed, torch.device("cpu"), name)
@@ -127,14 +154,16 @@ def _margins(net, model, train_split, test_split, seed: int) -> list[dict[str, f
 def run_variant(name: str, seed: int, data: str, cache: str) -> None:
     overrides, extra, normalisation = VARIANTS[name]
     features_module._zscore = _rank_z if normalisation == "rank" else _ZSCORE
-    cfg = ScoringNetConfig(**overrides)
+    cfg = ScoringNetConfig(**{"l1_prior": 0.0, **overrides})  # the variants start from no prior
     splits = {
         s: TensorDictDataset(filepath=f"{data}/05_model_input/fashion_mnist_{s}.pt").load()
         for s in ("train", "validation", "test")
     }
     fashion = (splits["train"], splits["test"])
     run_model = TorchModelDataset(filepath=f"{data}/06_models/multi_exit_model.pt").load().eval()
-    extras = [_lenet(splits["train"], seed + 100 + k, "fmnist_lenet5", cache) for k in range(extra)]
+    sources = cfg.extra_sources.model_copy(update={"count": extra})
+    extras, extra_seconds = extra_source_networks(run_model, splits["train"], sources, seed)
+    print(f"{name}: {extra} extra source networks trained in {extra_seconds:.1f} s")
 
     start = time.perf_counter()
     result = train_scoring_net(run_model, splits["train"], cfg, seed, splits["validation"], extra_sources=extras)
@@ -155,10 +184,7 @@ def run_variant(name: str, seed: int, data: str, cache: str) -> None:
         net = result.net
         if target.source_classes is not None:
             source, source_split = _lenet(splits["train"], seed, "source_classes_0_4", cache, target.source_classes)
-            more = [
-                _lenet(splits["train"], seed + 100 + k, "source_classes_0_4", cache, target.source_classes)
-                for k in range(extra)
-            ]
+            more, _ = extra_source_networks(source, class_subset(splits["train"], target.source_classes), sources, seed)
             start = time.perf_counter()
             net = train_scoring_net(source, source_split, cfg, seed, extra_sources=more).net
             print(f"{target.name}: source net trained in {time.perf_counter() - start:.1f} s")

@@ -32,12 +32,13 @@ def assert_scoring_net_runs_after_prune(project: Path, client: mlflow.MlflowClie
     assert rows["test_accuracy"].between(0, 1).all() and (rows["mask_seconds"] > 0).all()
     history = pd.read_json(project / "data/tiny/08_reporting/scoring_net_history.json", typ="series")
     assert [s["stage"] for s in history["stages"]] == ["gates", "refine"]
-    assert all(s["seconds"] > 0 for s in history["stages"])
+    assert all(s["seconds"] > 0 for s in history["stages"]) and history["extra_sources_seconds"] > 0
 
     runs = client.search_runs([experiment], order_by=["start_time DESC"])
     latest = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     metrics = set(latest.data.metrics)
     assert {"scoring_net.mask_seconds", "scoring_net.train.stage1_gates.seconds"} <= metrics
+    assert latest.data.metrics["scoring_net.train.extra_sources_seconds"] > 0  # conf/tiny trains one extra source
     assert any(m.startswith("scoring_net.member") and m.endswith(".test_accuracy") for m in metrics)
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id, "scoring_net")}
     assert {f"scoring_net/{f}" for f in ("scoring_net.pt", "scoring_net_transfer.csv", "scoring_net_transfer.png")} <= (

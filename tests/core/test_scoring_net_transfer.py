@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from evoprune.core.models import build_model
 from evoprune.core.scoring_net import (
+    ExtraSourcesConfig,
     GatesStageConfig,
     RefineStageConfig,
     ScoringNet,
@@ -25,6 +26,7 @@ NET_CONFIG = ScoringNetConfig(
     stages=[GatesStageConfig(steps=4, batch_size=32), RefineStageConfig(steps=2, batch_size=32)],
     feature_images=64,
     eval_budgets=[0.5],
+    extra_sources=ExtraSourcesConfig(count=1, train_images=100, training=FAST),  # the class split's source net
 )
 
 

@@ -22,6 +22,7 @@ from evoprune.core.scoring_net.model import (
     masks_at_budgets,
     scoring_net_state,
 )
+from evoprune.core.scoring_net.sources import ExtraSourcesConfig, extra_source_networks
 from evoprune.core.scoring_net.training import (
     GatesStageConfig,
     RefineStageConfig,
@@ -41,6 +42,7 @@ from evoprune.core.scoring_net.transfer import (
 )
 
 __all__ = [
+    "ExtraSourcesConfig",
     "FEATURE_NAMES",
     "FEATURE_VERSION",
     "GatesStageConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "class_subset",
     "criteria_comparison",
     "digits_split",
+    "extra_source_networks",
     "transfer_scoring_net",
     "transfer_to_target",
     "split_features",

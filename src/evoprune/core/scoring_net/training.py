@@ -50,6 +50,7 @@ from evoprune.core.models.adapter import input_shape
 from evoprune.core.scoring_net.features import FEATURE_NAMES, UNIT_FEATURE_NAMES, at_budget, unit_features
 from evoprune.core.scoring_net.gates import SoftFlops, check_budget, check_gateable, hard_mask_accuracy, unit_gates
 from evoprune.core.scoring_net.model import ScoringNet, masks_at_budgets
+from evoprune.core.scoring_net.sources import ExtraSourcesConfig
 from evoprune.core.train import TrainingDivergedError, as_exit_list
 from evoprune.core.units import ChromosomeLayout, build_layout
 
@@ -108,10 +109,12 @@ class ScoringNetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hidden: tuple[PositiveInt, ...] = (32, 32)  # MLP widths
-    l1_prior: NonNegativeFloat = 0.0  # score = MLP + l1_prior * z(group_l1) (ScoringNet); 0: the MLP alone
+    l1_prior: NonNegativeFloat = 1.0  # score = MLP + l1_prior * z(group_l1) (ScoringNet); 0: the MLP alone
     # FEATURE_NAMES zeroed before the MLP; unit features that are 0 on every source network are added (bn_gamma
     # of a network without BatchNorm: its weights would never train, yet read a VGG's gammas after a transfer)
     ignored_features: list[str] = Field(default_factory=list)
+    # networks of the run's architecture trained here, the steps cycling through them and the run's (sources.py)
+    extra_sources: ExtraSourcesConfig = Field(default_factory=ExtraSourcesConfig)
     stages: list[StageConfig] = Field(default_factory=lambda: [GatesStageConfig(), RefineStageConfig()], min_length=1)
     feature_images: PositiveInt = 256  # calibration images for the unit features (random training images)
     max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)  # no layer loses more of its units (hard masks)

@@ -11,7 +11,9 @@ of it, or the digits below), a dense model trained on it, then the masks of
   ``scoring_net_native``     a net trained on the target with the full stages (what transfer is measured against),
   ``l1``                     group L1.
 With ``source_classes`` the source net is not the run's: a model of the same spec is trained on those classes
-and a Scoring Net on it (the task split: trained on classes 0-4, applied to a model of classes 5-9).
+and a Scoring Net on it, with ``extra_sources`` more such models trained on other subsets of those classes (the
+task split: trained on classes 0-4, applied to a model of classes 5-9). The adapted and native nets train on the
+target's model alone.
 
 ``digits_split`` is the second dataset: scikit-learn's bundled handwritten digits (1,797 8x8 images, 16 grey
 levels, shipped inside the package, no download), upsampled to 28x28 uint8 like Fashion-MNIST.
@@ -36,6 +38,7 @@ from evoprune.core.models.adapter import input_shape
 from evoprune.core.scoring_net.features import split_features
 from evoprune.core.scoring_net.gates import check_budget, hard_mask_accuracy
 from evoprune.core.scoring_net.model import ScoringNet, mask_at_budget
+from evoprune.core.scoring_net.sources import extra_source_networks, first_images
 from evoprune.core.scoring_net.training import ScoringNetConfig, train_scoring_net
 from evoprune.core.train import TrainConfig, accuracy_per_exit, train
 from evoprune.core.units import build_layout
@@ -192,19 +195,12 @@ def class_subset(split: Split, classes: Sequence[int]) -> Split:
     return {"images": split["images"][keep], "labels": relabelled}
 
 
-def _first(split: Split, n: int | None, seed: int) -> Split:
-    if n is None or n >= len(split["labels"]):
-        return split
-    pick = torch.randperm(len(split["labels"]), generator=torch.Generator().manual_seed(seed))[:n]
-    return {k: v[pick] for k, v in split.items()}
-
-
 def _target_splits(target: TransferTarget, fashion: tuple[Split, Split], seed: int) -> tuple[Split, Split]:
     """(train, test) of the target: the digits, or Fashion-MNIST (the run's splits), cut to ``classes``."""
     train_split, test_split = digits_split(seed=seed) if target.dataset == "digits" else fashion
     if target.classes is not None:
         train_split, test_split = class_subset(train_split, target.classes), class_subset(test_split, target.classes)
-    return _first(train_split, target.train_images, seed), test_split
+    return first_images(train_split, target.train_images, seed), test_split
 
 
 def _trained_model(target: TransferTarget, split: Split, num_classes: int, seed: int, device, what: str) -> nn.Module:
@@ -240,9 +236,13 @@ def transfer_to_target(
     source = "run"
     if target.source_classes is not None:
         source = "classes " + ",".join(map(str, target.source_classes))
-        source_split = _first(class_subset(fashion[0], target.source_classes), target.train_images, seed)
+        source_classes = class_subset(fashion[0], target.source_classes)
+        source_split = first_images(source_classes, target.train_images, seed)
         source_model = _trained_model(target, source_split, num_classes, seed, device, "the source model")
-        net = train_scoring_net(source_model, source_split, scoring_config, seed, device=device).net
+        extras, _ = extra_source_networks(source_model, source_classes, scoring_config.extra_sources, seed, device)
+        net = train_scoring_net(
+            source_model, source_split, scoring_config, seed, device=device, extra_sources=extras
+        ).net
     nets, seconds = {"scoring_net_zero_shot": net.to(device)}, {"scoring_net_zero_shot": 0.0, "l1": 0.0}
     if cfg.adaptation_steps:
         first = scoring_config.stages[0].model_copy(update={"steps": cfg.adaptation_steps})
@@ -254,7 +254,7 @@ def transfer_to_target(
         start = time.perf_counter()
         nets["scoring_net_native"] = train_scoring_net(model, train_split, scoring_config, seed, device=device).net
         seconds["scoring_net_native"] = time.perf_counter() - start
-    scored = _first(test_split, cfg.test_images, seed)
+    scored = first_images(test_split, cfg.test_images, seed)
     rows = criteria_comparison(
         nets,
         model,

@@ -23,6 +23,7 @@ from evoprune.core.scoring_net import (
     transfer_scoring_net,
 )
 from evoprune.core.scoring_net.compare import prune_to_member_budgets_by_scoring_net
+from evoprune.core.scoring_net.sources import extra_source_networks
 from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
@@ -45,12 +46,20 @@ def train_criterion(
     seed: int,
     device: str,
 ) -> tuple[ScoringNet, dict[str, object], dict[str, object]]:
-    """The trained Scoring Net (saved as weights + feature spec), its history (per stage: wall time, losses, hard-mask
-    accuracy at the evaluation budgets) and MLflow metrics."""
+    """The trained Scoring Net (saved as weights + feature spec), its history (seconds of the extra source networks
+    and of the features; per stage: wall time, losses, hard-mask accuracy at the evaluation budgets) and MLflow
+    metrics. With ``training.extra_sources.count`` > 0 it also trains on that many networks of the run's
+    architecture trained here first."""
+    dev, cfg = resolve_device(device), params.training
+    extras, extras_seconds = extra_source_networks(multi_exit_model, train_split, cfg.extra_sources, seed, dev)
     result = train_scoring_net(
-        multi_exit_model, train_split, params.training, seed, validation_split, device=resolve_device(device)
+        multi_exit_model, train_split, cfg, seed, validation_split, device=dev, extra_sources=extras
     )
-    metrics: dict[str, object] = {"train.feature_seconds": result.history["feature_seconds"]}
+    result.history["extra_sources_seconds"] = extras_seconds
+    metrics: dict[str, object] = {
+        "train.extra_sources_seconds": extras_seconds,
+        "train.feature_seconds": result.history["feature_seconds"],
+    }
     for k, stage in enumerate(result.history["stages"]):
         prefix = f"train.stage{k + 1}_{stage['stage']}"
         metrics[f"{prefix}.seconds"] = stage["seconds"]
