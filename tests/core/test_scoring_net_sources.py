@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from evoprune.core.exits import attach_exits
 from evoprune.core.models import build_model
 from evoprune.core.models.adapter import model_spec
-from evoprune.core.scoring_net import ExtraSourcesConfig, ScoringNetConfig, extra_source_networks
+from evoprune.core.scoring_net import (
+    ExtraSourcesConfig,
+    GatesStageConfig,
+    ScoringNetConfig,
+    extra_source_networks,
+    train_scoring_net_with_sources,
+)
 from evoprune.core.scoring_net.sources import dense_spec, first_images
 from evoprune.core.train import accuracy_per_exit
 from tests.conftest import image_split
@@ -53,3 +60,25 @@ def test_an_empty_split_and_unknown_keys_are_refused_before_training(multi_exit_
         extra_source_networks(multi_exit_lenet, empty, ExtraSourcesConfig(count=1), seed=0)
     with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
         ScoringNetConfig(extra_sources={"count": 1, "networks": 2})
+
+
+def test_training_with_sources_refuses_a_model_without_units_before_training_any_source():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    model.spec = {"name": "lenet300", "in_channels": 1, "input_size": 28, "num_classes": 10}
+    empty = {"images": torch.zeros(0, 28, 28, dtype=torch.uint8), "labels": torch.zeros(0, dtype=torch.long)}
+    cfg = ScoringNetConfig(extra_sources={"count": 1})  # training a source on the empty split would fail otherwise
+    with pytest.raises(ValueError, match="no prunable unit"):
+        train_scoring_net_with_sources(model, empty, cfg, seed=0)
+
+
+def test_training_with_sources_records_their_seconds_and_trains_on_them(multi_exit_lenet):
+    split = image_split(300, seed=0)
+    stages = [GatesStageConfig(steps=2, batch_size=32)]
+    sources = ExtraSourcesConfig(count=1, train_images=100, training={**FAST, "epochs": 1})
+    cfg = ScoringNetConfig(stages=stages, feature_images=32, eval_budgets=[], extra_sources=sources)
+    result = train_scoring_net_with_sources(multi_exit_lenet, split, cfg, seed=0)
+    alone = train_scoring_net_with_sources(
+        multi_exit_lenet, split, cfg.model_copy(update={"extra_sources": ExtraSourcesConfig(count=0)}), seed=0
+    )
+    assert result.history["extra_sources_seconds"] > 0 == alone.history["extra_sources_seconds"]
+    assert not torch.equal(result.net.scores(result.features), alone.net.scores(alone.features))  # the source counted

@@ -30,6 +30,7 @@ from evoprune.core.scoring_net.training import (
     ScoringNetResult,
     fit_to_targets,
     train_scoring_net,
+    train_scoring_net_with_sources,
 )
 from evoprune.core.scoring_net.transfer import (
     TransferConfig,
@@ -70,6 +71,7 @@ __all__ = [
     "masks_at_budgets",
     "scoring_net_state",
     "train_scoring_net",
+    "train_scoring_net_with_sources",
     "unit_features",
     "unit_gates",
 ]

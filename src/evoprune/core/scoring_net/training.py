@@ -50,7 +50,7 @@ from evoprune.core.models.adapter import input_shape
 from evoprune.core.scoring_net.features import FEATURE_NAMES, UNIT_FEATURE_NAMES, at_budget, unit_features
 from evoprune.core.scoring_net.gates import SoftFlops, check_budget, check_gateable, hard_mask_accuracy, unit_gates
 from evoprune.core.scoring_net.model import ScoringNet, masks_at_budgets
-from evoprune.core.scoring_net.sources import ExtraSourcesConfig
+from evoprune.core.scoring_net.sources import ExtraSourcesConfig, extra_source_networks
 from evoprune.core.train import TrainingDivergedError, as_exit_list
 from evoprune.core.units import ChromosomeLayout, build_layout
 
@@ -327,6 +327,25 @@ def train_scoring_net(
             )
         history["stages"].append(record)
     return ScoringNetResult(net.eval(), main.features.cpu(), main.layout, history)
+
+
+def train_scoring_net_with_sources(
+    model: nn.Module,
+    train_split: dict[str, torch.Tensor],
+    cfg: ScoringNetConfig,
+    seed: int,
+    validation_split: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> ScoringNetResult:
+    """``train_scoring_net`` on ``model`` and on ``cfg.extra_sources.count`` networks of its architecture trained
+    here first (``sources.extra_source_networks``, on ``train_split``); ``history["extra_sources_seconds"]`` is
+    their training time. ``model`` is checked before anything is trained: a network without a prunable unit or an
+    LSTM is refused at once, not after the extra networks have trained."""
+    check_gateable(build_layout(model, input_shape(model)))
+    extras, seconds = extra_source_networks(model, train_split, cfg.extra_sources, seed, device)
+    result = train_scoring_net(model, train_split, cfg, seed, validation_split, device=device, extra_sources=extras)
+    result.history["extra_sources_seconds"] = seconds
+    return result
 
 
 def _evaluate(

@@ -19,11 +19,10 @@ from evoprune.core.scoring_net import (
     ScoringNet,
     ScoringNetConfig,
     TransferConfig,
-    train_scoring_net,
+    train_scoring_net_with_sources,
     transfer_scoring_net,
 )
 from evoprune.core.scoring_net.compare import prune_to_member_budgets_by_scoring_net
-from evoprune.core.scoring_net.sources import extra_source_networks
 from evoprune.tracking import to_mlflow_metrics
 
 Split = dict[str, torch.Tensor]
@@ -50,16 +49,10 @@ def train_criterion(
     and of the features; per stage: wall time, losses, hard-mask accuracy at the evaluation budgets) and MLflow
     metrics. With ``training.extra_sources.count`` > 0 it also trains on that many networks of the run's
     architecture trained here first."""
-    dev, cfg = resolve_device(device), params.training
-    extras, extras_seconds = extra_source_networks(multi_exit_model, train_split, cfg.extra_sources, seed, dev)
-    result = train_scoring_net(
-        multi_exit_model, train_split, cfg, seed, validation_split, device=dev, extra_sources=extras
+    result = train_scoring_net_with_sources(
+        multi_exit_model, train_split, params.training, seed, validation_split, resolve_device(device)
     )
-    result.history["extra_sources_seconds"] = extras_seconds
-    metrics: dict[str, object] = {
-        "train.extra_sources_seconds": extras_seconds,
-        "train.feature_seconds": result.history["feature_seconds"],
-    }
+    metrics: dict[str, object] = {f"train.{k}": result.history[k] for k in ("extra_sources_seconds", "feature_seconds")}
     for k, stage in enumerate(result.history["stages"]):
         prefix = f"train.stage{k + 1}_{stage['stage']}"
         metrics[f"{prefix}.seconds"] = stage["seconds"]
