@@ -45,6 +45,11 @@ NO_ACTIVATION = ["mean_activation", "apoz"]
 _SOURCE_TRAINING = {"batch_size": 64, "optimizer": "adamw", "learning_rate": 3e-3, "weight_decay": 1e-4}
 LARGE_SOURCES = {"train_images": 12000, "training": {**_SOURCE_TRAINING, "epochs": 3}}
 SMALL_SOURCES = {"train_images": 4000, "training": {**_SOURCE_TRAINING, "epochs": 2}}
+WIDTHS = [
+    {"name": "lenet5", "conv_channels": c, "fc_features": f}
+    for c, f in (((12, 32), [120, 84]), ((4, 12), [64, 32]), ((8, 24), [120, 84]), ((6, 16), [64, 32]))
+]
+WIDE_SOURCES = {**SMALL_SOURCES, "model": WIDTHS}  # LeNet-5s of four widths
 ONE_EPOCH_SOURCES = {"train_images": 12000, "training": {**_SOURCE_TRAINING, "epochs": 1}}
 # variant -> (ScoringNetConfig overrides, extra source LeNet-5s, per-layer normalisation of the unit features)
 VARIANTS: dict[str, tuple[dict[str, Any], int, str]] = {
@@ -86,6 +91,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "prior1_multi8": ({"l1_prior": 1.0, "extra_sources": LARGE_SOURCES}, 8, "zscore"),
     "prior1_multi4_small": ({"l1_prior": 1.0, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
     "prior1_multi8_small": ({"l1_prior": 1.0, "extra_sources": SMALL_SOURCES}, 8, "zscore"),
+    "prior1_multi4_widths": ({"l1_prior": 1.0, "extra_sources": WIDE_SOURCES}, 4, "zscore"),
+    "prior1_multi8_widths": ({"l1_prior": 1.0, "extra_sources": WIDE_SOURCES}, 8, "zscore"),
     "prior2_multi4_small": ({"l1_prior": 2.0, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
     "prior1.5_multi4_small": ({"l1_prior": 1.5, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
     "prior1_multi4_1epoch": ({"l1_prior": 1.0, "extra_sources": ONE_EPOCH_SOURCES}, 4, "zscore"),

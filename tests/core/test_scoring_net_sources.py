@@ -52,6 +52,10 @@ def test_another_spec_keeps_the_runs_classes_and_no_count_trains_nothing(multi_e
     [(network, _)], _ = extra_source_networks(multi_exit_lenet, split, cfg, seed=0)
     assert model_spec(network)["name"] == "lenet300" and model_spec(network)["num_classes"] == 10
     assert extra_source_networks(multi_exit_lenet, split, ExtraSourcesConfig(count=0), seed=0) == ([], 0.0)
+    widths = [{"name": "lenet5", "conv_channels": [4, 8]}, {"name": "lenet5", "conv_channels": [8, 4]}]
+    several = cfg.model_copy(update={"count": 3, "model": widths})  # network k builds spec k mod 2
+    networks, _ = extra_source_networks(multi_exit_lenet, split, several, seed=0)
+    assert [model_spec(n)["conv_channels"] for n, _ in networks] == [[4, 8], [8, 4], [4, 8]]
 
 
 def test_an_empty_split_and_unknown_keys_are_refused_before_training(multi_exit_lenet):

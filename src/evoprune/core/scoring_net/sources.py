@@ -37,7 +37,9 @@ class ExtraSourcesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     count: NonNegativeInt = 4  # 0: the Scoring Net trains on the run's network alone
-    model: dict[str, Any] | None = None  # their spec; None: the run's architecture (a multi-exit net's backbone)
+    # their spec, or a list of specs (network k builds spec k mod len); None: the run's architecture (a multi-exit
+    # network's backbone). num_classes always comes from the run's network.
+    model: dict[str, Any] | list[dict[str, Any]] | None = None
     train_images: PositiveInt | None = 4000  # each trains on this many images of the split (its own shuffle)
     training: TrainConfig = Field(default_factory=_default_source_training)
     seed_offset: NonNegativeInt = 100  # network k is trained with seed + seed_offset + k
@@ -64,8 +66,9 @@ def extra_source_networks(
     seed: int,
     device: torch.device | str = "cpu",
 ) -> tuple[list[tuple[nn.Module, Split]], float]:
-    """``cfg.count`` networks of ``cfg.model`` (default: ``model``'s dense architecture) trained on subsets of
-    ``train_split``, each with its training subset, and the seconds they took.
+    """``cfg.count`` networks of ``cfg.model`` (default: ``model``'s dense architecture; a list: network k builds
+    its spec k mod len) trained on subsets of ``train_split``, each with its training subset, and the seconds
+    they took.
 
     Raises:
         ValueError: ``train_split`` is empty while networks are asked for.
@@ -75,14 +78,14 @@ def extra_source_networks(
     if not train_split["labels"].numel():
         raise ValueError("the training split is empty; extra source networks for the Scoring Net need images.")
     device = torch.device(device)
-    spec = cfg.model if cfg.model is not None else dense_spec(model)
-    spec = {**spec, "num_classes": dense_spec(model)["num_classes"]}
+    specs = cfg.model if isinstance(cfg.model, list) else [cfg.model if cfg.model is not None else dense_spec(model)]
+    num_classes = dense_spec(model)["num_classes"]
     start, sources = time.perf_counter(), []
     for k in range(cfg.count):
         source_seed = seed + cfg.seed_offset + k
         subset = first_images(train_split, cfg.train_images, source_seed)
         torch.manual_seed(source_seed)
-        network = build_model(spec).to(device)
+        network = build_model({**specs[k % len(specs)], "num_classes": num_classes}).to(device)
         train(network, subset, None, cfg.training, device, source_seed, f"extra source {k + 1}/{cfg.count}")
         sources.append((network.eval(), subset))
     return sources, time.perf_counter() - start
