@@ -64,6 +64,10 @@ def test_an_empty_split_and_unknown_keys_are_refused_before_training(multi_exit_
         extra_source_networks(multi_exit_lenet, empty, ExtraSourcesConfig(count=1), seed=0)
     with pytest.raises(ValueError, match="extra_forbidden|Extra inputs"):
         ScoringNetConfig(extra_sources={"count": 1, "networks": 2})
+    with pytest.raises(ValueError, match="lenet7"):  # a misspelt architecture, before any training
+        ExtraSourcesConfig(model=[{"name": "lenet5"}, {"name": "lenet7"}])
+    with pytest.raises(ValueError, match="empty list"):
+        ExtraSourcesConfig(model=[])
 
 
 def test_training_with_sources_refuses_a_model_without_units_before_training_any_source():
