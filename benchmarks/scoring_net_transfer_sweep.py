@@ -91,6 +91,25 @@ VARIANTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "prior1_multi8": ({"l1_prior": 1.0, "extra_sources": LARGE_SOURCES}, 8, "zscore"),
     "prior1_multi4_small": ({"l1_prior": 1.0, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
     "prior1_multi8_small": ({"l1_prior": 1.0, "extra_sources": SMALL_SOURCES}, 8, "zscore"),
+    "prior1_multi4_small_noapoz": (
+        {"l1_prior": 1.0, "ignored_features": ["apoz"], "extra_sources": SMALL_SOURCES},
+        4,
+        "zscore",
+    ),
+    "prior1_multi4_small_noact": (
+        {"l1_prior": 1.0, "ignored_features": NO_ACTIVATION, "extra_sources": SMALL_SOURCES},
+        4,
+        "zscore",
+    ),
+    "prior1_multi4_small_drop0.7": (
+        {
+            "l1_prior": 1.0,
+            "extra_sources": SMALL_SOURCES,
+            "stages": [{"stage": "gates", "feature_dropout": 0.7}, {"stage": "refine", "feature_dropout": 0.7}],
+        },
+        4,
+        "zscore",
+    ),
     "prior1_multi4_widths": ({"l1_prior": 1.0, "extra_sources": WIDE_SOURCES}, 4, "zscore"),
     "prior1_multi8_widths": ({"l1_prior": 1.0, "extra_sources": WIDE_SOURCES}, 8, "zscore"),
     "prior2_multi4_small": ({"l1_prior": 2.0, "extra_sources": SMALL_SOURCES}, 4, "zscore"),
