@@ -144,6 +144,43 @@ class _MaskScorer:
         return self.evaluate(masks, split, batch_size=batch_size)["accuracy"]
 
 
+class _Tally:
+    """Counts over batches for k candidates scored together: correct predictions per exit (k, E) and, with an
+    early-exit policy, the policy's correct predictions (k,) and the samples leaving at each exit (k, E)."""
+
+    def __init__(self) -> None:
+        self.hits: torch.Tensor | int = 0
+        self.policy_hits: torch.Tensor | int = 0
+        self.exit_counts: torch.Tensor | int = 0
+
+    def add(
+        self, logits: torch.Tensor, labels: torch.Tensor, policy: tuple[float, str] | None, candidates: int
+    ) -> None:
+        """Count ``logits`` (E, candidates * B, C): ``candidates`` tiles over the same ``labels`` (B,)."""
+        from evoprune.core.early_exit import simulate_early_exit
+
+        num_exits, tiled = logits.shape[0], labels.repeat(candidates)
+        self.hits = self.hits + (logits.argmax(-1) == tiled).view(num_exits, candidates, -1).sum(-1).T
+        if policy is not None:
+            preds, used = simulate_early_exit(logits, policy[0], policy[1])
+            self.policy_hits = self.policy_hits + (preds == tiled).view(candidates, -1).sum(-1)
+            self.exit_counts = self.exit_counts + nn.functional.one_hot(used.view(candidates, -1), num_exits).sum(1)
+
+    @staticmethod
+    def scores(tallies: list[_Tally], n: int, policy: tuple[float, str] | None) -> dict[str, np.ndarray]:
+        """``accuracy`` (K, E) and with a policy ``policy_accuracy`` (K,) and ``exit_share`` (K, E) over ``n``
+        samples, the tallies' candidates in order."""
+
+        def share(counts: list[torch.Tensor]) -> np.ndarray:
+            return (torch.cat(counts).double() / n).cpu().numpy()
+
+        result = {"accuracy": share([t.hits for t in tallies])}
+        if policy is not None:
+            result["policy_accuracy"] = share([t.policy_hits for t in tallies])
+            result["exit_share"] = share([t.exit_counts for t in tallies])
+        return result
+
+
 class SlicedEvaluator(_MaskScorer):
     """Scores masks by running each candidate on its own *sliced* weights (kept rows/columns only)
     through the unchanged module code (``torch.func.functional_call``): exact, like physical pruning,
@@ -265,38 +302,22 @@ class SlicedEvaluator(_MaskScorer):
     ) -> dict[str, np.ndarray]:
         """Per-exit accuracy (K, num_exits) and, with an early-exit ``policy`` (threshold, criterion),
         the policy's accuracy (K,) and the share of samples leaving at each exit (K, num_exits)."""
-        from evoprune.core.early_exit import simulate_early_exit
-
-        policy_hits, shares = [], []
         masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
-        labels = split["labels"]
         batches = _float_batches(split, batch_size, self.device)
         block = dict(self.model.named_modules()).get(self.input_block_name) if self.input_block_name else None
         cached = [block(x) for x, _ in batches] if block is not None else [None] * len(batches)  # dense (B, C, ...)
-        out = []
+        tallies = []
         for mask in masks:
             params = self.params_for(mask)
             if self.calibration is not None:
                 self._recalibrate(params)
-            correct, policy_correct, used_counts = 0, 0, 0
+            tally = _Tally()
             for (x, y), dense in zip(batches, cached, strict=True):
                 with self._input_from_cache(block, dense, mask), _depthwise_follows_weights(self.depthwise):
                     logits = torch.stack(as_exit_list(torch.func.functional_call(self.model, params, (x,))))
-                correct = correct + (logits.argmax(-1) == y).sum(-1)
-                if policy is not None:
-                    preds, used = simulate_early_exit(logits, policy[0], policy[1])
-                    policy_correct = policy_correct + (preds == y).sum()
-                    used_counts = used_counts + torch.bincount(used, minlength=logits.shape[0])
-            out.append(correct)
-            if policy is not None:
-                policy_hits.append(policy_correct)
-                shares.append(used_counts)
-        n = labels.numel()
-        result = {"accuracy": (torch.stack(out).double() / n).cpu().numpy()}
-        if policy is not None:
-            result["policy_accuracy"] = (torch.stack(policy_hits).double() / n).cpu().numpy()
-            result["exit_share"] = (torch.stack(shares).double() / n).cpu().numpy()
-        return result
+                tally.add(logits, y, policy, candidates=1)
+            tallies.append(tally)
+        return _Tally.scores(tallies, split["labels"].numel(), policy)
 
     @contextmanager
     def _input_from_cache(
@@ -378,35 +399,19 @@ class TiledEvaluator(_MaskScorer):
         batch_size: int = 5000,
     ) -> dict[str, np.ndarray]:
         """As ``SlicedEvaluator.evaluate``; ``batch_size`` counts images per forward, all tiles together."""
-        from evoprune.core.early_exit import simulate_early_exit
-
         masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
-        correct, policy_correct, used_counts = [], [], []
+        tallies = []
         for first in range(0, masks.shape[0], self.candidates_per_pass):
             chunk = masks[first : first + self.candidates_per_pass]
             k = chunk.shape[0]
-            hits, policy_hits, shares = 0, 0, 0
+            tally = _Tally()
             with population_masks(self.model, self.layout, chunk):
                 for x, y in _float_batches(split, max(1, batch_size // k), self.device):
                     with self._autocast():
                         logits = torch.stack(as_exit_list(self.model(x.repeat(k, *([1] * (x.dim() - 1))))))
-                    logits = logits.float()  # (E, k*B, C), tile j = candidate j
-                    tiled_labels = y.repeat(k)
-                    hits = hits + (logits.argmax(-1) == tiled_labels).view(logits.shape[0], k, -1).sum(-1).T
-                    if policy is not None:
-                        preds, used = simulate_early_exit(logits, policy[0], policy[1])
-                        policy_hits = policy_hits + (preds == tiled_labels).view(k, -1).sum(-1)
-                        one_hot = nn.functional.one_hot(used.view(k, -1), logits.shape[0])  # (k, B, E)
-                        shares = shares + one_hot.sum(1)
-            correct.append(hits)
-            policy_correct.append(policy_hits)
-            used_counts.append(shares)
-        n = split["labels"].numel()
-        result = {"accuracy": (torch.cat(correct).double() / n).cpu().numpy()}
-        if policy is not None:
-            result["policy_accuracy"] = (torch.cat(policy_correct).double() / n).cpu().numpy()
-            result["exit_share"] = (torch.cat(used_counts).double() / n).cpu().numpy()
-        return result
+                    tally.add(logits.float(), y, policy, candidates=k)  # (E, k*B, C), tile j = candidate j
+            tallies.append(tally)
+        return _Tally.scores(tallies, split["labels"].numel(), policy)
 
 
 @contextmanager
