@@ -341,9 +341,10 @@ def train_scoring_net_with_sources(
     here first (``sources.extra_source_networks``, on ``train_split``); ``history["extra_sources_seconds"]`` is
     their training time. ``model`` is checked before anything is trained: a network without a prunable unit or an
     LSTM is refused at once, not after the extra networks have trained."""
-    check_gateable(build_layout(model, input_shape(model)))
+    layout = build_layout(model, input_shape(model))
+    check_gateable(layout)
     extras, seconds = extra_source_networks(model, train_split, cfg.extra_sources, seed, device)
-    result = train_scoring_net(model, train_split, cfg, seed, validation_split, device=device, extra_sources=extras)
+    result = train_scoring_net(model, train_split, cfg, seed, validation_split, layout, device, extra_sources=extras)
     result.history["extra_sources_seconds"] = seconds
     return result
 
@@ -372,7 +373,7 @@ def _evaluate(
         str(b): hard_mask_accuracy(frozen, layout, m, images, split["labels"], calibration, cfg.eval_batch_size)
         for b, m in zip(cfg.eval_budgets, masks, strict=True)
     }
-    ratios = layout.cost(masks)["flops"] / layout.dense_flops
+    ratios = layout.flops_ratio(masks)
     return {
         "accuracy_at_budget": accuracy,
         "eval_flops_ratio": {str(b): float(r) for b, r in zip(cfg.eval_budgets, ratios, strict=True)},
