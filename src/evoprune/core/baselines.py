@@ -43,7 +43,7 @@ CostRatio = Callable[[np.ndarray], np.ndarray]  # (K, num_bits) masks -> (K,) co
 
 def flops_ratio_of(layout: ChromosomeLayout) -> CostRatio:
     """The analytic FLOPs of masks of ``layout`` as ratios of the dense network's."""
-    return lambda masks: layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
+    return lambda masks: layout.flops_ratio(np.asarray(masks, dtype=bool))
 
 
 def budget_cost(layout: ChromosomeLayout, axis: BudgetAxis, latency_model: LatencyModel | None = None) -> CostRatio:

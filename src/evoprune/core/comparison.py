@@ -254,9 +254,8 @@ def prune_to_member_budgets(
     layout = build_layout(trained, input_shape(trained))
     cost_ratio = budget_cost(layout, budget_axis, latency_model)
     members = np.asarray(masks, dtype=bool)
-    flops_budgets = layout.cost(members)["flops"] / layout.dense_flops
-    latency_budgets = cost_ratio(members) if budget_axis == "latency_ratio" else None
-    budgets = flops_budgets if latency_budgets is None else latency_budgets
+    flops_budgets, budgets = layout.flops_ratio(members), cost_ratio(members)
+    latency_budgets = budgets if budget_axis == "latency_ratio" else None
     out = []
     for pruner in pruners:
         draws = [[s] for s in seeds] if pruner.seeded else [list(seeds)]
@@ -312,7 +311,7 @@ def finetune_within_member_budgets(
     ``criterion = method``. On a path or a front, the most FLOPs within a budget is the best accuracy there. A
     member whose FLOPs no candidate gets down to has no row (logged)."""
     layout = build_layout(trained, input_shape(trained))
-    budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
+    budgets = layout.flops_ratio(np.asarray(masks, dtype=bool))
     levels = path_levels_within(layout, candidate_masks, budgets)
     reached = [k for k, level in enumerate(levels) if level is not None]
     for k in set(range(len(levels))) - set(reached):

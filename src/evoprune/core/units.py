@@ -185,6 +185,10 @@ class ChromosomeLayout:
             params += 2 * padded[:, torch.as_tensor(bits)].sum(1)
         return {"flops": flops.sum(1).numpy(), "params": params.numpy()}
 
+    def flops_ratio(self, masks: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Analytic FLOPs of each mask of a (K, num_bits) population as a ratio of the dense network's: (K,)."""
+        return self.cost(masks)["flops"] / self.dense_flops
+
     def exit_flops(self, masks: np.ndarray | torch.Tensor) -> np.ndarray:
         """(K, num_exits) FLOPs a sample pays when it leaves at each exit under early exiting
         (backbone prefix, its own head and the earlier heads it was evaluated by)."""

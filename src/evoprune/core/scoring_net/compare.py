@@ -44,7 +44,7 @@ def prune_to_member_budgets_by_scoring_net(
         The measured models and the seconds per mask (features + scoring + budget fitting, amortised).
     """
     layout = build_layout(trained, input_shape(trained))
-    budgets = layout.cost(np.asarray(masks, dtype=bool))["flops"] / layout.dense_flops
+    budgets = layout.flops_ratio(np.asarray(masks, dtype=bool))
     start = time.perf_counter()
     features = split_features(trained, layout, splits[0], feature_images, seed)
     fitted = np.stack([mask_at_budget(net, features, layout, float(b), *unit_limits) for b in budgets])

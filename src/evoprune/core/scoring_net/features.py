@@ -68,7 +68,7 @@ def group_flops_share(layout: ChromosomeLayout) -> np.ndarray:
     masks = np.ones((len(layout.groups), layout.num_bits), dtype=bool)
     for i, g in enumerate(layout.groups):
         masks[i, g.offset : g.offset + g.size] = False
-    return 1.0 - layout.cost(masks)["flops"] / layout.dense_flops
+    return 1.0 - layout.flops_ratio(masks)
 
 
 def _zscore(x: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,7 @@ class SoftFlops:
 
     ``kept_out_l(g) = (#unprunable outputs) + sum of the gates of the layer's output bits`` (a bit counted as
     often as it occurs, e.g. a conv channel read by 25 flattened features counts 25 times), likewise inputs.
-    On binary gates it equals ``layout.cost(mask)["flops"] / layout.dense_flops``.
+    On binary gates it equals ``layout.flops_ratio(mask)``.
     """
 
     def __init__(self, layout: ChromosomeLayout, device: torch.device | str = "cpu") -> None:

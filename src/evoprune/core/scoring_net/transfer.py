@@ -100,7 +100,7 @@ def criteria_comparison(
                 {
                     "budget": budget,
                     "method": method,
-                    "flops_ratio": float(layout.cost(mask[None])["flops"][0] / layout.dense_flops),
+                    "flops_ratio": float(layout.flops_ratio(mask[None])[0]),
                     "units_kept": int(mask.sum()),
                     "test_accuracy": hard_mask_accuracy(model, layout, mask, images, labels, calibration),
                 }

@@ -53,7 +53,7 @@ class SearchOutcome:
         """(K,) cost of masks relative to the dense network's on ``axis``: FLOPs, or the predicted latency (FLOPs
         when there is no latency model)."""
         latency = self.predicted_latency_ratio(X) if axis == "latency_ratio" else None
-        return latency if latency is not None else self.layout.cost(X)["flops"] / self.layout.dense_flops
+        return latency if latency is not None else self.layout.flops_ratio(X)
 
     def roulette_path(self, axis: str = "flops_ratio") -> tuple[list[float], list[float]] | None:
         """The roulette branch path as (FLOPs or predicted latency ratios, accuracies), or None when the

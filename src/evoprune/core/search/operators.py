@@ -98,7 +98,7 @@ class KeepUnitsPerLayer(Repair):
         if not self.uncapped_below or self.min_units is None:
             return self.layout.repair(X, self.importance, self.min_units, self.round_to, random_state)
         free = self.layout.repair(X, self.importance, None, self.round_to, random_state)
-        capped = self.layout.cost(free)["flops"] / self.layout.dense_flops >= self.uncapped_below
+        capped = self.layout.flops_ratio(free) >= self.uncapped_below
         if capped.any():
             free[capped] = self.layout.repair(X[capped], self.importance, self.min_units, self.round_to, random_state)
         return free

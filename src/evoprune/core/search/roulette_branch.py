@@ -64,7 +64,7 @@ def roulette_branch_search(
 def path_levels_within(layout: ChromosomeLayout, path_X: np.ndarray, flops_budgets: np.ndarray) -> list[int | None]:
     """For each FLOPs budget (a ratio of the dense FLOPs), the level of the roulette path whose network has the
     most FLOPs within it; None when the path's slimmest network is above the budget."""
-    ratios = layout.cost(np.asarray(path_X, dtype=bool))["flops"] / layout.dense_flops
+    ratios = layout.flops_ratio(np.asarray(path_X, dtype=bool))
     out: list[int | None] = []
     for budget in np.asarray(flops_budgets, dtype=float):
         within = np.flatnonzero(ratios <= budget + 1e-9)

@@ -201,7 +201,7 @@ class StructuredThresholds:
 
     def kept_share(self) -> float:
         """FLOPs of the structured model as a share of the dense FLOPs (analytic, from the layout)."""
-        return float(self.layout.cost(self.chromosome()[None])["flops"][0] / self.layout.dense_flops)
+        return float(self.layout.flops_ratio(self.chromosome()[None])[0])
 
     @torch.no_grad()
     def kept(self) -> dict[str, tuple[int, int]]:
