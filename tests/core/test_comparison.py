@@ -7,6 +7,7 @@ from evoprune.core.comparison import (
     MeasuredModel,
     early_exit_policy,
     finetune_with_variant,
+    member_budgets,
     member_row,
     unpack_members,
 )
@@ -20,6 +21,17 @@ from evoprune.core.units import build_layout
 def layout():
     torch.manual_seed(0)
     return build_layout(attach_exits(build_model({"name": "lenet5"}), [1]).eval(), (1, 28, 28))
+
+
+def test_member_budgets_cap_a_predicted_latency_above_the_dense_networks_at_one(layout):
+    masks = np.ones((2, layout.num_bits), dtype=bool)
+    masks[0, :3] = False
+    predicted = np.array([0.6, 1.3])  # a noisy latency model may predict a member slower than dense
+    flops, budgets, latency = member_budgets(layout, masks, lambda m: predicted[: len(m)], "latency_ratio")
+    assert np.allclose(flops, layout.flops_ratio(masks)) and flops[0] < 1.0 == flops[1]
+    assert budgets.tolist() == [0.6, 1.0] and latency.tolist() == [0.6, 1.3]  # labels keep the prediction
+    flops, budgets, latency = member_budgets(layout, masks, layout.flops_ratio, "flops_ratio")
+    assert np.array_equal(budgets, flops) and latency is None
 
 
 def test_member_row_adds_ratios_against_the_dense_model(layout):

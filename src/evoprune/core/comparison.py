@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from evoprune.core.baselines import BaselinePruner, BudgetAxis, budget_cost
+from evoprune.core.baselines import BaselinePruner, BudgetAxis, CostRatio, budget_cost
 from evoprune.core.exits import final_exit_key, input_shape
 from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
@@ -227,6 +227,21 @@ def _finetune_and_measure(
     return out
 
 
+def member_budgets(
+    layout: ChromosomeLayout, masks: np.ndarray, cost_ratio: CostRatio, budget_axis: BudgetAxis
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """For the members ``masks``: their FLOPs ratios, the budgets baselines are fitted to (their cost on
+    ``budget_axis``) and, on the latency axis, their predicted latency ratios (else None).
+
+    A budget is at most 1: the latency model (timings, fitted with noise) can predict a pruned member no faster
+    than the dense network, and the dense network's own cost is then the budget (its labels keep the prediction).
+    """
+    members = np.asarray(masks, dtype=bool)
+    costs = cost_ratio(members)
+    latency_budgets = costs if budget_axis == "latency_ratio" else None
+    return layout.flops_ratio(members), np.minimum(costs, 1.0), latency_budgets
+
+
 def prune_to_member_budgets(
     trained: nn.Module,
     masks: np.ndarray,
@@ -253,9 +268,7 @@ def prune_to_member_budgets(
     """
     layout = build_layout(trained, input_shape(trained))
     cost_ratio = budget_cost(layout, budget_axis, latency_model)
-    members = np.asarray(masks, dtype=bool)
-    flops_budgets, budgets = layout.flops_ratio(members), cost_ratio(members)
-    latency_budgets = budgets if budget_axis == "latency_ratio" else None
+    flops_budgets, budgets, latency_budgets = member_budgets(layout, masks, cost_ratio, budget_axis)
     out = []
     for pruner in pruners:
         draws = [[s] for s in seeds] if pruner.seeded else [list(seeds)]
