@@ -1,0 +1,112 @@
+"""How close to the dense network can a pruned network at a FLOPs budget get after fine-tuning, whatever its
+per-layer allocation? (issue 16: "a member keeps <= 20% of the FLOPs within 1.0 pt of the dense model")
+
+    .venv/bin/python benchmarks/allocation_bound.py --budget 0.2 --epochs 5 15   # after `kedro run --pipeline=prune`
+
+Fine-tunes, with finetune.training's recipe (conf/base) at each of ``--epochs`` epochs, the `keep` weights of
+
+- ``member<id>``: the front member with the most FLOPs within ``--budget`` (`07_model_output/pareto_set.csv`);
+- one network per allocation of the first two prunable layers (LeNet-5: conv1 and conv2): for each unit count k
+  of the first layer, the most units of the second layer that fit the budget with every other layer kept at
+  the member's counts; units chosen by group L1 (``GroupL1``, Torch-Pruning's group magnitude) within each layer;
+- ``--allocations``: explicit unit counts per layer, comma-separated in the layout's group order.
+
+No layer cap (``max_pruning_ratio``) applies here: the point is the best any allocation can do. Prints one row per
+network and epochs with its FLOPs and test accuracy (final exit) and the gap to the dense network, in points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from evoprune.core.exits import input_shape
+from evoprune.core.finetune import pruned_variant
+from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.importance import GroupL1
+from evoprune.core.mask_codec import decode_masks
+from evoprune.core.train import accuracy_per_exit, train
+from evoprune.core.units import ChromosomeLayout, build_layout
+from evoprune.datasets import AtomicCSVDataset, PrunedMembersDataset, TensorDictDataset, TorchModelDataset
+
+
+def mask_of(counts: list[int], scores: np.ndarray, layout: ChromosomeLayout) -> np.ndarray:
+    """The ``counts[g]`` highest-scoring units of every group g."""
+    if len(counts) != len(layout.groups):
+        raise SystemExit(f"an allocation needs {len(layout.groups)} counts: {[g.name for g in layout.groups]}")
+    mask = np.zeros(layout.num_bits, dtype=bool)
+    for g, k in zip(layout.groups, counts, strict=True):
+        if not 1 <= k <= g.size:
+            raise SystemExit(f"{g.name} has {g.size} units: keep 1 to {g.size}, not {k}")
+        mask[g.offset + np.argsort(-scores[g.offset : g.offset + g.size], kind="stable")[:k]] = True
+    return mask
+
+
+def allocations(member: np.ndarray, scores: np.ndarray, layout: ChromosomeLayout, budget: float) -> list[list[int]]:
+    """Per unit count of the first group, the most units of the second that fit ``budget`` (others as the member)."""
+    base = [int(member[g.offset : g.offset + g.size].sum()) for g in layout.groups]
+    out = []
+    for first in range(1, layout.groups[0].size + 1):
+        fitting = [
+            second
+            for second in range(1, layout.groups[1].size + 1)
+            if layout.flops_ratio(mask_of([first, second, *base[2:]], scores, layout)[None])[0] <= budget
+        ]
+        if fitting:
+            out.append([first, max(fitting), *base[2:]])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data", help="the prune run's outputs folder")
+    parser.add_argument("--budget", type=float, default=0.2, help="FLOPs ratio of the dense network")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[5, 15])
+    parser.add_argument("--allocations", nargs="*", default=[], help="e.g. 2,6,59,61,31 (units per group)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--dataset", default="fashion_mnist")
+    args = parser.parse_args()
+    members = PrunedMembersDataset(filepath=f"{args.data}/06_models/pareto_members.pt").load()
+    initial = TorchModelDataset(filepath=f"{args.data}/06_models/multi_exit_model_init.pt").load()
+    front = AtomicCSVDataset(
+        filepath=f"{args.data}/07_model_output/pareto_set.csv", load_args={"dtype": {"mask": str}}
+    ).load()
+    train_split, test_split = (
+        TensorDictDataset(filepath=f"{args.data}/05_model_input/{args.dataset}_{s}.pt").load()
+        for s in ("train", "test")
+    )
+    trained, cpu = members["model"], torch.device("cpu")
+    layout = build_layout(trained, input_shape(trained))
+    within = front[front["flops_ratio"] <= args.budget]
+    if within.empty:
+        raise SystemExit(f"no front member within {args.budget:.0%} of the FLOPs in {args.data}")
+    row = within.loc[within["flops_ratio"].idxmax()]
+    scores = GroupL1(input_shape(trained))(trained, layout)
+    member_mask = decode_masks([row["mask"]], layout.num_bits)[0]
+    networks = {f"member{int(row['member'])}": member_mask}
+    for counts in [*allocations(member_mask, scores, layout, args.budget), *(
+        [int(c) for c in a.split(",")] for a in args.allocations
+    )]:  # fmt: skip
+        networks[",".join(map(str, counts))] = mask_of(counts, scores, layout)
+    dense = 100 * accuracy_per_exit(trained, test_split, cpu)[-1]
+    recipe = FinetuneParams().training
+    print(f"# {torch.get_num_threads()} torch threads, torch {torch.__version__}; dense test accuracy {dense:.2f}%")
+    print(f"# units per group: {', '.join(f'{g.name} ({g.size})' for g in layout.groups)}")
+    print("| network | FLOPs % | epochs | test acc. % | gap to dense (pt) | seconds |\n|---|---|---|---|---|---|")
+    for name, mask in networks.items():
+        flops = 100 * layout.flops_ratio(mask[None])[0]
+        for epochs in args.epochs:
+            start = time.perf_counter()
+            model = pruned_variant(trained, initial, layout, mask, "keep", args.seed)
+            cfg = recipe.model_copy(update={"epochs": epochs})
+            train(model, train_split, None, cfg, cpu, args.seed, f"{name} ({epochs} epochs)")
+            acc = 100 * accuracy_per_exit(model, test_split, cpu)[-1]
+            seconds = time.perf_counter() - start
+            print(f"| {name} | {flops:.1f} | {epochs} | {acc:.2f} | {acc - dense:+.2f} | {seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
