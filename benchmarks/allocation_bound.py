@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from run_outputs import search_outputs
 
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune import pruned_variant
@@ -30,7 +31,7 @@ from evoprune.core.importance import GroupL1
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout, build_layout
-from evoprune.datasets import AtomicCSVDataset, PrunedMembersDataset, TensorDictDataset, TorchModelDataset
+from evoprune.datasets import TensorDictDataset
 
 
 def mask_of(counts: list[int], scores: np.ndarray, layout: ChromosomeLayout) -> np.ndarray:
@@ -69,16 +70,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--dataset", default="fashion_mnist")
     args = parser.parse_args()
-    members = PrunedMembersDataset(filepath=f"{args.data}/06_models/pareto_members.pt").load()
-    initial = TorchModelDataset(filepath=f"{args.data}/06_models/multi_exit_model_init.pt").load()
-    front = AtomicCSVDataset(
-        filepath=f"{args.data}/07_model_output/pareto_set.csv", load_args={"dtype": {"mask": str}}
-    ).load()
+    trained, initial, front = search_outputs(args.data)
     train_split, test_split = (
         TensorDictDataset(filepath=f"{args.data}/05_model_input/{args.dataset}_{s}.pt").load()
         for s in ("train", "test")
     )
-    trained, cpu = members["model"], torch.device("cpu")
+    cpu = torch.device("cpu")
     layout = build_layout(trained, input_shape(trained))
     within = front[front["flops_ratio"] <= args.budget]
     if within.empty:

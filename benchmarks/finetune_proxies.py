@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+from run_outputs import search_outputs
 from scipy.stats import spearmanr
 
 from evoprune.core.baselines import BaselinePruner, mask_within_budget
@@ -34,7 +35,7 @@ from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.importance import calibration_batch
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import build_layout
-from evoprune.datasets import AtomicCSVDataset, PrunedMembersDataset, TensorDictDataset, TorchModelDataset
+from evoprune.datasets import TensorDictDataset
 
 
 def _masks_at(budget: float, front, trained, layout, train_split, neighbours: int, randoms: int, seed: int):
@@ -69,14 +70,10 @@ def main() -> None:
     parser.add_argument("--truth-seeds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
-    members = PrunedMembersDataset(filepath=f"{args.data}/06_models/pareto_members.pt").load()
-    initial = TorchModelDataset(filepath=f"{args.data}/06_models/multi_exit_model_init.pt").load()
-    front = AtomicCSVDataset(
-        filepath=f"{args.data}/07_model_output/pareto_set.csv", load_args={"dtype": {"mask": str}}
-    ).load()
+    trained, initial, front = search_outputs(args.data)
     train_split = TensorDictDataset(filepath=f"{args.data}/05_model_input/fashion_mnist_train.pt").load()
     val_split = TensorDictDataset(filepath=f"{args.data}/05_model_input/fashion_mnist_validation.pt").load()
-    trained, cpu = members["model"], torch.device("cpu")
+    cpu = torch.device("cpu")
     layout = build_layout(trained, input_shape(trained))
     finetune = FinetuneParams().training
     print(f"# {torch.get_num_threads()} torch threads, torch {torch.__version__}; validation accuracy (final exit) %")
