@@ -105,7 +105,7 @@ def main() -> None:
                 truth.append(100 * history["val_accuracy"][-1])
             scores["truth"].append(float(np.mean(truth)))
             seconds["truth"] += time.perf_counter() - start
-            flops = 100 * layout.cost(mask[None])["flops"][0] / layout.dense_flops
+            flops = 100 * layout.flops_ratio(mask[None])[0]
             print(f"| {name} | {flops:.1f} | {' | '.join(f'{v[-1]:.2f}' for v in scores.values())} |", flush=True)
         rho = {n: spearmanr(scores[n], scores["truth"]).statistic for n in names}
         print(f"| Spearman vs truth | | {' | '.join(f'{rho[n]:+.2f}' for n in names)} | |")

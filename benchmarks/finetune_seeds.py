@@ -48,7 +48,7 @@ def main() -> None:
     print("| member | FLOPs kept | seed | member drop | L1 drop | member better by |")
     print("|---|---|---|---|---|---|")
     for member, mask in zip(members["member_ids"], members["masks"], strict=True):
-        ratio = float(layout.cost(mask[None])["flops"][0] / layout.dense_flops)
+        ratio = float(layout.flops_ratio(mask[None])[0])
         l1 = mask_within_budget(layout, scores, ratio, args.max_pruning_ratio)
         margins = []
         for seed in args.seeds:

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, device: torch.device) -> None:
     spec = model.backbone.spec if hasattr(model, "backbone") else model.spec
     layout = build_layout(model, input_shape(model))
     masks = _population(layout, model, args.population, seed=0)
-    flops = layout.cost(masks)["flops"] / layout.dense_flops
+    flops = layout.flops_ratio(masks)
     rows = []
     base, reference = _rate(
         lambda: np.vstack([population_accuracy(model, layout, m[None], split, device, 1, args.images) for m in masks]),

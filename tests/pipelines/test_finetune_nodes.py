@@ -55,7 +55,7 @@ def candidates():
     layout = build_layout(trained, (1, 28, 28))
     rng = np.random.default_rng(0)
     masks = layout.repair(rng.random((3, layout.num_bits)) < 0.6)
-    flops = layout.cost(masks)["flops"] / layout.dense_flops
+    flops = layout.flops_ratio(masks)
     chosen = pd.DataFrame(
         {
             "member": [7, 8, 9],

@@ -137,7 +137,7 @@ def test_nsga2_front_dominates_random_masks_of_equal_flops(setup):
     result = run_search(problem, SearchConfig(pop_size=20, generations=10), rank, importance, seed=0)
     rng = np.random.default_rng(0)
     random = layout.repair(rng.random((40, layout.num_bits)) < rng.uniform(0.3, 1.0, (40, 1)))
-    random_flops = layout.cost(random)["flops"] / layout.dense_flops
+    random_flops = layout.flops_ratio(random)
     random_error = 1 - evaluator.accuracy(random, val)[:, -1]
     front_error, front_flops = result.front_F[:, 0], result.front_F[:, 1]
     beaten = 0
