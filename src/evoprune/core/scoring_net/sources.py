@@ -89,8 +89,9 @@ def extra_source_networks(
     if not train_split["labels"].numel():
         raise ValueError("the training split is empty; extra source networks for the Scoring Net need images.")
     device = torch.device(device)
-    specs = cfg.model if isinstance(cfg.model, list) else [cfg.model if cfg.model is not None else dense_spec(model)]
-    num_classes = dense_spec(model)["num_classes"]
+    dense = dense_spec(model)
+    specs = cfg.model if isinstance(cfg.model, list) else [cfg.model if cfg.model is not None else dense]
+    num_classes = dense["num_classes"]
     start, sources = time.perf_counter(), []
     for k in range(cfg.count):
         source_seed = seed + cfg.seed_offset + k
