@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from run_outputs import search_outputs
+from run_outputs import run_splits, search_outputs
 
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune import pruned_variant
@@ -31,7 +31,6 @@ from evoprune.core.importance import GroupL1
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout, build_layout
-from evoprune.datasets import TensorDictDataset
 
 
 def mask_of(counts: list[int], scores: np.ndarray, layout: ChromosomeLayout) -> np.ndarray:
@@ -71,10 +70,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion_mnist")
     args = parser.parse_args()
     trained, initial, front = search_outputs(args.data)
-    train_split, test_split = (
-        TensorDictDataset(filepath=f"{args.data}/05_model_input/{args.dataset}_{s}.pt").load()
-        for s in ("train", "test")
-    )
+    train_split, test_split = run_splits(args.data, "train", "test", dataset=args.dataset)
     cpu = torch.device("cpu")
     layout = build_layout(trained, input_shape(trained))
     within = front[front["flops_ratio"] <= args.budget]

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import torch
-from run_outputs import search_outputs
+from run_outputs import run_splits, search_outputs
 from scipy.stats import spearmanr
 
 from evoprune.core.baselines import BaselinePruner, mask_within_budget
@@ -35,7 +35,6 @@ from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.importance import calibration_batch
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import build_layout
-from evoprune.datasets import TensorDictDataset
 
 
 def _masks_at(budget: float, front, trained, layout, train_split, neighbours: int, randoms: int, seed: int):
@@ -71,8 +70,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     trained, initial, front = search_outputs(args.data)
-    train_split = TensorDictDataset(filepath=f"{args.data}/05_model_input/fashion_mnist_train.pt").load()
-    val_split = TensorDictDataset(filepath=f"{args.data}/05_model_input/fashion_mnist_validation.pt").load()
+    train_split, val_split = run_splits(args.data, "train", "validation")
     cpu = torch.device("cpu")
     layout = build_layout(trained, input_shape(trained))
     finetune = FinetuneParams().training

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from allocation_bound import mask_of
-from run_outputs import search_outputs
+from run_outputs import run_splits, search_outputs
 from torch import nn
 
 from evoprune.core.baselines import mask_within_budget
@@ -35,7 +35,6 @@ from evoprune.core.importance import GroupL1
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout, build_layout
-from evoprune.datasets import TensorDictDataset
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 
 
@@ -72,10 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     trained, initial, front = search_outputs(args.data)
     selection = pd.read_csv(f"{args.data}/07_model_output/member_selection.csv")
-    train_split, test_split = (
-        TensorDictDataset(filepath=f"{args.data}/05_model_input/{args.dataset}_{s}.pt").load()
-        for s in ("train", "test")
-    )
+    train_split, test_split = run_splits(args.data, "train", "test", dataset=args.dataset)
     cpu = torch.device("cpu")
     layout = build_layout(trained, input_shape(trained))
     recipe = FinetuneParams().training
@@ -84,7 +80,10 @@ def main() -> None:
     print(f"# units per group: {', '.join(f'{g.name} ({g.size})' for g in layout.groups)}")
     print("| member | mask | units per group | FLOPs % | test acc. % per seed | mean ± std | vs l1 (paired) |")
     print("|---|---|---|---|---|---|---|")
-    for member_id in selection.loc[selection["selected"], "member"]:
+    selected = selection[selection["selected"]]
+    if "refit_of" in selected:  # a selected refit (finetune.selection_refit): the member it was refit from
+        selected = selected.assign(member=selected["member"].where(selected["refit_of"] < 0, selected["refit_of"]))
+    for member_id in selected["member"]:
         row = front.loc[front["member"] == member_id].iloc[0]
         masks = unit_choice_masks(decode_masks([row["mask"]], layout.num_bits)[0], trained, layout, cap)
         accuracy = {}  # every mask fine-tuned first: the margins are paired with l1's seeds

@@ -1,13 +1,14 @@
-"""`report.seeds: 2` on the artifacts of a finished tiny `prune` run: the fine-tunes (members, baselines with
-Torch-Pruning's Taylor criterion ranked both ways, the roulette branch method's networks) repeated per seed, the
-seeded report, its verdicts and summary metrics; the check runs inside
-``tests/test_prune_session.py::test_prune_run_is_tracked_in_mlflow``."""
+"""`report.seeds: 2` and `finetune.selection_refit: linear_l1` (as conf/paper) on the artifacts of a finished tiny
+`prune` run: the fine-tunes (members, baselines with Torch-Pruning's Taylor criterion ranked both ways, the roulette
+branch method's networks) repeated per seed, the seeded report, its verdicts and summary metrics; the check runs
+inside ``tests/test_prune_session.py::test_prune_run_is_tracked_in_mlflow``."""
 
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 
+from evoprune.core.selection import REFIT_ID_OFFSET
 from tests.conftest import run_tiny_session
 
 SEEDS = [42, 43]  # the project's seed and the next
@@ -18,7 +19,7 @@ def assert_seeded_report_after_prune(project: Path, client: mlflow.MlflowClient,
     the best baseline; one verdict per budget; the summary's verdict metrics and per-seed child runs are logged."""
     params = {
         "report": {"seeds": 2},
-        "finetune": {"variants": ["keep"]},
+        "finetune": {"variants": ["keep"], "selection_refit": "linear_l1"},  # as conf/paper
         "baselines": {
             "criteria": ["l1", "taylor"],
             "rankings": ["budget_fit", "torch_pruning"],
@@ -37,6 +38,10 @@ def assert_seeded_report_after_prune(project: Path, client: mlflow.MlflowClient,
         assert len(rows) == len(names) * len(members) * len(SEEDS)
         assert all(sorted(seeds) == SEEDS for _, seeds in rows.groupby(["method", "member"])["seed"])
     assert (report.loc[report["kind"].isin(["member", "baseline"]), "n_seeds"] == 2).all()  # dst's rows: one seed
+    selection = pd.read_csv(project / "data/tiny/07_model_output/member_selection.csv")
+    refits = selection[selection["refit_of"] >= 0]  # every winner met its refit; the report has the better one
+    assert len(refits) and (refits["member"] == REFIT_ID_OFFSET + refits["refit_of"]).all()
+    assert sorted(selection.loc[selection["selected"], "member"]) == members
     keep = report[report["method"] == "keep"]
     for _, model in keep.groupby("member"):  # the statistics are those of the two rows
         assert model["test_accuracy_mean"].iloc[0] == model["test_accuracy"].mean()

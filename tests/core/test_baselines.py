@@ -5,12 +5,19 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from evoprune.core.baselines import BaselinePruner, budget_cost, mask_within_budget, torch_pruning_global_mask
+from evoprune.core.baselines import (
+    BaselinePruner,
+    budget_cost,
+    mask_within_budget,
+    refit_within_budget,
+    torch_pruning_global_mask,
+)
 from evoprune.core.exits import attach_exits
 from evoprune.core.importance import BASELINE_CRITERIA, GroupL1, GroupRandom, baseline_criterion
 from evoprune.core.latency import LatencyModel, LayerTable
 from evoprune.core.models import build_model
 from evoprune.core.models.adapter import logit_layers
+from evoprune.core.selection import linear_bits
 from evoprune.core.units import build_layout, flops_per_layer, sum_of_exit_outputs
 
 
@@ -54,6 +61,23 @@ def test_rounded_budget_mask_fits_and_keeps_multiples(net, budget):
     for g in layout.groups:
         kept = int(mask[g.offset : g.offset + g.size].sum())
         assert g.size <= 4 or kept % 4 == 0 or kept == g.size, (g.name, kept)
+
+
+def test_refit_keeps_the_other_units_and_fills_the_cost_with_the_best_scoring_refit_units(net):
+    model, layout = net
+    scores = GroupL1((1, 28, 28))(model, layout)
+    refit = linear_bits(model, layout)
+    assert refit.any() and not refit.all()  # LeNet-5: fc layers (and the exit's) refit, its convs pinned
+    mask = layout.repair(np.random.default_rng(0).random((1, layout.num_bits)) < 0.5)[0]
+    budget = float(layout.flops_ratio(mask[None])[0])
+    fitted = refit_within_budget(layout, mask, scores, refit, budget, max_pruning_ratio=0.9)
+    assert np.array_equal(fitted[~refit], mask[~refit])
+    assert not np.array_equal(fitted, mask)  # a random mask's fc units are not the top-L1 ones
+    assert budget - 0.01 <= float(layout.flops_ratio(fitted[None])[0]) <= budget
+    for g in layout.groups:  # within a layer every unit costs the same: the kept ones are its best by L1
+        units = slice(g.offset, g.offset + g.size)
+        if refit[units].all() and not fitted[units].all():
+            assert scores[units][fitted[units]].min() >= scores[units][~fitted[units]].max(), g.name
 
 
 @pytest.fixture(scope="module")

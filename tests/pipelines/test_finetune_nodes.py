@@ -5,10 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
+from evoprune.core.baselines import refit_within_budget
 from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings
+from evoprune.core.importance import GroupL1
 from evoprune.core.models import build_model
 from evoprune.core.report_table import ReportParams
+from evoprune.core.selection import REFIT_ID_OFFSET, linear_bits
 from evoprune.core.units import build_layout
 from evoprune.datasets import FinetunedMembersDataset
 from evoprune.pipelines.finetune.nodes import FinetuneParams, finetune_variant, measure_dense, select_members
@@ -105,6 +108,44 @@ def test_select_members_keeps_the_best_after_finetuning_on_validation_data(candi
         "member7.val_accuracy_after_finetune",
         "member8.val_accuracy_after_finetune",
     }
+
+
+def test_refit_round_meets_every_winner_with_its_linear_units_chosen_by_l1(candidates):
+    pareto_members, chosen, initial, layout = candidates
+    train, validation = image_split(120, 0), image_split(80, 1)
+    plain = FinetuneParams(training={"epochs": 1, "batch_size": 40})
+    refit = plain.model_copy(update={"selection_refit": "linear_l1"})
+    search = MaskSearchParams(search={"max_pruning_ratio": 0.9})
+    args = (pareto_members, chosen, initial, train, validation)
+    _, first_round, _, _ = select_members(*args, plain, seed=3, device="cpu", mask_search=search)
+    selected, table, metrics, finetunes = select_members(*args, refit, seed=3, device="cpu", mask_search=search)
+    rows = table.set_index("member")
+    winners = first_round.loc[first_round["selected"], "member"].tolist()  # 7 or 8, and 9 (no budget)
+    trained, masks, ids = pareto_members["model"], pareto_members["masks"], pareto_members["member_ids"]
+    scores, fc = GroupL1((1, 28, 28))(trained, layout), linear_bits(trained, layout)
+    refit_masks = {}
+    for member in winners:
+        mask = masks[ids.index(member)]
+        refit_masks[REFIT_ID_OFFSET + member] = refit_within_budget(
+            layout, mask, scores, fc, float(layout.flops_ratio(mask[None])[0]), 0.9
+        )
+    assert rows.loc[list(refit_masks), "refit_of"].tolist() == winners
+    assert (rows.loc[rows["refit_of"] < 0].index == [7, 8, 9]).all()
+    for member, mask in refit_masks.items():
+        origin = rows.loc[member, "refit_of"]
+        assert rows.loc[member, "flops_ratio"] == pytest.approx(layout.flops_ratio(mask[None])[0])
+        assert rows.loc[member, "flops_ratio"] <= rows.loc[origin, "flops_ratio"] + 1e-12
+        assert rows.loc[member, "budget"] == rows.loc[origin, "budget"] or np.isnan(rows.loc[origin, "budget"])
+        pair = rows.loc[[origin, member], "val_accuracy_after_finetune"]
+        assert pair.notna().all()  # both fine-tuned, member 9 too
+        best = pair.idxmax() if pair.nunique() == 2 else rows.loc[[origin, member], "flops_ratio"].idxmin()
+        assert rows.loc[best, "selected"] and not rows.loc[pair.index.drop(best)[0], "selected"]
+        if best == member:
+            assert np.array_equal(selected["masks"][selected["member_ids"].index(member)], mask)
+    assert rows["selected"].sum() == 2 and sorted(selected["member_ids"]) == sorted(rows.index[rows["selected"]])
+    assert metrics["candidates_finetuned"]["value"] == 5  # 7 and 8, the winner's refit, 9 and its refit
+    assert f"member{REFIT_ID_OFFSET + 9}.val_accuracy_after_finetune" in metrics
+    assert sorted(finetunes["member_ids"]) == sorted(selected["member_ids"])  # every winner was fine-tuned
 
 
 def test_the_selection_variant_takes_select_members_fine_tunes_instead_of_repeating_them(candidates, tmp_path):

@@ -157,6 +157,30 @@ def mask_within_budget(
     return mask
 
 
+def refit_within_budget(
+    layout: ChromosomeLayout,
+    mask: np.ndarray,
+    scores: np.ndarray,
+    refit: np.ndarray,
+    budget: float,
+    max_pruning_ratio: float = 1.0,
+    round_to: int = 1,
+    cost_ratio: CostRatio | None = None,
+) -> np.ndarray:
+    """``mask`` with the units of the bits in ``refit`` chosen again by ``scores`` (``mask_within_budget`` over
+    those bits alone) so that the whole mask costs at most ``budget`` (on ``cost_ratio``'s axis, default the analytic FLOPs); every
+    other bit stays as in ``mask``.
+
+    The other bits are pinned through their scores (kept ones last to go, dropped ones first). The result fits
+    the budget whenever ``mask`` with its refit groups at their floor (``max_pruning_ratio``) does; a pinned group
+    that ``mask`` cut below its floor leaves it under the budget.
+    """
+    refit = np.asarray(refit, dtype=bool)
+    pinned = np.where(refit, scores, np.where(mask, np.inf, -np.inf))
+    fitted = mask_within_budget(layout, pinned, budget, max_pruning_ratio, round_to, cost_ratio)
+    return np.where(refit, fitted, np.asarray(mask, dtype=bool))
+
+
 def _give_back_rounded(
     layout: ChromosomeLayout,
     scores: np.ndarray,

@@ -45,6 +45,9 @@ class FinetuneParams(BaseModel):
     # select_members fine-tunes every candidate of a FLOPs budget with this variant and keeps the one with the
     # best final-exit validation accuracy (the test split is never used to choose)
     selection_variant: Variant = "keep"
+    # none | linear_l1: select_members also fine-tunes each budget's winner with its Linear layers' units chosen
+    # again by group L1 within its cost (conv units kept) and keeps the better on validation (core/selection.py)
+    selection_refit: Literal["none", "linear_l1"] = "none"
     measurement: MeasurementParams = Field(default_factory=MeasurementParams)
 
     def exit_loss_weights(self, model: nn.Module) -> list[float] | None:

@@ -20,9 +20,11 @@ from evoprune.core.comparison import (
 )
 from evoprune.core.finetune import ReusableFinetunes, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
+from evoprune.core.latency import LatencyModel
 from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
-from evoprune.core.selection import select_by_finetuning
+from evoprune.core.selection import RefitLimits, select_by_finetuning
+from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 from evoprune.tracking import ChildRun, measured_child_run, to_mlflow_metrics
 
 __all__ = ["FinetuneParams", "MeasurementParams", "export_members", "finetune_variant", "measure_dense"]
@@ -60,21 +62,27 @@ def select_members(
     params: FinetuneParams,
     seed: int,
     device: str,
+    mask_search: MaskSearchParams | None = None,
+    latency_model: LatencyModel | None = None,
 ) -> tuple[dict[str, object], pd.DataFrame, dict[str, object], dict[str, object]]:
     """Fine-tune-aware choice of one member per FLOPs budget (``evoprune.core.selection``): every candidate
     of a budget (``mask_search.candidates_per_budget``) is fine-tuned as ``finetune.training`` says with the
-    weights of ``params.selection_variant``; the best final-exit *validation* accuracy is kept.
+    weights of ``params.selection_variant``; the best final-exit *validation* accuracy is kept. With
+    ``params.selection_refit`` each winner then meets its refit (Linear units by group L1 within its cost on
+    ``mask_search``'s budget axis, under the search's per-layer limits).
 
     Returns: the selected members (``pareto_members`` format), the selection table (every candidate, its
-    validation accuracy before and after fine-tuning, ``selected``), MLflow metrics and the selected members'
-    fine-tunes (``finetuned_members`` format with histories and settings: the selection variant reuses them).
+    validation accuracy before and after fine-tuning, ``refit_of``, ``selected``), MLflow metrics and the selected
+    members' fine-tunes (``finetuned_members`` format with histories and settings: the selection variant reuses
+    them).
     """
     trained, masks, ids = unpack_members(pareto_members)
-    splits, dev = (train_split, validation_split), resolve_device(device)
+    splits, dev, search = (train_split, validation_split), resolve_device(device), mask_search or MaskSearchParams()
+    limits = RefitLimits(search.cost_axis(), latency_model, search.search.max_pruning_ratio, search.search.round_to)
     selection = select_by_finetuning(
-        trained, multi_exit_model_init, masks, ids, chosen_members, splits, params, seed, dev
+        trained, multi_exit_model_init, masks, ids, chosen_members, splits, params, seed, dev, limits
     )
-    kept = selection.kept
+    kept, masks, ids = selection.kept, selection.masks, selection.member_ids
     selected = {"model": trained, "masks": masks[kept], "member_ids": [ids[i] for i in kept]}
     finetunes = selection.finetuned.as_members(trained, masks, ids)
     return selected, selection.table, to_mlflow_metrics(selection.metrics), finetunes

@@ -76,6 +76,8 @@ def create_pipeline(variants: Sequence[str] | None = None, **kwargs) -> Pipeline
                     "params:finetune",
                     "params:seed",
                     "params:device",
+                    "params:mask_search",
+                    "latency_model",
                 ],
                 ["selected_members", "member_selection", "selection_metrics", "selection_finetunes"],
                 name="select_members",
