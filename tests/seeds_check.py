@@ -1,4 +1,4 @@
-"""`report.seeds: 2` and `finetune.selection_refit: linear_l1` (as conf/paper) on the artifacts of a finished tiny
+"""`report.seeds: 2` and `finetune.selection_refit: linear_l1` on the artifacts of a finished tiny
 `prune` run: the fine-tunes (members, baselines with Torch-Pruning's Taylor criterion ranked both ways, the roulette
 branch method's networks) repeated per seed, the seeded report, its verdicts and summary metrics; the check runs
 inside ``tests/test_prune_session.py::test_prune_run_is_tracked_in_mlflow``."""
@@ -19,7 +19,7 @@ def assert_seeded_report_after_prune(project: Path, client: mlflow.MlflowClient,
     the best baseline; one verdict per budget; the summary's verdict metrics and per-seed child runs are logged."""
     params = {
         "report": {"seeds": 2},
-        "finetune": {"variants": ["keep"], "selection_refit": "linear_l1"},  # as conf/paper
+        "finetune": {"variants": ["keep"], "selection_refit": "linear_l1"},
         "baselines": {
             "criteria": ["l1", "taylor"],
             "rankings": ["budget_fit", "torch_pruning"],
