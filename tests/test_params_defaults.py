@@ -103,7 +103,7 @@ def test_defaults_equal_conf_base(base_parameters, key):
 
 
 def test_a_changed_default_is_caught():
-    conf = {"validation_subset": 2000, "candidates_per_budget": 2}
+    conf = {"validation_subset": 2000, "candidates_per_budget": 3}
     assert default_mismatches(MaskSearchParams, conf, "mask_search") == [
-        "mask_search.candidates_per_budget: code 3, conf/base 2"
+        "mask_search.candidates_per_budget: code 2, conf/base 3"
     ]

@@ -56,7 +56,7 @@ class MaskSearchParams(BaseModel):
     )
     # with member_budgets: the best `candidates_per_budget` members per budget (by final-exit accuracy before
     # fine-tuning); finetune's select_members fine-tunes them and keeps the best on validation data per budget
-    candidates_per_budget: PositiveInt = 3
+    candidates_per_budget: PositiveInt = 2
     # conf/base writes it under ${globals:outputs} (data); null: no checkpoints
     checkpoint_dir: str | None = "data/07_model_output/mask_search_checkpoints"
     checkpoints_kept: PositiveInt = 3  # searches whose checkpoints stay (newest first, this one included)
