@@ -33,17 +33,10 @@ from evoprune.core.finetune import pruned_variant
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.importance import GroupL1
 from evoprune.core.mask_codec import decode_masks
+from evoprune.core.selection import layer_type_bits
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout, build_layout
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
-
-
-def conv_bits(model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
-    """True for the bits of groups whose root layer is a convolution."""
-    bits = np.zeros(layout.num_bits, dtype=bool)
-    for g in layout.groups:
-        bits[g.offset : g.offset + g.size] = isinstance(model.get_submodule(g.name), nn.Conv2d)
-    return bits
 
 
 def unit_choice_masks(member: np.ndarray, model: nn.Module, layout: ChromosomeLayout, cap: float) -> dict:
@@ -52,7 +45,7 @@ def unit_choice_masks(member: np.ndarray, model: nn.Module, layout: ChromosomeLa
     l1 = mask_within_budget(layout, scores, float(layout.flops_ratio(member[None])[0]), cap)
     counts = [int(member[g.offset : g.offset + g.size].sum()) for g in layout.groups]
     by_l1 = mask_of(counts, scores, layout)
-    conv = conv_bits(model, layout)
+    conv = layer_type_bits(model, layout, nn.Conv2d)
     return {
         "member": member,
         "l1": l1,

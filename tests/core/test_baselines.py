@@ -17,7 +17,7 @@ from evoprune.core.importance import BASELINE_CRITERIA, GroupL1, GroupRandom, ba
 from evoprune.core.latency import LatencyModel, LayerTable
 from evoprune.core.models import build_model
 from evoprune.core.models.adapter import logit_layers
-from evoprune.core.selection import linear_bits
+from evoprune.core.selection import layer_type_bits
 from evoprune.core.units import build_layout, flops_per_layer, sum_of_exit_outputs
 
 
@@ -66,7 +66,7 @@ def test_rounded_budget_mask_fits_and_keeps_multiples(net, budget):
 def test_refit_keeps_the_other_units_and_fills_the_cost_with_the_best_scoring_refit_units(net):
     model, layout = net
     scores = GroupL1((1, 28, 28))(model, layout)
-    refit = linear_bits(model, layout)
+    refit = layer_type_bits(model, layout, torch.nn.Linear)
     assert refit.any() and not refit.all()  # LeNet-5: fc layers (and the exit's) refit, its convs pinned
     mask = layout.repair(np.random.default_rng(0).random((1, layout.num_bits)) < 0.5)[0]
     budget = float(layout.flops_ratio(mask[None])[0])

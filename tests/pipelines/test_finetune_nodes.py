@@ -11,7 +11,7 @@ from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_
 from evoprune.core.importance import GroupL1
 from evoprune.core.models import build_model
 from evoprune.core.report_table import ReportParams
-from evoprune.core.selection import REFIT_ID_OFFSET, linear_bits
+from evoprune.core.selection import REFIT_ID_OFFSET, layer_type_bits
 from evoprune.core.units import build_layout
 from evoprune.datasets import FinetunedMembersDataset
 from evoprune.pipelines.finetune.nodes import FinetuneParams, finetune_variant, measure_dense, select_members
@@ -122,7 +122,7 @@ def test_refit_round_meets_every_winner_with_its_linear_units_chosen_by_l1(candi
     rows = table.set_index("member")
     winners = first_round.loc[first_round["selected"], "member"].tolist()  # 7 or 8, and 9 (no budget)
     trained, masks, ids = pareto_members["model"], pareto_members["masks"], pareto_members["member_ids"]
-    scores, fc = GroupL1((1, 28, 28))(trained, layout), linear_bits(trained, layout)
+    scores, fc = GroupL1((1, 28, 28))(trained, layout), layer_type_bits(trained, layout, torch.nn.Linear)
     refit_masks = {}
     for member in winners:
         mask = masks[ids.index(member)]

@@ -148,11 +148,11 @@ def select_by_finetuning(
     return Selection(table.drop(columns="group"), sorted(winners), metrics, finetuned, masks, ids)
 
 
-def linear_bits(model: nn.Module, layout: ChromosomeLayout) -> np.ndarray:
-    """True for the bits of the groups whose layer is an ``nn.Linear`` (the fully-connected units)."""
+def layer_type_bits(model: nn.Module, layout: ChromosomeLayout, layer_type: type[nn.Module]) -> np.ndarray:
+    """True for the bits of the groups whose layer is a ``layer_type`` (``nn.Linear``: the fully-connected units)."""
     bits = np.zeros(layout.num_bits, dtype=bool)
     for g in layout.groups:
-        bits[g.offset : g.offset + g.size] = isinstance(model.get_submodule(g.name), nn.Linear)
+        bits[g.offset : g.offset + g.size] = isinstance(model.get_submodule(g.name), layer_type)
     return bits
 
 
@@ -167,7 +167,7 @@ def refit_rows(
     """One candidate row (plus its ``mask``) per winner whose refit differs from it: its Linear units chosen
     again by group L1 (Torch-Pruning's ``GroupMagnitudeImportance(p=1)``) within the winner's cost, every other
     unit as the winner's. Empty when the network has no Linear unit to refit."""
-    refit = linear_bits(trained, layout)
+    refit = layer_type_bits(trained, layout, nn.Linear)
     rows = []
     if not refit.any():
         return pd.DataFrame(rows)
