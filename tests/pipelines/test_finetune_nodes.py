@@ -191,8 +191,10 @@ def test_fine_tune_settings_tell_apart_everything_that_changes_the_result():
         finetune_settings("keep", 3, params.training.model_copy(update={"epochs": 9}), None, CPU),
         finetune_settings("keep", 3, params.training, [0.0, 1.0], CPU),
         finetune_settings("keep", 3, params.training, None, torch.device("meta")),
+        finetune_settings("keep", 3, params.training, None, CPU, threads=1),  # floats sum in another order
+        finetune_settings("keep", 3, params.training, None, CPU, threads=2),
     ]
-    assert len({base, *others}) == 6
+    assert len({base, *others}) == 8
     reusable = ReusableFinetunes(base, {5: (torch.nn.Identity(), {})})
     assert reusable.get(5, base) is not None
     assert all(reusable.get(5, s) is None for s in others) and reusable.get(6, base) is None

@@ -20,12 +20,11 @@ from torch import nn
 
 from evoprune.core.baselines import BaselinePruner, BudgetAxis, CostRatio, budget_cost
 from evoprune.core.exits import final_exit_key, input_shape
-from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings, measure
+from evoprune.core.finetune import ReusableFinetunes, finetune_settings, measure
 from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
+from evoprune.core.finetune_pool import FinetuneInputs, FinetuneJob, finetune_jobs
 from evoprune.core.latency import LatencyModel
-from evoprune.core.masking import prune_physically
 from evoprune.core.search.roulette_branch import path_levels_within
-from evoprune.core.train import train
 from evoprune.core.units import ChromosomeLayout, build_layout
 
 Split = dict[str, torch.Tensor]
@@ -158,72 +157,64 @@ def finetune_with_variant(
     """
     if not len(member_ids):
         return []
-    train_split, validation_split, _ = splits
     layout = build_layout(trained, input_shape(trained))
-    loss_weights = params.exit_loss_weights(trained)
+    inputs = _inputs(trained, initial, layout, splits, params, device)
+    threads = params.parallel.threads(device)
 
-    def fit(mask: np.ndarray, labels: dict[str, object], seed: int) -> tuple[nn.Module, dict[str, object]]:
-        settings = finetune_settings(variant, seed, params.training, loss_weights, device)
+    def plan(mask: np.ndarray, labels: dict[str, object], seed: int) -> FinetuneJob | Fitted:
+        settings = finetune_settings(variant, seed, params.training, inputs.loss_weights, device, threads)
         done = reusable.get(int(labels["member"]), settings) if reusable is not None else None
         if done is not None:
             logger.info("finetune[%s] member %s seed %d: select_members made this fine-tune; reused", variant,
                         labels["member"], seed)  # fmt: skip
             return done
-        return finetune_member(
-            trained,
-            initial,
-            layout,
-            mask,
-            variant,
-            train_split,
-            validation_split,
-            params.training,
-            device,
-            seed,
-            loss_weights,
-            f"finetune[{variant}] member {labels['member']} seed {seed}",
-        )
+        return FinetuneJob(mask, variant, seed, f"finetune[{variant}] member {labels['member']} seed {seed}")
 
     jobs = [(mask, {"variant": variant, "member": member}) for member, mask in zip(member_ids, masks, strict=True)]
-    return _finetune_and_measure(
-        trained, layout, jobs, seeds, fit, splits[2], policy, dense_measurements, params, device
+    return _finetune_and_measure(inputs, jobs, seeds, plan, splits[2], policy, dense_measurements, params)
+
+
+Fitted = tuple[nn.Module, dict[str, object]]  # a pruned, fine-tuned network and its training history
+
+
+def _inputs(
+    trained: nn.Module,
+    initial: nn.Module | None,
+    layout: ChromosomeLayout,
+    splits: tuple[Split, Split, Split],
+    params: FinetuneParams,
+    device: torch.device,
+) -> FinetuneInputs:
+    return FinetuneInputs(
+        trained, initial, layout, splits[0], splits[1], params.training, params.exit_loss_weights(trained), device
     )
 
 
 def _finetune_and_measure(
-    trained: nn.Module,
-    layout: ChromosomeLayout,
+    inputs: FinetuneInputs,
     jobs: Sequence[tuple[np.ndarray, dict[str, object]]],
     seeds: Sequence[int],
-    fit: Callable[[np.ndarray, dict[str, object], int], tuple[nn.Module, dict[str, object]]],
+    plan: Callable[[np.ndarray, dict[str, object], int], FinetuneJob | Fitted],
     test_split: Split,
     policy: tuple[float, str],
     dense_measurements: dict[str, float],
     params: FinetuneParams,
-    device: torch.device,
 ) -> list[MeasuredModel]:
-    """Each job (a mask of ``trained`` and its labels) with each of ``seeds``: ``fit(mask, labels, seed)`` gives
-    the pruned, fine-tuned model and its history, measured against the dense model and labelled with the seed."""
+    """Each job (a mask of the trained network and its labels) with each of ``seeds``: ``plan(mask, labels, seed)``
+    gives the fine-tune to run (all run together, ``params.parallel``) or one already made; each pruned, fine-tuned
+    model is then measured against the dense model (here, after the workers are gone) and labelled with the seed."""
+    planned = [(mask, labels, replicate, seed) for (mask, labels), (replicate, seed) in product(jobs, enumerate(seeds))]
+    plans = [plan(mask, labels, seed) for mask, labels, _, seed in planned]
+    runs = iter(finetune_jobs(inputs, [p for p in plans if isinstance(p, FinetuneJob)], params.parallel))
     out = []
-    for (mask, labels), (replicate, seed) in product(jobs, enumerate(seeds)):
-        model, history = fit(mask, labels, seed)
-        out.append(
-            measure_against_dense(
-                model,
-                history,
-                trained,
-                mask,
-                layout,
-                test_split,
-                policy,
-                params.measurement,
-                dense_measurements,
-                device,
-                {**labels, "seed": seed},
-                replicate,
-            )
-        )
-        out[-1].row["finetune_objective"] = params.objective
+    for (mask, labels, replicate, seed), fitted in zip(planned, plans, strict=True):
+        model, history = next(runs) if isinstance(fitted, FinetuneJob) else fitted
+        measured = measure_against_dense(
+            model, history, inputs.trained, mask, inputs.layout, test_split, policy, params.measurement,
+            dense_measurements, inputs.device, {**labels, "seed": seed}, replicate,
+        )  # fmt: skip
+        measured.row["finetune_objective"] = params.objective
+        out.append(measured)
     return out
 
 
@@ -355,22 +346,10 @@ def finetune_criterion_masks(
     ``latency_budgets`` when given): the trained network pruned physically to it, fine-tuned exactly like the
     members (``params.training``) with each of ``seeds`` and measured, labelled ``criterion``, ``member``,
     ``flops_budget`` (the member's FLOPs ratio), ``latency_budget`` (with ``latency_budgets``) and ``seed``."""
-    train_split, validation_split, _ = splits
-    shape = input_shape(trained)
+    inputs = _inputs(trained, None, layout, splits, params, device)
 
-    def fit(mask: np.ndarray, labels: dict[str, object], seed: int) -> tuple[nn.Module, dict[str, object]]:
-        model = prune_physically(trained, layout, mask, shape)
-        history = train(
-            model,
-            train_split,
-            validation_split,
-            params.training,
-            device,
-            seed,
-            f"baseline[{criterion}] budget of member {labels['member']} seed {seed}",
-            params.exit_loss_weights(trained),
-        )
-        return model, history
+    def plan(mask: np.ndarray, labels: dict[str, object], seed: int) -> FinetuneJob:
+        return FinetuneJob(mask, None, seed, f"baseline[{criterion}] budget of member {labels['member']} seed {seed}")
 
     jobs = [
         (mask, {"criterion": criterion, "member": int(member), "flops_budget": float(budget)})
@@ -379,6 +358,4 @@ def finetune_criterion_masks(
     if latency_budgets is not None:
         for (_, labels), latency in zip(jobs, latency_budgets, strict=True):
             labels["latency_budget"] = float(latency)
-    return _finetune_and_measure(
-        trained, layout, jobs, seeds, fit, splits[2], policy, dense_measurements, params, device
-    )
+    return _finetune_and_measure(inputs, jobs, seeds, plan, splits[2], policy, dense_measurements, params)

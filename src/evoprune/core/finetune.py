@@ -21,7 +21,7 @@ from evoprune.core.early_exit import exit_costs, sweep_thresholds
 from evoprune.core.exits import MultiExitNet, build_network, input_shape
 from evoprune.core.masking import prune_physically
 from evoprune.core.reinit import reinit_model
-from evoprune.core.train import TrainConfig, accuracy_per_exit, predict_exit_logits, train
+from evoprune.core.train import TrainConfig, TrainingExtras, accuracy_per_exit, predict_exit_logits, train
 from evoprune.core.units import ChromosomeLayout
 
 
@@ -82,6 +82,7 @@ def measure(
     """Per-exit test accuracy, early-exit accuracy and exit shares, FLOPs, params and latency (with a
     ``reference`` model: also its latency, timed alternately with ``model``, and the speed-up)."""
     shape = input_shape(model)
+    model.to(device)  # fine-tunes hand their networks back on CPU; measured where they will run, then back
     metrics = {f"exit{e + 1}.test_accuracy": a for e, a in enumerate(accuracy_per_exit(model, test_split, device))}
     if policy is not None and isinstance(model, MultiExitNet):
         logits = predict_exit_logits(model, test_split["images"], device)
@@ -91,6 +92,7 @@ def measure(
         metrics["early_exit.expected_flops"] = row["expected_flops"]
         metrics.update({f"early_exit.{k}": v for k, v in row.items() if k.startswith("share_exit")})
     metrics["flops"], metrics["params"] = count_flops(model, shape), count_params(model)
+    model.cpu()  # latency_ms times copies on the device
     metrics.update(latency_ms(model, test_split["images"], batch_sizes, repeats, device, reference, memory_format))
     return metrics
 
@@ -108,29 +110,38 @@ def finetune_member(
     seed: int,
     loss_weights: list[float] | None = None,
     description: str | None = None,
+    progress: bool = True,
 ) -> tuple[nn.Module, dict[str, list[float] | float]]:
     """Re-initialise, prune and fine-tune one member; returns the pruned model (on CPU) and its history.
 
-    ``loss_weights``: per-exit weights of the training loss (default 1 each); ``description``: progress bar label.
+    ``loss_weights``: per-exit weights of the training loss (default 1 each); ``description``: progress bar label;
+    ``progress``: the per-epoch progress bar.
     """
     model = pruned_variant(trained, initial, layout, mask, variant, seed)
-    history = train(
-        model, train_split, validation_split, cfg, device, seed, description or f"finetune[{variant}]", loss_weights
-    )
+    label = description or f"finetune[{variant}]"
+    extras = TrainingExtras(progress=progress)
+    history = train(model, train_split, validation_split, cfg, device, seed, label, loss_weights, extras)
     return model.cpu().eval(), history
 
 
 def finetune_settings(
-    variant: str, seed: int, cfg: TrainConfig, loss_weights: list[float] | None, device: torch.device
+    variant: str,
+    seed: int,
+    cfg: TrainConfig,
+    loss_weights: list[float] | None,
+    device: torch.device,
+    threads: int | None = None,
 ) -> str:
     """What decides a ``finetune_member`` result besides the trained network and the mask, as one string:
-    two fine-tunes of the same member with equal settings give the same model (same machine)."""
+    two fine-tunes of the same member with equal settings give the same model (same machine). ``threads``: the
+    torch threads it ran on (floats sum in another order on another count)."""
     settings = {
         "variant": variant,
         "seed": seed,
         "training": cfg.model_dump(mode="json"),
         "loss_weights": loss_weights,
         "device": torch.device(device).type,
+        "threads": threads,
     }
     return json.dumps(settings, sort_keys=True)
 

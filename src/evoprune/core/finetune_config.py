@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 from torch import nn
 
 from evoprune.core.finetune import MemoryFormat
+from evoprune.core.finetune_pool import ParallelParams
 from evoprune.core.reinit import VARIANTS, Variant
 from evoprune.core.train import TrainConfig
 
@@ -49,6 +50,8 @@ class FinetuneParams(BaseModel):
     # again by group L1 within its cost (conv units kept) and keeps the better on validation (core/selection.py)
     selection_refit: Literal["none", "linear_l1"] = "none"
     measurement: MeasurementParams = Field(default_factory=MeasurementParams)
+    # fine-tunes side by side in worker processes, one torch thread each (core/finetune_pool.py)
+    parallel: ParallelParams = Field(default_factory=ParallelParams)
 
     def exit_loss_weights(self, model: nn.Module) -> list[float] | None:
         """The per-exit loss weights ``train`` takes for ``model``: ``loss_weights`` (null: 1 each) under

@@ -27,8 +27,9 @@ from torch import nn
 
 from evoprune.core.baselines import BudgetAxis, budget_cost, refit_within_budget
 from evoprune.core.exits import final_exit_key, input_shape
-from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings
+from evoprune.core.finetune import ReusableFinetunes, finetune_settings
 from evoprune.core.finetune_config import FinetuneParams
+from evoprune.core.finetune_pool import FinetuneInputs, FinetuneJob, finetune_jobs
 from evoprune.core.importance import GroupL1
 from evoprune.core.latency import LatencyModel
 from evoprune.core.units import ChromosomeLayout, build_layout
@@ -104,25 +105,27 @@ def select_by_finetuning(
     Args:
         splits: train and validation split (fine-tuning data, and the data the candidates are judged on).
     """
-    train_split, validation_split = splits
     table = candidate_table(chosen_members, member_ids)
     masks, ids = np.asarray(masks, dtype=bool), [int(m) for m in member_ids]
     layout = build_layout(trained, input_shape(trained))
     loss_weights = params.exit_loss_weights(trained)
-    settings = finetune_settings(params.selection_variant, seed, params.training, loss_weights, device)
+    threads = params.parallel.threads(device)
+    settings = finetune_settings(params.selection_variant, seed, params.training, loss_weights, device, threads)
+    inputs = FinetuneInputs(trained, initial, layout, *splits, params.training, loss_weights, device)
     tried: dict[int, tuple[nn.Module, dict]] = {}
 
     def contest(positions: Sequence[int]) -> set[int]:
-        """Fine-tune the untried of ``positions``; the winner of every group, as positions (of ``table`` and
-        ``masks`` as they are when called: the refit round extends both)."""
-        for i in positions:
-            if i not in tried:
-                label = f"member {ids[i]} (budget {table.at[i, 'budget']:.2f})"
-                tried[i] = finetune_member(
-                    trained, initial, layout, masks[i], params.selection_variant, train_split, validation_split,
-                    params.training, device, seed, loss_weights, f"select_members[{params.selection_variant}] {label}",
-                )  # fmt: skip
-                table.at[i, "val_accuracy_after_finetune"] = tried[i][1]["val_accuracy"][-1]
+        """Fine-tune the untried of ``positions`` (together, ``params.parallel``); the winner of every group, as
+        positions (of ``table`` and ``masks`` as they are when called: the refit round extends both)."""
+        untried = [i for i in positions if i not in tried]
+        jobs = [
+            FinetuneJob(masks[i], params.selection_variant, seed, f"select_members[{params.selection_variant}] "
+                        f"member {ids[i]} (budget {table.at[i, 'budget']:.2f})")
+            for i in untried
+        ]  # fmt: skip
+        for i, fitted in zip(untried, finetune_jobs(inputs, jobs, params.parallel), strict=True):
+            tried[i] = fitted
+            table.at[i, "val_accuracy_after_finetune"] = fitted[1]["val_accuracy"][-1]
         score = table["val_accuracy_after_finetune"].fillna(table["val_accuracy_before_finetune"])
         order = table.assign(score=-score).sort_values(["score", "flops_ratio"], kind="stable")
         return set(order.groupby("group", sort=False).head(1).index)
