@@ -50,7 +50,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.warm:
         finetune_jobs(inputs, [FinetuneJob(masks[order[0]], "keep", 0, "warm-up")] * 2, ParallelParams(workers=2))
-    print(f"{len(train_split['labels'])} images, {args.epochs} epoch(s) per fine-tune; serial on {args.threads} threads")
+    print(
+        f"{len(train_split['labels'])} images, {args.epochs} epoch(s) per fine-tune; serial on {args.threads} threads"
+    )
     print("| fine-tunes | how | wall s | s per fine-tune | vs serial |")
     print("|---|---|---|---|---|")
     for count in args.jobs:
