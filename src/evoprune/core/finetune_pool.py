@@ -196,7 +196,8 @@ def _run_in_worker(job: FinetuneJob) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _context() -> torch_mp.context.BaseContext:
-    """A fork server that imported this module once (workers fork from it in about a second)."""
+    """A fork server that imported this module and the main script (``kedro``, ``pytest``) once: workers fork
+    from it and start in about a second."""
     context = torch_mp.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload(["__main__", __name__])
     return context
