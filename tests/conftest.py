@@ -20,11 +20,28 @@ from kedro.framework.startup import bootstrap_project
 
 from evoprune.core.cifar import CIFAR_CLASSES
 from evoprune.core.data import IDX_FILES
+from evoprune.core.exits import attach_exits, build_network
+from evoprune.core.models import build_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one pytest-xdist worker per core: one thread each
     torch.set_num_threads(1)
+
+
+def tiny_multi_exit(noise: float = 0.0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A tiny VGG-style network with an exit after its first stage, seeded: ``(trained, initial)``, the "trained"
+    weights being θ0 plus ``noise`` times Gaussian noise (standing for training: weights differ from θ0), in eval
+    mode."""
+    torch.manual_seed(0)
+    initial = attach_exits(build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [16]}), [1])
+    trained = build_network(initial.spec)
+    trained.load_state_dict(initial.state_dict())
+    if noise:
+        with torch.no_grad():
+            for p in trained.parameters():
+                p.add_(noise * torch.randn_like(p))
+    return trained.eval(), initial.eval()
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:

@@ -6,32 +6,23 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.export import export_torchscript
 from evoprune.core.finetune import finetune_member, latency_ms, measure, pruned_variant
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.masking import population_masks
-from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig, as_exit_list
 from evoprune.core.units import build_layout
-from tests.conftest import image_split
+from tests.conftest import image_split, tiny_multi_exit
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def member():
-    torch.manual_seed(0)
-    initial = attach_exits(build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [16]}), [1])
-    trained = build_network(initial.spec)
-    trained.load_state_dict(initial.state_dict())
-    with torch.no_grad():
-        for p in trained.parameters():
-            p.add_(0.05 * torch.randn_like(p))  # stands for training: weights differ from θ0
-    trained.eval()
+    trained, initial = tiny_multi_exit(noise=0.05)
     layout = build_layout(trained, (1, 28, 28))
     mask = layout.repair(np.random.default_rng(0).random((1, layout.num_bits)) < 0.5)[0]
-    return trained, initial.eval(), layout, mask
+    return trained, initial, layout, mask
 
 
 def test_keep_variant_before_training_equals_the_masked_network(member):

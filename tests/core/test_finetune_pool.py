@@ -8,31 +8,21 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.finetune_pool import FinetuneInputs, FinetuneJob, ParallelParams, finetune_jobs, run_job
-from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig
 from evoprune.core.units import build_layout
-from tests.conftest import image_split
+from tests.conftest import image_split, tiny_multi_exit
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    torch.manual_seed(0)
-    initial = attach_exits(build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [16]}), [1])
-    trained = build_network(initial.spec)
-    trained.load_state_dict(initial.state_dict())
-    with torch.no_grad():
-        for p in trained.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    layout = build_layout(trained.eval(), (1, 28, 28))
+    trained, initial = tiny_multi_exit(noise=0.05)
+    layout = build_layout(trained, (1, 28, 28))
     cfg = TrainConfig(epochs=1, batch_size=32, memory_format="channels_last")
-    return FinetuneInputs(
-        trained, initial.eval(), layout, image_split(256, 1), image_split(64, 2), cfg, [0.5, 1.0], CPU
-    )
+    return FinetuneInputs(trained, initial, layout, image_split(256, 1), image_split(64, 2), cfg, [0.5, 1.0], CPU)
 
 
 def _jobs(layout, count: int) -> list[FinetuneJob]:

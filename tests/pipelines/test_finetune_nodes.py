@@ -6,17 +6,15 @@ import pytest
 import torch
 
 from evoprune.core.baselines import refit_within_budget
-from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings
 from evoprune.core.importance import GroupL1
-from evoprune.core.models import build_model
 from evoprune.core.report_table import ReportParams
 from evoprune.core.selection import REFIT_ID_OFFSET, layer_type_bits
 from evoprune.core.units import build_layout
 from evoprune.datasets import FinetunedMembersDataset
 from evoprune.pipelines.finetune.nodes import FinetuneParams, finetune_variant, measure_dense, select_members
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams, choose_members
-from tests.conftest import image_split
+from tests.conftest import image_split, tiny_multi_exit
 
 CPU = torch.device("cpu")
 
@@ -50,11 +48,7 @@ def test_candidates_per_budget_are_the_most_accurate_and_not_shared():
 
 @pytest.fixture(scope="module")
 def candidates():
-    torch.manual_seed(0)
-    initial = attach_exits(build_model({"name": "vgg", "stages": [[8], [16]], "fc_features": [16]}), [1])
-    trained = build_network(initial.spec)
-    trained.load_state_dict(initial.state_dict())
-    trained.eval()
+    trained, initial = tiny_multi_exit()
     layout = build_layout(trained, (1, 28, 28))
     rng = np.random.default_rng(0)
     masks = layout.repair(rng.random((3, layout.num_bits)) < 0.6)
