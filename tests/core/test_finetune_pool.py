@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from evoprune.core import finetune_pool
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.finetune_pool import FinetuneInputs, FinetuneJob, ParallelParams, finetune_jobs, run_job
 from evoprune.core.train import TrainConfig
@@ -54,6 +55,14 @@ def test_workers_give_the_networks_of_this_process_on_as_many_threads_in_job_ord
     _same_networks(serial, pooled)  # job order: the masks differ, so a swap would fail the comparison
     assert torch.get_num_threads() == before
     assert len({int(j.mask.sum()) for j in jobs}) > 1
+
+
+def test_where_there_is_no_fork_server_workers_are_spawned_with_the_same_result(inputs, monkeypatch):
+    jobs = _jobs(inputs.layout, 2)
+    forked = finetune_jobs(inputs, jobs, ParallelParams(workers=2))
+    monkeypatch.setattr(finetune_pool.torch_mp, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    assert finetune_pool._context().get_start_method() == "spawn"
+    _same_networks(forked, finetune_jobs(inputs, jobs, ParallelParams(workers=2)))
 
 
 def test_a_single_job_runs_here_on_the_workers_thread_count(inputs):

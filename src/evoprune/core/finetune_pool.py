@@ -196,8 +196,10 @@ def _run_in_worker(job: FinetuneJob) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _context() -> torch_mp.context.BaseContext:
-    """A fork server that imported this module and the main script (``kedro``, ``pytest``) once: workers fork
-    from it and start in about a second."""
+    """A fork server that imported this module once: workers fork from it and start in about a second (where
+    there is no fork server, on Windows, workers are spawned: each imports the project itself)."""
+    if "forkserver" not in torch_mp.get_all_start_methods():
+        return torch_mp.get_context("spawn")
     context = torch_mp.get_context("forkserver")
     context.set_forkserver_preload(["__main__", __name__])
     return context
