@@ -201,5 +201,7 @@ def _context() -> torch_mp.context.BaseContext:
     if "forkserver" not in torch_mp.get_all_start_methods():
         return torch_mp.get_context("spawn")
     context = torch_mp.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__])
+    # not "__main__": CPython 3.11's fork server never preloads a main script (it looks for a key that
+    # get_preparation_data does not write), so each worker imports it (`kedro`: about a second, one log line)
+    context.set_forkserver_preload([__name__])
     return context
