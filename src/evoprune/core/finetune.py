@@ -21,7 +21,7 @@ from evoprune.core.early_exit import exit_costs, sweep_thresholds
 from evoprune.core.exits import MultiExitNet, build_network, input_shape
 from evoprune.core.masking import prune_physically
 from evoprune.core.reinit import reinit_model
-from evoprune.core.train import TrainConfig, TrainingExtras, accuracy_per_exit, predict_exit_logits, train
+from evoprune.core.train import TrainConfig, accuracy_per_exit, predict_exit_logits, train
 from evoprune.core.units import ChromosomeLayout
 
 
@@ -110,17 +110,15 @@ def finetune_member(
     seed: int,
     loss_weights: list[float] | None = None,
     description: str | None = None,
-    progress: bool = True,
 ) -> tuple[nn.Module, dict[str, list[float] | float]]:
     """Re-initialise, prune and fine-tune one member; returns the pruned model (on CPU) and its history.
 
-    ``loss_weights``: per-exit weights of the training loss (default 1 each); ``description``: progress bar label;
-    ``progress``: the per-epoch progress bar.
+    ``loss_weights``: per-exit weights of the training loss (default 1 each); ``description``: progress bar label.
     """
     model = pruned_variant(trained, initial, layout, mask, variant, seed)
-    label = description or f"finetune[{variant}]"
-    extras = TrainingExtras(progress=progress)
-    history = train(model, train_split, validation_split, cfg, device, seed, label, loss_weights, extras)
+    history = train(
+        model, train_split, validation_split, cfg, device, seed, description or f"finetune[{variant}]", loss_weights
+    )
     return model.cpu().eval(), history
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evoprune.core.exits import build_network
-from evoprune.core.finetune import finetune_member
+from evoprune.core.finetune import pruned_variant
 from evoprune.core.masking import prune_physically
 from evoprune.core.models.adapter import input_shape, model_spec
 from evoprune.core.train import TrainConfig, TrainingExtras, train
@@ -84,13 +84,10 @@ class FinetuneInputs:
 
 def run_job(inputs: FinetuneInputs, job: FinetuneJob, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """The pruned, fine-tuned network of ``job`` (on CPU, eval mode) and its training history."""
-    if job.variant is not None:
-        return finetune_member(
-            inputs.trained, inputs.initial, inputs.layout, job.mask, job.variant, inputs.train_split,
-            inputs.validation_split, inputs.cfg, inputs.device, job.seed, inputs.loss_weights, job.description,
-            progress,
-        )  # fmt: skip
-    model = prune_physically(inputs.trained, inputs.layout, job.mask, input_shape(inputs.trained))
+    if job.variant is None:
+        model = prune_physically(inputs.trained, inputs.layout, job.mask, input_shape(inputs.trained))
+    else:
+        model = pruned_variant(inputs.trained, inputs.initial, inputs.layout, job.mask, job.variant, job.seed)
     history = train(
         model, inputs.train_split, inputs.validation_split, inputs.cfg, inputs.device, job.seed, job.description,
         inputs.loss_weights, TrainingExtras(progress=progress),
@@ -151,24 +148,21 @@ def finetune_jobs(
 _WORKER: dict[str, Any] = {}
 
 
-def _recipe(inputs: FinetuneInputs) -> dict[str, Any]:
-    """``inputs`` with the networks as spec + state_dict (no pickled modules; tensors go through shared memory)."""
+Portable = tuple[dict[str, Any], dict[str, torch.Tensor]]  # a network as spec + state_dict
 
-    def portable(model: nn.Module | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+
+def _recipe(inputs: FinetuneInputs) -> tuple[FinetuneInputs, Portable, Portable | None]:
+    """``inputs`` for a worker: the networks apart as spec + state_dict (no pickled modules; tensors go through
+    shared memory), the rest as it is, on CPU."""
+
+    def portable(model: nn.Module | None) -> Portable | None:
         return None if model is None else (model_spec(model), {k: v.cpu() for k, v in model.state_dict().items()})
 
-    return {
-        "trained": portable(inputs.trained),
-        "initial": portable(inputs.initial),
-        "layout": inputs.layout,
-        "train_split": inputs.train_split,
-        "validation_split": inputs.validation_split,
-        "cfg": inputs.cfg,
-        "loss_weights": inputs.loss_weights,
-    }
+    shared = replace(inputs, trained=None, initial=None, device=torch.device("cpu"))
+    return shared, portable(inputs.trained), portable(inputs.initial)
 
 
-def _rebuilt(portable: tuple[dict[str, Any], dict[str, torch.Tensor]] | None) -> nn.Module | None:
+def _rebuilt(portable: Portable | None) -> nn.Module | None:
     if portable is None:
         return None
     spec, state = portable
@@ -177,18 +171,10 @@ def _rebuilt(portable: tuple[dict[str, Any], dict[str, torch.Tensor]] | None) ->
     return model.eval()
 
 
-def _start_worker(recipe: dict[str, Any], threads: int) -> None:
+def _start_worker(recipe: tuple[FinetuneInputs, Portable, Portable | None], threads: int) -> None:
     torch.set_num_threads(threads)
-    _WORKER["inputs"] = FinetuneInputs(
-        trained=_rebuilt(recipe["trained"]),
-        initial=_rebuilt(recipe["initial"]),
-        layout=recipe["layout"],
-        train_split=recipe["train_split"],
-        validation_split=recipe["validation_split"],
-        cfg=recipe["cfg"],
-        loss_weights=recipe["loss_weights"],
-        device=torch.device("cpu"),
-    )
+    shared, trained, initial = recipe
+    _WORKER["inputs"] = replace(shared, trained=_rebuilt(trained), initial=_rebuilt(initial))
 
 
 def _run_in_worker(job: FinetuneJob) -> tuple[nn.Module, dict[str, Any]]:
