@@ -55,8 +55,13 @@ def assert_scoring_net_runs_after_prune(project: Path, client: mlflow.MlflowClie
     assert (transfer["flops_ratio"] <= transfer["budget"] + 1e-9).all()
     assert set(transfer["source"]) == {"run", "classes 0,1,2,3,4"}
     assert (transfer[transfer["method"] == "l1"]["margin_vs_l1_pt"] == 0).all()
+    # conf/tiny fine-tunes every transfer mask too: accuracies after it and margins over L1's
+    assert transfer["finetuned_accuracy"].between(0, 1).all()
+    assert (transfer[transfer["method"] == "l1"]["finetuned_margin_vs_l1_pt"] == 0).all()
     assert (project / "data/tiny/08_reporting/scoring_net_transfer.png").stat().st_size > 0
     assert {
         "scoring_net.transfer.digits_lenet5.scoring_net_zero_shot.margin_vs_l1_at_50pct",
         "scoring_net.transfer.classes_5_9.scoring_net_adapted.accuracy_at_50pct",
+        "scoring_net.transfer.digits_lenet5.scoring_net_zero_shot.finetuned_margin_vs_l1_at_50pct",
+        "scoring_net.transfer.classes_5_9.l1.finetuned_accuracy_at_50pct",
     } <= metrics

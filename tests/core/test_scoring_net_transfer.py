@@ -6,7 +6,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from evoprune.core.baselines import mask_within_budget
+from evoprune.core.finetune_pool import ParallelParams
+from evoprune.core.importance import GroupL1
+from evoprune.core.masking import prune_physically
 from evoprune.core.models import build_model
+from evoprune.core.models.adapter import input_shape
 from evoprune.core.scoring_net import (
     ExtraSourcesConfig,
     GatesStageConfig,
@@ -16,9 +21,13 @@ from evoprune.core.scoring_net import (
     TransferConfig,
     TransferTarget,
     class_subset,
+    criteria_comparison,
     train_scoring_net,
     transfer_to_target,
 )
+from evoprune.core.scoring_net.transfer import TransferFinetune
+from evoprune.core.train import TrainConfig, evaluate, train
+from evoprune.core.units import build_layout
 from tests.conftest import image_split
 
 FAST = {"epochs": 1, "batch_size": 64, "optimizer": "adamw", "learning_rate": 3e-3}
@@ -112,3 +121,37 @@ def test_the_digits_target_needs_no_download_and_has_no_adapted_rows_without_ada
     rows = transfer_to_target(ScoringNet(), NET_CONFIG, target, fashion, cfg, seed=0)
     assert [r["method"] for r in rows] == ["scoring_net_zero_shot", "l1"]
     assert rows[0]["dataset"] == "digits" and rows[0]["source"] == "run" and 0.0 < rows[0]["dense_accuracy"] <= 1.0
+
+
+def test_fine_tuned_rows_equal_pruning_and_training_each_mask_by_hand(tiny_lenet):
+    model, split = tiny_lenet
+    test = image_split(96, 3)
+    recipe = TrainConfig(**FAST)
+    finetune = TransferFinetune(recipe, split, ParallelParams(workers=1))
+    rows = criteria_comparison({}, model, split, test, [0.4, 0.7], seed=5, feature_images=64, finetune=finetune)
+    assert [r["method"] for r in rows] == ["l1", "l1"]
+    layout = build_layout(model, input_shape(model))
+    for row in rows:
+        mask = mask_within_budget(layout, GroupL1(input_shape(model))(model, layout), row["budget"])
+        by_hand = prune_physically(model, layout, mask, input_shape(model))
+        train(by_hand, split, None, recipe, torch.device("cpu"), 5, "by hand")
+        assert row["finetuned_accuracy"] == evaluate(by_hand, test, torch.device("cpu"))
+    untuned = criteria_comparison({}, model, split, test, [0.4, 0.7], seed=5, feature_images=64)
+    assert [r["test_accuracy"] for r in untuned] == [r["test_accuracy"] for r in rows]
+    assert all("finetuned_accuracy" not in r for r in untuned)
+
+
+def test_a_target_with_a_finetune_recipe_reports_margins_over_l1_after_fine_tuning():
+    fashion = (image_split(64, 0), image_split(32, 1))
+    target = TransferTarget(name="digits", dataset="digits", training=FAST, train_images=200)
+    cfg = TransferConfig(
+        budgets=[0.5], adaptation_steps=0, native_reference=False, test_images=100, targets=[target], finetune=FAST
+    )
+    rows = transfer_to_target(
+        ScoringNet(), NET_CONFIG, target, fashion, cfg, seed=0, parallel=ParallelParams(workers=1)
+    )
+    zero_shot, l1 = rows
+    assert zero_shot["finetuned_margin_vs_l1_pt"] == pytest.approx(
+        100 * (zero_shot["finetuned_accuracy"] - l1["finetuned_accuracy"])
+    )
+    assert l1["finetuned_margin_vs_l1_pt"] == 0.0 and 0.0 < l1["finetuned_accuracy"] <= 1.0

@@ -229,18 +229,23 @@ def latency_validation(
 
 def criteria_on_targets(rows: Sequence[dict], title: str) -> Figure:
     """Test accuracy against the FLOPs ratio, one panel per target and one line per method, with each target's
-    dense accuracy (rows as ``scoring_net.transfer_scoring_net`` returns them)."""
+    dense accuracy (rows as ``scoring_net.transfer_scoring_net`` returns them); without fine-tuning, and in a
+    second row of panels after it when the rows have ``finetuned_accuracy``."""
     targets = list(dict.fromkeys(r["target"] for r in rows))
-    fig = Figure(figsize=(4.2 * max(len(targets), 1), 3.8), layout="constrained")
-    axes = fig.subplots(1, max(len(targets), 1), squeeze=False)[0]
-    for ax, target in zip(axes, targets, strict=False):
-        mine = [r for r in rows if r["target"] == target]
-        for method in dict.fromkeys(r["method"] for r in mine):
-            points = sorted((r["flops_ratio"], r["test_accuracy"]) for r in mine if r["method"] == method)
-            ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=method)
-        ax.axhline(100 * mine[0]["dense_accuracy"], color="grey", linestyle="--", label="dense")
-        ax.set(xlabel="FLOPs kept (%)", ylabel="test accuracy, no fine-tuning (%)", title=target)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    stages = [("test_accuracy", "no fine-tuning")]
+    if rows and "finetuned_accuracy" in rows[0]:
+        stages.append(("finetuned_accuracy", "fine-tuned"))
+    fig = Figure(figsize=(4.2 * max(len(targets), 1), 3.8 * len(stages)), layout="constrained")
+    grid = fig.subplots(len(stages), max(len(targets), 1), squeeze=False)
+    for (column, stage), axes in zip(stages, grid, strict=True):
+        for ax, target in zip(axes, targets, strict=False):
+            mine = [r for r in rows if r["target"] == target]
+            for method in dict.fromkeys(r["method"] for r in mine):
+                points = sorted((r["flops_ratio"], r[column]) for r in mine if r["method"] == method)
+                ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=method)
+            ax.axhline(100 * mine[0]["dense_accuracy"], color="grey", linestyle="--", label="dense")
+            ax.set(xlabel="FLOPs kept (%)", ylabel=f"test accuracy, {stage} (%)", title=target)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     return fig

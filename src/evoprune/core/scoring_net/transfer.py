@@ -2,7 +2,9 @@
 
 ``criteria_comparison`` computes the new model's unit features on its own data, lets each Scoring Net and
 Torch-Pruning's group L1 pick a mask at every budget (the same budget fitting), and scores the masks right after
-pruning (hard masks, adaptive BN on a copy: no training), so the rankings alone are compared.
+pruning (hard masks, adaptive BN on a copy: no training), so the rankings alone are compared; and, with a
+``TransferFinetune``, also after every mask is physically pruned and fine-tuned with one recipe on the target's
+training images (what a user of the transferred net deploys).
 
 ``transfer_to_target`` runs one ``TransferTarget`` end to end: the target's data (Fashion-MNIST, a class subset
 of it, or the digits below), a dense model trained on it, then the masks of
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -32,6 +35,7 @@ from torch import nn
 
 from evoprune.core.baselines import mask_within_budget
 from evoprune.core.data import images_to_float
+from evoprune.core.finetune_pool import FinetuneInputs, FinetuneJob, ParallelParams, finetune_jobs
 from evoprune.core.importance import GroupL1
 from evoprune.core.models import build_model
 from evoprune.core.models.adapter import input_shape
@@ -41,7 +45,7 @@ from evoprune.core.scoring_net.model import ScoringNet, mask_at_budget
 from evoprune.core.scoring_net.sources import extra_source_networks, first_images
 from evoprune.core.scoring_net.training import ScoringNetConfig, train_scoring_net
 from evoprune.core.train import TrainConfig, accuracy_per_exit, train
-from evoprune.core.units import build_layout
+from evoprune.core.units import ChromosomeLayout, build_layout
 
 Split = dict[str, torch.Tensor]
 
@@ -64,6 +68,16 @@ def digits_split(size: int = 28, test_share: float = 0.25, seed: int = 0) -> tup
     return {"images": images[train], "labels": labels[train]}, {"images": images[test], "labels": labels[test]}
 
 
+@dataclass(frozen=True)
+class TransferFinetune:
+    """How ``criteria_comparison`` fine-tunes every mask: ``cfg`` on ``train_split`` (the physically pruned network,
+    the seed of the comparison), ``parallel`` fine-tunes at once (``finetune.parallel``)."""
+
+    cfg: TrainConfig
+    train_split: Split
+    parallel: ParallelParams
+
+
 def criteria_comparison(
     nets: dict[str, ScoringNet],
     model: nn.Module,
@@ -73,13 +87,15 @@ def criteria_comparison(
     seed: int,
     feature_images: int = 256,
     max_pruning_ratio: float = 1.0,
+    finetune: TransferFinetune | None = None,
 ) -> list[dict[str, float]]:
     """Per budget: each Scoring Net's mask (methods = the keys of ``nets``) and group L1's (method ``l1``) on
     ``model``, and their test accuracy without any training (adaptive BN on ``calibration_split`` images when the
-    model has BatchNorm).
+    model has BatchNorm); with ``finetune``, also after each mask is pruned and fine-tuned.
 
     Returns:
-        Rows with budget, method, flops_ratio (analytic, of the mask), units_kept, test_accuracy.
+        Rows with budget, method, flops_ratio (analytic, of the mask), units_kept, test_accuracy (and
+        finetuned_accuracy with ``finetune``).
     """
     budgets = [check_budget(b) for b in budgets]
     layout = build_layout(model, input_shape(model))
@@ -91,11 +107,12 @@ def criteria_comparison(
     images = images_to_float(test_split["images"].to(device))
     labels = test_split["labels"].to(device)
     calibration = [images_to_float(calibration_split["images"][:512].to(device))]
-    rows = []
+    rows, masks = [], []
     for budget in budgets:
-        masks = {name: mask_at_budget(net, features, layout, budget, max_pruning_ratio) for name, net in nets.items()}
-        masks["l1"] = mask_within_budget(layout, l1_scores, budget, max_pruning_ratio)
-        for method, mask in masks.items():
+        chosen = {name: mask_at_budget(net, features, layout, budget, max_pruning_ratio) for name, net in nets.items()}
+        chosen["l1"] = mask_within_budget(layout, l1_scores, budget, max_pruning_ratio)
+        for method, mask in chosen.items():
+            masks.append(mask)
             rows.append(
                 {
                     "budget": budget,
@@ -105,7 +122,27 @@ def criteria_comparison(
                     "test_accuracy": hard_mask_accuracy(model, layout, mask, images, labels, calibration),
                 }
             )
+    if finetune is not None:
+        tuned = _finetuned_accuracies(model, layout, masks, test_split, finetune, seed)
+        for row, accuracy in zip(rows, tuned, strict=True):
+            row["finetuned_accuracy"] = accuracy
     return rows
+
+
+def _finetuned_accuracies(
+    model: nn.Module,
+    layout: ChromosomeLayout,
+    masks: list[np.ndarray],
+    test_split: Split,
+    finetune: TransferFinetune,
+    seed: int,
+) -> list[float]:
+    """Final-exit test accuracy of each mask of ``model`` after pruning and fine-tuning (all at once, in order)."""
+    device = next(model.parameters()).device
+    inputs = FinetuneInputs(model, None, layout, finetune.train_split, None, finetune.cfg, None, device)
+    jobs = [FinetuneJob(mask, None, seed, f"transfer fine-tune {k + 1}/{len(masks)}") for k, mask in enumerate(masks)]
+    tuned = finetune_jobs(inputs, jobs, finetune.parallel)
+    return [accuracy_per_exit(net.to(device), test_split, device)[-1] for net, _ in tuned]
 
 
 def _default_target_training() -> TrainConfig:
@@ -176,6 +213,9 @@ class TransferConfig(BaseModel):
     native_reference: bool = True  # also train a Scoring Net on the target itself (full stages)
     test_images: PositiveInt | None = None  # score masks on the first N test images; None: all
     targets: list[TransferTarget] = Field(default_factory=lambda: default_targets())
+    # also fine-tune every mask (physically pruned, this recipe, on the target's training images) and report its
+    # test accuracy and margin over L1 after it; null: the comparison without fine-tuning only
+    finetune: TrainConfig | None = None
 
     @field_validator("budgets")
     @classmethod
@@ -218,15 +258,19 @@ def transfer_to_target(
     cfg: TransferConfig,
     seed: int,
     device: torch.device | str = "cpu",
+    parallel: ParallelParams | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``criteria_comparison`` on ``target`` (see the module docstring for the methods), each with the
     target's name, dataset, model name, dense test accuracy, source (``run`` or the source classes),
-    ``margin_vs_l1_pt`` (test accuracy minus L1's at the same budget, in points) and ``net_seconds``: the seconds that method's net took on the target (adaptation or training; 0 zero-shot).
+    ``margin_vs_l1_pt`` (test accuracy minus L1's at the same budget, in points; with ``cfg.finetune`` also
+    ``finetuned_margin_vs_l1_pt``, the same after fine-tuning) and ``net_seconds``: the seconds that method's net
+    took on the target (adaptation or training; 0 zero-shot).
 
     Args:
         net: the source Scoring Net (ignored for ``source_classes`` targets, which train their own).
         scoring_config: how Scoring Nets are trained (the adaptation runs its first stage).
         fashion: the run's Fashion-MNIST (train, test) splits.
+        parallel: fine-tunes at once when ``cfg.finetune`` is set (default: ``ParallelParams()``).
     """
     device = torch.device(device)
     train_split, test_split = _target_splits(target, fashion, seed)
@@ -255,6 +299,9 @@ def transfer_to_target(
         nets["scoring_net_native"] = train_scoring_net(model, train_split, scoring_config, seed, device=device).net
         seconds["scoring_net_native"] = time.perf_counter() - start
     scored = first_images(test_split, cfg.test_images, seed)
+    finetune = None
+    if cfg.finetune is not None:
+        finetune = TransferFinetune(cfg.finetune, train_split, parallel or ParallelParams())
     rows = criteria_comparison(
         nets,
         model,
@@ -264,19 +311,17 @@ def transfer_to_target(
         seed,
         scoring_config.feature_images,
         scoring_config.max_pruning_ratio,
+        finetune,
     )
     about = {"target": target.name, "dataset": target.dataset, "model": target.model.get("name", "?"), "source": source}
-    l1 = {r["budget"]: r["test_accuracy"] for r in rows if r["method"] == "l1"}
-    return [
-        {
-            **about,
-            **r,
-            "margin_vs_l1_pt": 100 * (r["test_accuracy"] - l1[r["budget"]]),
-            "dense_accuracy": dense,
-            "net_seconds": seconds[r["method"]],
-        }
-        for r in rows
-    ]
+    l1 = {r["budget"]: r for r in rows if r["method"] == "l1"}
+    out = []
+    for r in rows:
+        row = {**about, **r, "margin_vs_l1_pt": 100 * (r["test_accuracy"] - l1[r["budget"]]["test_accuracy"])}
+        if "finetuned_accuracy" in r:
+            row["finetuned_margin_vs_l1_pt"] = 100 * (r["finetuned_accuracy"] - l1[r["budget"]]["finetuned_accuracy"])
+        out.append({**row, "dense_accuracy": dense, "net_seconds": seconds[r["method"]]})
+    return out
 
 
 def transfer_scoring_net(
@@ -286,6 +331,7 @@ def transfer_scoring_net(
     cfg: TransferConfig,
     seed: int,
     device: torch.device | str = "cpu",
+    parallel: ParallelParams | None = None,
 ) -> list[dict[str, Any]]:
     """``transfer_to_target`` over ``cfg.targets``, rows concatenated."""
     if not cfg.targets:
@@ -295,5 +341,5 @@ def transfer_scoring_net(
     return [
         row
         for target in cfg.targets
-        for row in transfer_to_target(net, scoring_config, target, fashion, cfg, seed, device)
+        for row in transfer_to_target(net, scoring_config, target, fashion, cfg, seed, device, parallel)
     ]

@@ -100,24 +100,26 @@ def transfer_criterion(
     train_split: Split,
     test_split: Split,
     params: ScoringNetParams,
+    finetune: FinetuneParams,
     seed: int,
     device: str,
 ) -> tuple[pd.DataFrame, Figure, dict[str, object]]:
     """The trained Scoring Net on each ``transfer.targets`` model/dataset, zero-shot, adapted and beside a net
-    trained there and group L1, all at equal FLOPs without fine-tuning: the table, its plot and metrics
-    (``transfer.<target>.<method>.accuracy_at_<budget %>pct`` and ``.margin_vs_l1_at_<budget %>pct``)."""
+    trained there and group L1, all at equal FLOPs without fine-tuning (and, with ``transfer.finetune``, after it,
+    ``finetune.parallel`` at once): the table, its plot and metrics (``transfer.<target>.<method>.<kind>_at_<budget
+    %>pct``, kind = accuracy, margin_vs_l1, finetuned_accuracy, finetuned_margin_vs_l1)."""
     rows = transfer_scoring_net(
-        scoring_net, params.training, (train_split, test_split), params.transfer, seed, resolve_device(device)
-    )
+        scoring_net, params.training, (train_split, test_split), params.transfer, seed, resolve_device(device),
+        finetune.parallel,
+    )  # fmt: skip
     table = pd.DataFrame(rows)
+    kinds = {"accuracy": "test_accuracy", "margin_vs_l1": "margin_vs_l1_pt"}
+    if params.transfer.finetune is not None:
+        kinds |= {"finetuned_accuracy": "finetuned_accuracy", "finetuned_margin_vs_l1": "finetuned_margin_vs_l1_pt"}
     metrics = {
-        f"transfer.{r.target}.{r.method}.{kind}_at_{round(100 * r.budget)}pct": value
-        for r in table.itertuples()
-        for kind, value in (("accuracy", r.test_accuracy), ("margin_vs_l1", r.margin_vs_l1_pt))
-        if r.method != "l1" or kind == "accuracy"
+        f"transfer.{row['target']}.{row['method']}.{kind}_at_{round(100 * row['budget'])}pct": row[column]
+        for row in rows
+        for kind, column in kinds.items()
+        if row["method"] != "l1" or "margin" not in kind
     }
-    return (
-        table,
-        criteria_on_targets(rows, "Scoring Net transfer vs L1 (equal FLOPs, no fine-tuning)"),
-        to_mlflow_metrics(metrics),
-    )
+    return table, criteria_on_targets(rows, "Scoring Net transfer vs L1 (equal FLOPs)"), to_mlflow_metrics(metrics)

@@ -50,7 +50,15 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 transfer_criterion,
-                ["scoring_net", "train_split", "test_split", "params:scoring_net", "params:seed", "params:device"],
+                [
+                    "scoring_net",
+                    "train_split",
+                    "test_split",
+                    "params:scoring_net",
+                    "params:finetune",
+                    "params:seed",
+                    "params:device",
+                ],
                 ["scoring_net_transfer", "scoring_net_transfer_plot", "scoring_net_transfer_metrics"],
                 name="transfer_scoring_net",
             ),
