@@ -174,7 +174,8 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
         "  structured:\n    training:\n      epochs: 1\n      batch_size: 50\n"
         "scoring_net:\n  training:\n    stages:\n      - {stage: gates, steps: 10, batch_size: 32}\n"
         "      - {stage: refine, steps: 3, batch_size: 32}\n    feature_images: 64\n    eval_budgets: [0.5]\n"
-        "  transfer:\n    budgets: [0.5]\n    adaptation_steps: 3\n    test_images: 100\n    targets:\n"
+        "  transfer:\n    budgets: [0.5]\n    adaptation_steps: 3\n    test_images: 100\n"
+        "    finetune: {epochs: 1, batch_size: 50}\n    targets:\n"
         "      - {name: digits_lenet5, dataset: digits, train_images: 200, training: {epochs: 1}}\n"
         "      - {name: classes_5_9, classes: [5, 6, 7, 8, 9], source_classes: [0, 1, 2, 3, 4], training: {epochs: 1}}\n"
     )
