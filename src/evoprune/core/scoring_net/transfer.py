@@ -44,7 +44,7 @@ from evoprune.core.scoring_net.gates import check_budget, hard_mask_accuracy
 from evoprune.core.scoring_net.model import ScoringNet, mask_at_budget
 from evoprune.core.scoring_net.sources import extra_source_networks, first_images
 from evoprune.core.scoring_net.training import ScoringNetConfig, train_scoring_net
-from evoprune.core.train import TrainConfig, accuracy_per_exit, train
+from evoprune.core.train import TrainConfig, accuracy_per_exit, evaluate, train
 from evoprune.core.units import ChromosomeLayout, build_layout
 
 Split = dict[str, torch.Tensor]
@@ -142,7 +142,7 @@ def _finetuned_accuracies(
     inputs = FinetuneInputs(model, None, layout, finetune.train_split, None, finetune.cfg, None, device)
     jobs = [FinetuneJob(mask, None, seed, f"transfer fine-tune {k + 1}/{len(masks)}") for k, mask in enumerate(masks)]
     tuned = finetune_jobs(inputs, jobs, finetune.parallel)
-    return [accuracy_per_exit(net.to(device), test_split, device)[-1] for net, _ in tuned]
+    return [evaluate(net.to(device), test_split, device) for net, _ in tuned]
 
 
 def _default_target_training() -> TrainConfig:
@@ -315,13 +315,17 @@ def transfer_to_target(
     )
     about = {"target": target.name, "dataset": target.dataset, "model": target.model.get("name", "?"), "source": source}
     l1 = {r["budget"]: r for r in rows if r["method"] == "l1"}
-    out = []
-    for r in rows:
-        row = {**about, **r, "margin_vs_l1_pt": 100 * (r["test_accuracy"] - l1[r["budget"]]["test_accuracy"])}
-        if "finetuned_accuracy" in r:
-            row["finetuned_margin_vs_l1_pt"] = 100 * (r["finetuned_accuracy"] - l1[r["budget"]]["finetuned_accuracy"])
-        out.append({**row, "dense_accuracy": dense, "net_seconds": seconds[r["method"]]})
-    return out
+    margins = {"test_accuracy": "margin_vs_l1_pt", "finetuned_accuracy": "finetuned_margin_vs_l1_pt"}
+    return [
+        {
+            **about,
+            **r,
+            **{margin: 100 * (r[acc] - l1[r["budget"]][acc]) for acc, margin in margins.items() if acc in r},
+            "dense_accuracy": dense,
+            "net_seconds": seconds[r["method"]],
+        }
+        for r in rows
+    ]
 
 
 def transfer_scoring_net(

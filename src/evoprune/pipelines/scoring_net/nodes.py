@@ -95,6 +95,15 @@ def prune_with_scoring_net(
     return {"scoring_net": pd.DataFrame(rows).drop(columns=["criterion"], errors="ignore")}, to_mlflow_metrics(metrics)
 
 
+# metric kind -> its column in the transfer rows (the finetuned ones only with ``transfer.finetune``)
+TRANSFER_METRICS = {
+    "accuracy": "test_accuracy",
+    "margin_vs_l1": "margin_vs_l1_pt",
+    "finetuned_accuracy": "finetuned_accuracy",
+    "finetuned_margin_vs_l1": "finetuned_margin_vs_l1_pt",
+}
+
+
 def transfer_criterion(
     scoring_net: ScoringNet,
     train_split: Split,
@@ -113,13 +122,10 @@ def transfer_criterion(
         finetune.parallel,
     )  # fmt: skip
     table = pd.DataFrame(rows)
-    kinds = {"accuracy": "test_accuracy", "margin_vs_l1": "margin_vs_l1_pt"}
-    if params.transfer.finetune is not None:
-        kinds |= {"finetuned_accuracy": "finetuned_accuracy", "finetuned_margin_vs_l1": "finetuned_margin_vs_l1_pt"}
     metrics = {
         f"transfer.{row['target']}.{row['method']}.{kind}_at_{round(100 * row['budget'])}pct": row[column]
         for row in rows
-        for kind, column in kinds.items()
-        if row["method"] != "l1" or "margin" not in kind
+        for kind, column in TRANSFER_METRICS.items()
+        if column in row and (row["method"] != "l1" or "margin" not in kind)
     }
     return table, criteria_on_targets(rows, "Scoring Net transfer vs L1 (equal FLOPs)"), to_mlflow_metrics(metrics)
