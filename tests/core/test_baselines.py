@@ -177,6 +177,38 @@ def test_baselines_fit_a_latency_budget_on_the_latency_models_prediction(net, ra
         assert on_latency[conv1.offset + conv1.size :].all()
 
 
+def test_a_latency_budget_from_noisy_tables_is_met_and_one_below_every_floor_is_reported(net, caplog):
+    """Timing noise made small layers' tables say that more units run faster; a search exploited it (a member
+    keeping more than the floors predicted faster than all floors, and the baselines missed its budget). The
+    tables are made monotone, so any mask over the floors can be matched; a budget under the floors' cost is
+    logged and the sparsest mask comes back."""
+    model, layout = net
+    tables = []
+    for layer in layout.layers:  # as measured: 1 unit 3 ms, half the units 0 ms, all of them 1 ms
+        n_in, n_out = len(layer.in_bits), len(layer.out_bits)
+        outs = np.array([1, (n_out + 1) // 2, n_out])
+        tables.append(LayerTable(layer.name, np.array([n_in]), outs, np.array([[3.0, 0.0, 1.0]])))
+    cost = budget_cost(layout, "latency_ratio", LatencyModel({}, tuple(tables), 0.0, 1.0, 1.0))
+    floors = layout.min_units(0.7)
+    rng = np.random.default_rng(1)
+    members = np.zeros((8, layout.num_bits), dtype=bool)
+    for g, floor in zip(layout.groups, floors, strict=True):
+        for k, kept in enumerate(rng.integers(max(floor, (g.size + 1) // 2), g.size + 1, 8)):
+            members[k, g.offset + rng.permutation(g.size)[:kept]] = True
+    at_floor = np.zeros((1, layout.num_bits), dtype=bool)
+    for g, floor in zip(layout.groups, floors, strict=True):
+        at_floor[0, g.offset : g.offset + floor] = True
+    assert (cost(members) >= cost(at_floor)[0] - 1e-12).all()
+    scores = rng.random(layout.num_bits)
+    for budget in cost(members):
+        assert cost(mask_within_budget(layout, scores, budget, 0.7, cost_ratio=cost)[None])[0] <= budget + 1e-12
+    below = 0.9 * cost(at_floor)[0]
+    with caplog.at_level("WARNING", logger="evoprune.core.baselines"):
+        sparsest = mask_within_budget(layout, scores, below, 0.7, cost_ratio=cost)
+    assert cost(sparsest[None])[0] == pytest.approx(cost(at_floor)[0])
+    assert "no mask within the budget" in caplog.text and "max_pruning_ratio 0.70" in caplog.text
+
+
 def test_a_latency_budget_without_latency_tables_is_refused_saying_what_to_do(net):
     _, layout = net
     with pytest.raises(ValueError, match="latency_profile"):

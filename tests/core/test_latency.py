@@ -19,6 +19,7 @@ from evoprune.core.latency import (
     key_digest,
     latency_key,
     measure_masks_ms,
+    monotone_grid,
     prediction_errors,
     profile_latency,
     timing_threads,
@@ -58,6 +59,24 @@ def test_lookup_is_exact_at_grid_points_and_bilinear_between():
     assert table.lookup(np.array([9]), np.array([9]))[0] == 11.0  # clamped to the grid
     one = LayerTable("fc", np.array([7]), np.array([1, 5]), np.array([[2.0, 6.0]]))
     assert one.lookup(np.array([7, 7]), np.array([3, 5])).tolist() == [4.0, 6.0]
+
+
+def test_a_noisy_grid_is_made_non_decreasing_along_both_axes_and_a_monotone_one_is_kept():
+    rng = np.random.default_rng(0)
+    noisy = np.add.outer(np.arange(6.0), np.arange(5.0)) + rng.normal(0, 1.5, (6, 5))
+    assert (np.diff(noisy, axis=0) < 0).any() and (np.diff(noisy, axis=1) < 0).any()
+    smooth = monotone_grid(noisy)
+    assert (np.diff(smooth, axis=0) >= 0).all() and (np.diff(smooth, axis=1) >= 0).all()
+    assert smooth.min() >= noisy.min() and smooth.max() <= noisy.max()
+    monotone = np.add.outer(np.arange(4.0), 2 * np.arange(3.0))
+    np.testing.assert_array_equal(monotone_grid(monotone), monotone)
+    # a table keeps the monotone grid through save and load, so more kept units never predict less time
+    table = LayerTable("conv", np.arange(1, 7), np.arange(1, 6), noisy)
+    back = LatencyModel.from_state(LatencyModel({}, (table,), 0.0, 1.0, 1.0).state()).tables[0]
+    np.testing.assert_array_equal(back.ms, smooth)
+    kept_in, kept_out = rng.uniform(1, 6, 200), rng.uniform(1, 5, 200)
+    more = back.lookup(kept_in + rng.uniform(0, 1, 200), kept_out + rng.uniform(0, 1, 200))
+    assert (more >= back.lookup(kept_in, kept_out) - 1e-12).all()
 
 
 def test_prediction_is_the_calibrated_sum_of_table_entries(profiled):

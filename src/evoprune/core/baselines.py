@@ -18,6 +18,7 @@ from a copy of the network become a mask in the same layout.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +40,8 @@ Ranking = Literal["budget_fit", "torch_pruning"]
 RANKINGS: tuple[str, ...] = ("budget_fit", "torch_pruning")
 BudgetAxis = Literal["flops_ratio", "latency_ratio"]
 CostRatio = Callable[[np.ndarray], np.ndarray]  # (K, num_bits) masks -> (K,) cost ratios of the dense network
+
+logger = logging.getLogger(__name__)
 
 
 def flops_ratio_of(layout: ChromosomeLayout) -> CostRatio:
@@ -145,6 +148,13 @@ def mask_within_budget(
     ratios = ratio_of(masks)
     fitting = np.flatnonzero(ratios <= budget + 1e-12)
     if not len(fitting):
+        logger.warning(
+            "no mask within the budget %.4f: with every layer at its floor (max_pruning_ratio %.2f) the network "
+            "still costs %.4f; the baseline keeps that sparsest mask, over the budget.",
+            budget,
+            max_pruning_ratio,
+            ratios[-1],
+        )
         return masks[-1]
     if round_to > 1:
         densest = masks[fitting[np.argmax(ratios[fitting])]]

@@ -125,12 +125,20 @@ class UnsupportedLatencyModel(ValueError):
 
 @dataclass(frozen=True)
 class LayerTable:
-    """Milliseconds of one layer (and its usual followers) at batch ``batch_size`` on a grid of kept units."""
+    """Milliseconds of one layer (and its usual followers) at batch ``batch_size`` on a grid of kept units.
+
+    The grid is made non-decreasing along both axes when the table is built (``monotone_grid``): a layer that
+    keeps more units is never faster, and timing noise on a small layer can say otherwise. A search on noisy
+    tables finds masks that keep more units yet predict faster than every layer at its floor, and then no
+    baseline can be fitted to their budget."""
 
     name: str
     in_units: np.ndarray  # kept input features/channels measured (ascending)
     out_units: np.ndarray  # kept output units measured (ascending)
     ms: np.ndarray  # (len(in_units), len(out_units))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ms", monotone_grid(np.asarray(self.ms, dtype=float)))
 
     def lookup(self, kept_in: np.ndarray, kept_out: np.ndarray) -> np.ndarray:
         """Bilinear interpolation (linear extrapolation at the edges is clamped to the grid)."""
@@ -147,6 +155,18 @@ class LayerTable:
             + wi * (1 - wo) * ms[i + 1, o]
             + wi * wo * ms[i + 1, o + 1]
         )
+
+
+def monotone_grid(ms: np.ndarray) -> np.ndarray:
+    """``ms`` made non-decreasing along each axis: per axis, the mean of its running maximum (from the small
+    end) and its running minimum (from the large end). Both are order-preserving, so the second axis keeps
+    the first one's order; a grid that is already monotone comes back unchanged."""
+    out = np.asarray(ms, dtype=float)
+    for axis in range(out.ndim):
+        rising = np.maximum.accumulate(out, axis=axis)
+        falling = np.flip(np.minimum.accumulate(np.flip(out, axis=axis), axis=axis), axis=axis)
+        out = (rising + falling) / 2
+    return out
 
 
 def _bracket(grid: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
