@@ -22,6 +22,7 @@ from evoprune.core.cifar import CIFAR_CLASSES
 from evoprune.core.data import IDX_FILES
 from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.models import build_model
+from tests.fake_images import image_split, make_images  # noqa: F401 (the tests import them from here too)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,23 +55,6 @@ def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
     else:
         path.write_bytes(payload)
     return path
-
-
-def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable fake images: noise plus a bright 6x6 block whose position encodes the label."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 60, (n, 28, 28))
-    for i, label in enumerate(labels):
-        r, c = divmod(int(label), 5)
-        images[i, 4 + 12 * r : 10 + 12 * r, 2 + 5 * c : 8 + 5 * c] = 255
-    return images.astype(np.uint8), labels.astype(np.uint8)
-
-
-def image_split(n: int, seed: int) -> dict[str, torch.Tensor]:
-    """A split of ``n`` fake images as the pipelines hold it: uint8 images and int64 labels."""
-    x, y = make_images(n, seed)
-    return {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
 
 
 def write_fake_dataset(folder: Path, n_train: int = 600, n_test: int = 200, compress: bool = True) -> Path:

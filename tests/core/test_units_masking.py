@@ -1,4 +1,3 @@
-import copy
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from evoprune.core.models import build_model
 from evoprune.core.search.operators import KeepUnitsPerLayer
 from evoprune.core.train import as_exit_list
 from evoprune.core.units import build_layout
-from tests.conftest import make_images
+from tests.fake_images import make_images
 
 SHAPE = (1, 28, 28)
 
@@ -274,18 +273,3 @@ def test_the_evaluator_is_chosen_by_device_and_refused_where_it_would_be_wrong()
     assert isinstance(mask_evaluator(lstm, lstm_layout, cpu), LSTMEvaluator)
     with pytest.raises(ValueError, match="does not cover LSTMs"):
         mask_evaluator(lstm, lstm_layout, cpu, kind="tiled")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_cuda_the_tiled_evaluator_is_chosen_and_scores_as_the_cpu_does():
-    from evoprune.core.masking import SlicedEvaluator, TiledEvaluator, mask_evaluator
-
-    net = NETS["vgg_multi_exit"]
-    layout = build_layout(net, SHAPE)
-    x, y = make_images(200, seed=10)
-    split = {"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long()}
-    masks = _random_masks(layout, 8, seed=11, keep=0.6)
-    cpu = SlicedEvaluator(net, layout, torch.device("cpu")).accuracy(masks, split)
-    cuda = mask_evaluator(copy.deepcopy(net), layout, torch.device("cuda"))
-    assert isinstance(cuda, TiledEvaluator)
-    assert np.abs(cuda.accuracy(masks, split) - cpu).max() <= 1 / 200  # CUDA kernels round differently
