@@ -17,8 +17,10 @@ from evoprune.core.finetune import finetune_member
 from evoprune.core.latency import LatencySettings, measure_masks_ms, profile_latency
 from evoprune.core.masking import SlicedEvaluator, TiledEvaluator, mask_evaluator
 from evoprune.core.models import build_model
+from evoprune.core.reinit import VARIANTS, reinit_model
 from evoprune.core.search.api import search_pruning_masks
 from evoprune.core.search.run import SearchConfig
+from evoprune.core.sparse import SparseTrainingConfig, train_sparse
 from evoprune.core.train import TrainConfig, as_exit_list, evaluate, train
 from evoprune.core.units import build_layout
 from tests.fake_images import image_split
@@ -99,7 +101,8 @@ def test_a_pruned_member_finetunes_on_cuda_and_runs_the_same_on_the_cpu(trained)
     )
     assert sum(p.numel() for p in model.parameters()) == layout.cost(mask[None])["params"][0]
     assert next(model.parameters()).device == CPU and np.isfinite(history["train_loss"]).all()
-    assert evaluate(model, image_split(300, 1), CUDA) >= 0.5
+    assert evaluate(model, image_split(300, 1), CUDA) >= 0.5  # a network on the CPU, evaluated on CUDA
+    assert next(model.parameters()).device == CPU  # ... and handed back where it was
     x = images_to_float(image_split(64, 3)["images"])
     with torch.no_grad():
         on_cpu = as_exit_list(model(x))[-1]
@@ -117,3 +120,28 @@ def test_latency_tables_are_measured_on_cuda_and_keyed_by_the_gpu(trained):
     measured = measure_masks_ms(trained, layout, masks, settings, CUDA)
     assert (measured.ms > 0).all() and np.isfinite(latency.predict_ms(layout, masks)).all()
     assert latency.ratio(layout, np.ones((1, layout.num_bits), dtype=bool))[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode", ["structured", "unstructured"])
+def test_dynamic_sparse_training_of_an_lstm_on_cuda_hands_back_a_plain_cpu_model(mode):
+    """An LSTM re-reads its (parametrized) weights while it moves between devices: the thresholds must be gone
+    before the trained network goes back to the CPU."""
+    torch.manual_seed(0)
+    model = build_model({"name": "lstm_seq", "hidden_size": 12, "num_layers": 2}).eval()
+    data = image_split(128, 0)
+    training = TrainConfig(epochs=1, batch_size=32, optimizer="adamw", learning_rate=0.01, weight_decay=0.0)
+    result = train_sparse(model, data, data, SparseTrainingConfig(mode=mode, training=training, alpha=0.5), CUDA, 0)
+    assert all(p.device == CPU for p in result.model.parameters())
+    assert not any(hasattr(m, "parametrizations") for m in result.model.modules())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reinit_variants_of_networks_on_cuda_equal_the_cpus(trained, variant):
+    """Fresh draws are made on the CPU (one generator for every device), then placed beside theta0."""
+    initial = _lenet5_with_exit(1).eval()
+    on_cpu = reinit_model(trained, initial, lambda: _lenet5_with_exit(2), variant, seed=3).state_dict()
+    on_cuda = reinit_model(
+        copy.deepcopy(trained).to(CUDA), copy.deepcopy(initial).to(CUDA), lambda: _lenet5_with_exit(2), variant, seed=3
+    ).state_dict()
+    for key, value in on_cpu.items():
+        torch.testing.assert_close(on_cuda[key].cpu(), value, rtol=0, atol=0)

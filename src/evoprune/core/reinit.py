@@ -55,14 +55,16 @@ def reinit_state(
         elif variant == "rewind":
             out[key] = theta0.clone()
         elif variant == "random":
-            out[key] = new_init[key].clone()
+            out[key] = new_init[key].to(theta0.device, copy=True)
         elif variant == "sign":
-            out[key] = new_init[key].abs() * _sign(theta0)
+            out[key] = new_init[key].to(theta0.device).abs() * _sign(theta0)  # fresh draws are on the CPU
         elif variant == "distribution":
             flat = theta0.flatten()
-            out[key] = flat[torch.randperm(flat.numel(), generator=generator)].view_as(theta0).clone()
+            order = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+            out[key] = flat[order].view_as(theta0).clone()
         else:  # magnitude
-            signs = torch.where(torch.rand(theta0.shape, generator=generator) < 0.5, -1.0, 1.0).to(theta0.dtype)
+            draws = torch.rand(theta0.shape, generator=generator).to(theta0.device)
+            signs = torch.where(draws < 0.5, -1.0, 1.0).to(theta0.dtype)
             out[key] = theta0.abs() * signs
     return out
 

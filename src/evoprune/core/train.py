@@ -243,15 +243,22 @@ def predict_exit_logits(
     model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 2048
 ) -> torch.Tensor:
     """Logits of every exit, (E, N, num_classes), of uint8 images (N, H, W) in eval mode
-    (E = 1 for a plain CNN); restores the previous mode."""
+    (E = 1 for a plain CNN), computed on ``device``; the model's mode and device are restored afterwards
+    (fine-tunes hand their networks back on the CPU, and a network loaded from the catalog is there too)."""
     was_training = model.training
-    model.eval()
+    home = next(iter(model.parameters()), None)
+    home = None if home is None else home.device
+    model.eval().to(device)
     outs = []
-    for first in range(0, images.shape[0], batch_size):
-        x = images_to_float(images[first : first + batch_size].to(device))
-        with _autocast(device):
-            outs.append(torch.stack([z.float() for z in as_exit_list(model(x))]))
-    model.train(was_training)
+    try:
+        for first in range(0, images.shape[0], batch_size):
+            x = images_to_float(images[first : first + batch_size].to(device))
+            with _autocast(device):
+                outs.append(torch.stack([z.float() for z in as_exit_list(model(x))]))
+    finally:
+        model.train(was_training)
+        if home is not None:
+            model.to(home)
     return torch.cat(outs, dim=1)
 
 

@@ -160,13 +160,13 @@ def train_sparse(
         }
         for (name, (kept, total)), t in zip(thresholds.kept().items(), thresholds.thresholds(), strict=True)
     ]
-    result = SparseTrainingResult(model.cpu().eval(), history, per_layer, resets=len(resets))
+    result = SparseTrainingResult(model, history, per_layer, resets=len(resets))
     if isinstance(thresholds, StructuredThresholds):
         result.unit_mask = thresholds.layout.repair(thresholds.chromosome()[None])[0]
-        thresholds.remove()
     else:
         result.weight_masks = thresholds.binary_masks()
-        thresholds.remove()
+    thresholds.remove()  # before the move: an LSTM re-reads its parametrized weights while its tensors move
+    result.model = model.cpu().eval()
     return result
 
 
