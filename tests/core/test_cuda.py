@@ -61,7 +61,9 @@ def test_on_cuda_the_tiled_evaluator_is_chosen_and_scores_as_the_cpu_does(traine
         cpu = SlicedEvaluator(net, layout, CPU).accuracy(masks, split)
         cuda = mask_evaluator(copy.deepcopy(net), layout, CUDA)
         assert isinstance(cuda, TiledEvaluator)
-        assert np.abs(cuda.accuracy(masks, split) - cpu).max() <= 1 / 200  # CUDA kernels round differently
+        scores = cuda.accuracy(masks, split)
+        assert np.abs(scores - cpu).max() <= 1 / 200  # CUDA kernels round differently
+        np.testing.assert_array_equal(cuda.accuracy(torch.as_tensor(masks, device=CUDA), split), scores)
 
 
 def test_bf16_tiled_scores_stay_within_two_points_of_float32(trained):

@@ -67,7 +67,7 @@ def population_accuracy(
     ``candidates_per_pass`` at a time on tiled batches."""
     was_training = model.training
     model.eval().to(device)
-    masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=device)
+    masks = torch.as_tensor(masks, device=device).bool()  # numpy or tensor, any device
     labels = split["labels"].to(device)
     images = split["images"].to(device)
     hits = None
@@ -302,7 +302,7 @@ class SlicedEvaluator(_MaskScorer):
     ) -> dict[str, np.ndarray]:
         """Per-exit accuracy (K, num_exits) and, with an early-exit ``policy`` (threshold, criterion),
         the policy's accuracy (K,) and the share of samples leaving at each exit (K, num_exits)."""
-        masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
+        masks = torch.as_tensor(masks, device=self.device).bool()  # numpy or tensor, any device
         batches = _float_batches(split, batch_size, self.device)
         block = dict(self.model.named_modules()).get(self.input_block_name) if self.input_block_name else None
         cached = [block(x) for x, _ in batches] if block is not None else [None] * len(batches)  # dense (B, C, ...)
@@ -399,7 +399,7 @@ class TiledEvaluator(_MaskScorer):
         batch_size: int = 5000,
     ) -> dict[str, np.ndarray]:
         """As ``SlicedEvaluator.evaluate``; ``batch_size`` counts images per forward, all tiles together."""
-        masks = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
+        masks = torch.as_tensor(masks, device=self.device).bool()  # numpy or tensor, any device
         tallies = []
         for first in range(0, masks.shape[0], self.candidates_per_pass):
             chunk = masks[first : first + self.candidates_per_pass]
