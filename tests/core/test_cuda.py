@@ -147,3 +147,12 @@ def test_reinit_variants_of_networks_on_cuda_equal_the_cpus(trained, variant):
     ).state_dict()
     for key, value in on_cpu.items():
         torch.testing.assert_close(on_cuda[key].cpu(), value, rtol=0, atol=0)
+
+
+def test_evaluated_on_moves_a_cpu_network_to_cuda_for_the_block_and_back():
+    from evoprune.core.runtime import evaluated_on
+
+    model = _lenet5_with_exit(0).train()
+    with evaluated_on(model, CUDA):
+        assert next(model.parameters()).is_cuda and not model.training
+    assert next(model.parameters()).device == CPU and model.training

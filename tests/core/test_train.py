@@ -118,3 +118,15 @@ def test_channels_last_falls_back_to_contiguous_for_1x1_convolutions_on_cpu(capl
         train(model, _split(16, seed=0), None, cfg, torch.device("cpu"), seed=0)
     assert "1x1 convolutions (3)" in caplog.text
     assert model[1].weight.is_contiguous() and not model[1].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_evaluated_on_gives_eval_mode_for_the_block_and_restores_the_mode_even_after_an_error():
+    from evoprune.core.runtime import evaluated_on
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).train()
+    with evaluated_on(model, torch.device("cpu")) as inside:
+        assert inside is model and not model.training
+    assert model.training
+    with pytest.raises(RuntimeError, match="boom"), evaluated_on(model, torch.device("cpu")):
+        raise RuntimeError("boom")
+    assert model.training and next(model.parameters()).device.type == "cpu"

@@ -27,6 +27,7 @@ from torch import nn
 
 from evoprune.core.data import images_to_float
 from evoprune.core.lstm import GATES, lstm_modules, unrolled_lstm_forward
+from evoprune.core.runtime import evaluated_on
 from evoprune.core.train import TrainConfig, TrainingExtras, train
 
 
@@ -164,17 +165,15 @@ def run_pruned(
     batch_size: int = 2000,
     record: bool = False,
 ) -> tuple[float, HiddenStateStats]:
-    """Accuracy of ``model`` on ``split`` with hidden-state pruning, and the counts (the model's mode is kept)."""
-    was_training = model.training
-    model.eval().to(device)
+    """Accuracy of ``model`` on ``split`` with hidden-state pruning, and the counts, computed on ``device`` (the
+    model's mode and device are restored afterwards)."""
     stats = HiddenStateStats()
     images, labels = split["images"], split["labels"].to(device)
     correct = 0
-    with hidden_state_pruning(model, thresholds, group, stats, record):
+    with evaluated_on(model, device), hidden_state_pruning(model, thresholds, group, stats, record):
         for b in range(0, images.shape[0], batch_size):
             logits = model(images_to_float(images[b : b + batch_size].to(device)))
             correct += int((logits.argmax(-1) == labels[b : b + batch_size]).sum())
-    model.train(was_training)
     return correct / labels.numel(), stats
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
+from torch import nn
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -23,3 +27,19 @@ def seed_everything(seed: int) -> np.random.Generator:
     """Seed torch's global RNG (dropout, init) and return a NumPy Generator for explicit use."""
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+@contextmanager
+def evaluated_on(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``device`` for the block; its mode and device are restored afterwards (fine-tunes
+    hand their networks back on the CPU, and networks loaded from the catalog are there too)."""
+    was_training = model.training
+    home = next(iter(model.parameters()), None)
+    home = None if home is None else home.device
+    model.eval().to(device)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        if home is not None:
+            model.to(home)

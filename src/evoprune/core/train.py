@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from evoprune.core.data import images_to_float
+from evoprune.core.runtime import evaluated_on
 
 logger = logging.getLogger(__name__)
 
@@ -243,22 +244,13 @@ def predict_exit_logits(
     model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 2048
 ) -> torch.Tensor:
     """Logits of every exit, (E, N, num_classes), of uint8 images (N, H, W) in eval mode
-    (E = 1 for a plain CNN), computed on ``device``; the model's mode and device are restored afterwards
-    (fine-tunes hand their networks back on the CPU, and a network loaded from the catalog is there too)."""
-    was_training = model.training
-    home = next(iter(model.parameters()), None)
-    home = None if home is None else home.device
-    model.eval().to(device)
+    (E = 1 for a plain CNN), computed on ``device``; the model's mode and device are restored afterwards."""
     outs = []
-    try:
+    with evaluated_on(model, device):
         for first in range(0, images.shape[0], batch_size):
             x = images_to_float(images[first : first + batch_size].to(device))
             with _autocast(device):
                 outs.append(torch.stack([z.float() for z in as_exit_list(model(x))]))
-    finally:
-        model.train(was_training)
-        if home is not None:
-            model.to(home)
     return torch.cat(outs, dim=1)
 
 
