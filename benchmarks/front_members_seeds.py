@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ from evoprune.core.latency import LatencySettings, measure_masks_ms
 from evoprune.core.train import evaluate
 from evoprune.core.units import build_layout
 from evoprune.datasets import PrunedMembersDataset, TensorDictDataset, TorchModelDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from latency_vs_flops_front import member_report  # noqa: E402
 
 
 def _run(folder: Path, env: str, seeds: list[int]) -> tuple[pd.DataFrame, torch.nn.Module, object]:
@@ -50,11 +54,7 @@ def _run(folder: Path, env: str, seeds: list[int]) -> tuple[pd.DataFrame, torch.
     plan = [(m, mask, s) for m, mask in zip(members["member_ids"], members["masks"], strict=True) for s in seeds]
     jobs = [FinetuneJob(mask, "keep", s, f"{env} member {m} seed {s}") for m, mask, s in plan]
     tuned = finetune_jobs(inputs, jobs, params.parallel)
-    report = pd.read_csv(folder / "08_reporting/report_table.csv")
-    report = report[(report["kind"] == "member") & (report["method"] == "keep")]
-    if "seed" in report.columns:
-        report = report[report["seed"] == report["seed"].min()]
-    own = report.set_index("member")["test_accuracy"].to_dict()
+    own = member_report(folder, "keep")["test_accuracy"].to_dict()
     rows = [
         {
             "front": env,

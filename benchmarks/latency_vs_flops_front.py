@@ -29,13 +29,18 @@ from evoprune.core.units import build_layout
 from evoprune.datasets import TorchModelDataset
 
 
-def members(folder: Path, variant: str, retime: LatencySettings | None) -> pd.DataFrame:
-    """One row per member: FLOPs, predicted and measured latency ratio, test accuracy after fine-tuning."""
+def member_report(folder: Path, variant: str) -> pd.DataFrame:
+    """A run's report rows of its members fine-tuned with ``variant`` at the run's own seed, indexed by member."""
     report = pd.read_csv(folder / "08_reporting/report_table.csv")
     report = report[(report["kind"] == "member") & (report["method"] == variant)]
     if "seed" in report.columns:  # report.seeds > 1: the run's own seed, the one the other run fine-tuned with
         report = report[report["seed"] == report["seed"].min()]
-    report = report.set_index("member")
+    return report.set_index("member")
+
+
+def members(folder: Path, variant: str, retime: LatencySettings | None) -> pd.DataFrame:
+    """One row per member: FLOPs, predicted and measured latency ratio, test accuracy after fine-tuning."""
+    report = member_report(folder, variant)
     chosen = pd.read_csv(folder / "07_model_output/chosen_members.csv", dtype={"mask": str})
     if retime is None:
         validation = pd.read_csv(folder / "08_reporting/latency_validation.csv")

@@ -8,6 +8,7 @@ from torch import nn
 from evoprune.core.cost import count_flops, count_params, interleaved_median_seconds
 from evoprune.core.data import images_to_float
 from evoprune.core.exits import Criterion, MultiExitNet, confidence, input_shape
+from evoprune.core.runtime import evaluated_on
 
 
 def exit_costs(model: MultiExitNet | nn.Module) -> list[dict[str, float]]:
@@ -92,17 +93,19 @@ def early_exit_latency(
     repeats: int,
 ) -> dict[str, float]:
     """Median seconds per batch of the dense backbone vs real early-exit inference on the same batch (a
-    network without early exits is timed once: both are its own time)."""
-    was_training = model.training
-    model.eval().to(device)
+    network without early exits is timed once: both are its own time). Timed on ``device``; the model's mode and
+    device are restored afterwards."""
     x = images_to_float(images[:batch_size].to(device))
-    if isinstance(model, MultiExitNet):
-        seconds = interleaved_median_seconds(
-            {"dense": lambda: model.backbone(x), "early": lambda: model.early_exit_predict(x, threshold, criterion)},
-            repeats,
-        )
-        dense, early = seconds["dense"], seconds["early"]
-    else:
-        dense = early = interleaved_median_seconds({"dense": lambda: model(x)}, repeats)["dense"]
-    model.train(was_training)
+    with evaluated_on(model, device):
+        if isinstance(model, MultiExitNet):
+            seconds = interleaved_median_seconds(
+                {
+                    "dense": lambda: model.backbone(x),
+                    "early": lambda: model.early_exit_predict(x, threshold, criterion),
+                },
+                repeats,
+            )
+            dense, early = seconds["dense"], seconds["early"]
+        else:
+            dense = early = interleaved_median_seconds({"dense": lambda: model(x)}, repeats)["dense"]
     return {"dense_seconds": dense, "early_exit_seconds": early, "speedup": dense / early}

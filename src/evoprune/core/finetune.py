@@ -21,6 +21,7 @@ from evoprune.core.early_exit import exit_costs, sweep_thresholds
 from evoprune.core.exits import MultiExitNet, build_network, input_shape
 from evoprune.core.masking import prune_physically
 from evoprune.core.reinit import reinit_model
+from evoprune.core.runtime import evaluated_on
 from evoprune.core.train import TrainConfig, accuracy_per_exit, predict_exit_logits, train
 from evoprune.core.units import ChromosomeLayout
 
@@ -82,17 +83,16 @@ def measure(
     """Per-exit test accuracy, early-exit accuracy and exit shares, FLOPs, params and latency (with a
     ``reference`` model: also its latency, timed alternately with ``model``, and the speed-up)."""
     shape = input_shape(model)
-    model.to(device)  # fine-tunes hand their networks back on CPU; measured where they will run, then back
-    metrics = {f"exit{e + 1}.test_accuracy": a for e, a in enumerate(accuracy_per_exit(model, test_split, device))}
-    if policy is not None and isinstance(model, MultiExitNet):
-        logits = predict_exit_logits(model, test_split["images"], device)
-        policy_flops = [c["flops_policy"] for c in exit_costs(model)]
-        (row,) = sweep_thresholds(logits, test_split["labels"], [policy[0]], policy[1], policy_flops)
-        metrics["early_exit.test_accuracy"] = row["accuracy"]
-        metrics["early_exit.expected_flops"] = row["expected_flops"]
-        metrics.update({f"early_exit.{k}": v for k, v in row.items() if k.startswith("share_exit")})
-    metrics["flops"], metrics["params"] = count_flops(model, shape), count_params(model)
-    model.cpu()  # latency_ms times copies on the device
+    with evaluated_on(model, device):  # fine-tunes hand their networks back on CPU: measured where they will run
+        metrics = {f"exit{e + 1}.test_accuracy": a for e, a in enumerate(accuracy_per_exit(model, test_split, device))}
+        if policy is not None and isinstance(model, MultiExitNet):
+            logits = predict_exit_logits(model, test_split["images"], device)
+            policy_flops = [c["flops_policy"] for c in exit_costs(model)]
+            (row,) = sweep_thresholds(logits, test_split["labels"], [policy[0]], policy[1], policy_flops)
+            metrics["early_exit.test_accuracy"] = row["accuracy"]
+            metrics["early_exit.expected_flops"] = row["expected_flops"]
+            metrics.update({f"early_exit.{k}": v for k, v in row.items() if k.startswith("share_exit")})
+        metrics["flops"], metrics["params"] = count_flops(model, shape), count_params(model)
     metrics.update(latency_ms(model, test_split["images"], batch_sizes, repeats, device, reference, memory_format))
     return metrics
 

@@ -138,7 +138,7 @@ class LayerTable:
     ms: np.ndarray  # (len(in_units), len(out_units))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ms", monotone_grid(np.asarray(self.ms, dtype=float)))
+        object.__setattr__(self, "ms", monotone_grid(self.ms))
 
     def lookup(self, kept_in: np.ndarray, kept_out: np.ndarray) -> np.ndarray:
         """Bilinear interpolation (linear extrapolation at the edges is clamped to the grid)."""

@@ -142,7 +142,7 @@ def _finetuned_accuracies(
     inputs = FinetuneInputs(model, None, layout, finetune.train_split, None, finetune.cfg, None, device)
     jobs = [FinetuneJob(mask, None, seed, f"transfer fine-tune {k + 1}/{len(masks)}") for k, mask in enumerate(masks)]
     tuned = finetune_jobs(inputs, jobs, finetune.parallel)
-    return [evaluate(net.to(device), test_split, device) for net, _ in tuned]
+    return [evaluate(net, test_split, device) for net, _ in tuned]
 
 
 def _default_target_training() -> TrainConfig:

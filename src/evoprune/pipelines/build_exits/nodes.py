@@ -130,7 +130,6 @@ def measure_latency(
         params.latency.batch_size,
         params.latency.repeats,
     )
-    model.cpu()
     return to_mlflow_metrics(
         {
             "latency.dense_ms": 1e3 * lat["dense_seconds"],
