@@ -9,8 +9,10 @@ import torch
 from pydantic import ValidationError
 
 from evoprune.core import finetune_pool
+from evoprune.core.exits import attach_exits, build_network
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.finetune_pool import FinetuneInputs, FinetuneJob, ParallelParams, finetune_jobs, run_job
+from evoprune.core.models import build_model
 from evoprune.core.train import TrainConfig
 from evoprune.core.units import build_layout
 from tests.conftest import image_split, tiny_multi_exit
@@ -106,3 +108,25 @@ def test_parallel_settings_are_validated_and_part_of_finetune_params():
         FinetuneParams(parallel={"workers": 0})
     with pytest.raises(ValidationError, match="extra"):
         FinetuneParams(parallel={"worker": 2})
+
+
+def test_a_network_of_more_tensors_than_the_fork_server_passes_fine_tunes_in_workers():
+    """A multi-exit ResNet-20 and its θ0 hold 272 state tensors: shared one by one, each would be a file descriptor
+    sent with the worker's start, over the fork server's limit of 256 ("too many fds", the `resnet` environment)."""
+    torch.manual_seed(0)
+    spec = {"name": "resnet_cifar", "depth": 20, "width": 4, "in_channels": 1, "input_size": 28}
+    initial = attach_exits(build_model(spec), ["layer1", "layer2"]).eval()
+    trained = build_network(initial.spec)
+    trained.load_state_dict(initial.state_dict())
+    assert 2 * len(trained.state_dict()) > 256
+    layout = build_layout(trained, (1, 28, 28))
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    inputs = FinetuneInputs(trained.eval(), initial, layout, image_split(64, 1), None, cfg, None, CPU)
+    jobs = [FinetuneJob(layout.repair(np.ones((1, layout.num_bits), bool))[0], v, 7, v) for v in ("keep", "rewind")]
+    pooled = finetune_jobs(inputs, jobs, ParallelParams(workers=2, threads_per_worker=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _same_networks([run_job(inputs, job, progress=False) for job in jobs], pooled)
+    finally:
+        torch.set_num_threads(before)

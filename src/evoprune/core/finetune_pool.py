@@ -8,14 +8,15 @@ hands its fine-tunes to ``finetune_jobs``.
 
 Reproducible: with ``workers > 1`` every fine-tune runs on ``threads_per_worker`` torch threads, whichever worker
 runs it and however many fine-tunes a call has (a single one runs in this process on as many threads), so the
-same seed on the same machine gives the same networks. Workers receive the networks as spec + state_dict (no
-pickled modules) and the data once, through shared memory; they start from a fork server that imported the
+same seed on the same machine gives the same networks. Workers receive the networks as spec + serialised
+state_dict (no pickled modules, loaded with ``weights_only=True``) and the data once, through shared memory; they start from a fork server that imported the
 project once per Python process, so a pool costs about a second after the first. Measuring (latency timing)
 stays in the calling process, after the workers are gone. On CUDA the fine-tunes run one after another here.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -133,7 +134,7 @@ def finetune_jobs(
             workers, mp_context=context, initializer=_start_worker, initargs=(recipe, threads)
         ) as pool:
             results = list(tqdm(pool.map(_run_in_worker, jobs), total=len(jobs), desc=label, unit="fine-tune"))
-    except BrokenProcessPool as error:
+    except (BrokenProcessPool, BrokenPipeError) as error:  # the latter: one died while its start was being sent
         raise RuntimeError(
             f"a fine-tune worker process died ({label}), e.g. killed or out of memory. Lower "
             "finetune.parallel.workers, or set it to 1 to fine-tune in this process."
@@ -148,15 +149,24 @@ def finetune_jobs(
 _WORKER: dict[str, Any] = {}
 
 
-Portable = tuple[dict[str, Any], dict[str, torch.Tensor]]  # a network as spec + state_dict
+Portable = tuple[dict[str, Any], bytes]  # a network as spec + its state_dict serialised by torch.save
 
 
 def _recipe(inputs: FinetuneInputs) -> tuple[FinetuneInputs, Portable, Portable | None]:
-    """``inputs`` for a worker: the networks apart as spec + state_dict (no pickled modules; tensors go through
-    shared memory), the rest as it is, on CPU."""
+    """``inputs`` for a worker: the networks apart as spec + serialised state_dict (no pickled modules), the rest
+    as it is, on CPU (the splits' few tensors go through shared memory).
+
+    A state_dict's tensors are not shared one by one: each would be a file descriptor handed to the fork server
+    with the worker's start, and it accepts at most 256 (a multi-exit ResNet-20 and its θ0 hold 272 tensors:
+    "ValueError: too many fds"). One bytes object per network is copied instead; networks are small next to data.
+    """
 
     def portable(model: nn.Module | None) -> Portable | None:
-        return None if model is None else (model_spec(model), {k: v.cpu() for k, v in model.state_dict().items()})
+        if model is None:
+            return None
+        buffer = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+        return model_spec(model), buffer.getvalue()
 
     shared = replace(inputs, trained=None, initial=None, device=torch.device("cpu"))
     return shared, portable(inputs.trained), portable(inputs.initial)
@@ -167,7 +177,7 @@ def _rebuilt(portable: Portable | None) -> nn.Module | None:
         return None
     spec, state = portable
     model = build_network(spec)
-    model.load_state_dict(state)
+    model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
     return model.eval()
 
 
