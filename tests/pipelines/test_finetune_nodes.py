@@ -46,6 +46,16 @@ def test_candidates_per_budget_are_the_most_accurate_and_not_shared():
     assert spread["budget"].isna().all() and len(spread) == 3
 
 
+def test_a_twin_of_a_better_candidate_gives_its_place_to_the_next_distinct_member():
+    # members 2 and 3: same FLOPs and final-exit accuracy (masks apart only in an early exit's head), 3 ranking
+    # second on the final exit; member 1 is the next distinct one
+    front = _front([0.30, 0.36, 0.38, 0.38], [0.60, 0.64, 0.70, 0.70]).assign(exit1_accuracy=[0.5, 0.5, 0.6, 0.55])
+    params = MaskSearchParams(member_budgets=[0.4], candidates_per_budget=2)
+    assert choose_members(front, params)["member"].tolist() == [1, 2]
+    apart = front.assign(exit2_accuracy=[0.60, 0.64, 0.70, 0.69])  # differ on the final exit: not twins
+    assert choose_members(apart, params)["member"].tolist() == [2, 3]
+
+
 @pytest.fixture(scope="module")
 def candidates():
     trained, initial = tiny_multi_exit()

@@ -199,9 +199,26 @@ def tabulate_roulette_path(outcome: SearchOutcome) -> pd.DataFrame:
     )
 
 
+def _distinct_best(members: pd.DataFrame, final: str, count: int) -> list[int]:
+    """The index of the ``count`` members of best ``final`` accuracy, a twin of one already taken skipped: same
+    FLOPs and same final-exit accuracy, i.e. as a rule masks that differ only in an early exit's head (the
+    front keeps both for that exit's accuracy), whose final-exit networks a selection fine-tune cannot tell apart."""
+    taken: list[int] = []
+    for index, row in members.sort_values(final, ascending=False, kind="stable").iterrows():
+        if len(taken) == count:
+            break
+        twin = members.loc[taken, ["flops_ratio", final]].eq([row["flops_ratio"], row[final]]).all(axis=1).any()
+        if twin:
+            logger.info("mask_search: member %s skipped as a candidate: the twin of a better one", row.get("member"))
+        else:
+            taken.append(index)
+    return taken
+
+
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
     """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
-    within it with the best final-exit accuracy, not taken by a tighter budget and obeying the per-layer cap
+    within it with the best final-exit accuracy (twins of a better one skipped: same FLOPs and final-exit accuracy),
+    not taken by a tighter budget and obeying the per-layer cap
     (keeping at least ``search.uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too; a budget
     no member fits is skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
     evenly along the cost axis of the front (nearest to evenly spaced targets; ``budget`` empty). The axis is
@@ -217,7 +234,7 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
             within = pareto_set[(pareto_set[axis] <= budget) & capped & ~pareto_set.index.isin(list(budget_of))]
             if within.empty:
                 logger.warning("mask_search: no Pareto member left within %.3f of %s; budget skipped", budget, axis)
-            for index in within[final].nlargest(params.candidates_per_budget).index:
+            for index in _distinct_best(within, final, params.candidates_per_budget):
                 budget_of[int(index)] = budget
         chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
         return chosen.sort_values(axis).reset_index(drop=True)
