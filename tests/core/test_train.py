@@ -1,5 +1,6 @@
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from evoprune.core.models import build_model
@@ -130,3 +131,16 @@ def test_evaluated_on_gives_eval_mode_for_the_block_and_restores_the_mode_even_a
     with pytest.raises(RuntimeError, match="boom"), evaluated_on(model, torch.device("cpu")):
         raise RuntimeError("boom")
     assert model.training and next(model.parameters()).device.type == "cpu"
+
+
+def test_precision_is_validated_and_a_cpu_trains_in_float32_under_either():
+    with pytest.raises(ValidationError, match="precision"):
+        TrainConfig(precision="float16")
+    data = _split(64, 0)
+    states = []
+    for precision in ("float32", "bfloat16"):  # bf16 autocast applies on CUDA only
+        torch.manual_seed(0)
+        model = build_model({"name": "lenet5"})
+        train(model, data, None, TrainConfig(epochs=1, batch_size=32, precision=precision), CPU, seed=0)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
     # epochs 1.23x faster than contiguous; conf/base's finetune sets it). On CPU, a network with a 1x1 convolution
     # trains contiguous all the same (see _training_memory_format). Inputs that are not images stay as they are.
     memory_format: Literal["contiguous", "channels_last"] = "contiguous"
+    # on CUDA only (a CPU trains in float32 either way): bfloat16 autocast pays on large layers; on the project's
+    # networks it cost time, the casts adding Python work to steps the GPU already waits on: float32 steps were
+    # 1.22x (ResNet-20 + 2 exits) and 1.32x (LeNet-5 + exit) faster on an H200 (benchmarks/train_step.py)
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 def as_exit_list(output: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
@@ -151,9 +155,10 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig, extras: TrainingExtras |
     return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA (no grad scaler needed); a no-op context on CPU."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, precision: str = "bfloat16"):
+    """bf16 autocast on CUDA when ``precision`` is bfloat16 (no grad scaler needed); a no-op context otherwise."""
+    enabled = device.type == "cuda" and precision == "bfloat16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def train(
@@ -210,7 +215,7 @@ def train(
             x = x.contiguous(memory_format=fmt) if x.dim() == 4 else x
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
-            with _autocast(device):
+            with _autocast(device, cfg.precision):
                 loss = exits_loss(model(x), labels[idx], loss_weights, cfg.label_smoothing)
                 if extras.penalty is not None:
                     loss = loss + extras.penalty()
