@@ -9,9 +9,10 @@ hands its fine-tunes to ``finetune_jobs``.
 Reproducible: with ``workers > 1`` every fine-tune runs on ``threads_per_worker`` torch threads, whichever worker
 runs it and however many fine-tunes a call has (a single one runs in this process on as many threads), so the
 same seed on the same machine gives the same networks. Workers receive the networks as spec + serialised
-state_dict (no pickled modules, loaded with ``weights_only=True``) and the data once, through shared memory; they start from a fork server that imported the
-project once per Python process, so a pool costs about a second after the first. Measuring (latency timing)
-stays in the calling process, after the workers are gone. On CUDA the fine-tunes run one after another here.
+state_dict (no pickled modules, loaded with ``weights_only=True``) and the data once, through shared memory; they
+start from a fork server that imported the project once per Python process, so a pool costs about a second after
+the first. Measuring (latency timing) stays in the calling process, after the workers are gone. On CUDA the
+fine-tunes run one after another here.
 """
 
 from __future__ import annotations
