@@ -155,7 +155,7 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig, extras: TrainingExtras |
     return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
-def _autocast(device: torch.device, precision: str = "bfloat16"):
+def _autocast(device: torch.device, precision: Literal["float32", "bfloat16"]):
     """bf16 autocast on CUDA when ``precision`` is bfloat16 (no grad scaler needed); a no-op context otherwise."""
     enabled = device.type == "cuda" and precision == "bfloat16"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -254,7 +254,7 @@ def predict_exit_logits(
     with evaluated_on(model, device):
         for first in range(0, images.shape[0], batch_size):
             x = images_to_float(images[first : first + batch_size].to(device))
-            with _autocast(device):
+            with _autocast(device, "bfloat16"):  # predictions: bf16 on CUDA (training has its own precision)
                 outs.append(torch.stack([z.float() for z in as_exit_list(model(x))]))
     return torch.cat(outs, dim=1)
 
