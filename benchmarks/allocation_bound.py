@@ -3,7 +3,9 @@ per-layer allocation? (issue 16: "a member keeps <= 20% of the FLOPs within 1.0 
 
     .venv/bin/python benchmarks/allocation_bound.py --budget 0.2 --epochs 5 15   # after `kedro run --pipeline=prune`
 
-Fine-tunes, with finetune.training's recipe (conf/base) at each of ``--epochs`` epochs, the `keep` weights of
+Fine-tunes, with finetune.training's recipe (conf/base) at each of ``--epochs`` epochs, the weights of each
+``--variants`` (`keep`: the trained network's; `random`: a fresh initialisation, i.e. the pruned architecture trained
+from scratch; any re-init variant of the finetune stage) of
 
 - ``member<id>``: the front member with the most FLOPs within ``--budget`` (`07_model_output/pareto_set.csv`);
 - one network per allocation of the first two prunable layers (LeNet-5: conv1 and conv2): for each unit count k
@@ -66,6 +68,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.2, help="FLOPs ratio of the dense network")
     parser.add_argument("--epochs", type=int, nargs="+", default=[5, 15])
     parser.add_argument("--allocations", nargs="*", default=[], help="e.g. 2,6,59,61,31 (units per group)")
+    parser.add_argument(
+        "--no-sweep", action="store_true", help="only the member and --allocations (no per-first-layer sweep)"
+    )
+    parser.add_argument("--variants", nargs="+", default=["keep"], help="re-init variants: keep, random, rewind, ...")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--dataset", default="fashion_mnist")
     args = parser.parse_args()
@@ -80,7 +86,8 @@ def main() -> None:
     scores = GroupL1(input_shape(trained))(trained, layout)
     member_mask = decode_masks([row["mask"]], layout.num_bits)[0]
     networks = {f"member{int(row['member'])}": member_mask}
-    for counts in [*allocations(member_mask, scores, layout, args.budget), *(
+    sweep = [] if args.no_sweep else allocations(member_mask, scores, layout, args.budget)
+    for counts in [*sweep, *(
         [int(c) for c in a.split(",")] for a in args.allocations
     )]:  # fmt: skip
         networks[",".join(map(str, counts))] = mask_of(counts, scores, layout)
@@ -88,17 +95,23 @@ def main() -> None:
     recipe = FinetuneParams().training
     print(f"# {torch.get_num_threads()} torch threads, torch {torch.__version__}; dense test accuracy {dense:.2f}%")
     print(f"# units per group: {', '.join(f'{g.name} ({g.size})' for g in layout.groups)}")
-    print("| network | FLOPs % | epochs | test acc. % | gap to dense (pt) | seconds |\n|---|---|---|---|---|---|")
+    print(
+        "| network | FLOPs % | weights | epochs | test acc. % | gap to dense (pt) | seconds |\n|---|---|---|---|---|---|---|"
+    )
     for name, mask in networks.items():
         flops = 100 * layout.flops_ratio(mask[None])[0]
-        for epochs in args.epochs:
-            start = time.perf_counter()
-            model = pruned_variant(trained, initial, layout, mask, "keep", args.seed)
-            cfg = recipe.model_copy(update={"epochs": epochs})
-            train(model, train_split, None, cfg, cpu, args.seed, f"{name} ({epochs} epochs)")
-            acc = 100 * accuracy_per_exit(model, test_split, cpu)[-1]
-            seconds = time.perf_counter() - start
-            print(f"| {name} | {flops:.1f} | {epochs} | {acc:.2f} | {acc - dense:+.2f} | {seconds:.0f} |", flush=True)
+        for variant in args.variants:
+            for epochs in args.epochs:
+                start = time.perf_counter()
+                model = pruned_variant(trained, initial, layout, mask, variant, args.seed)
+                cfg = recipe.model_copy(update={"epochs": epochs})
+                train(model, train_split, None, cfg, cpu, args.seed, f"{name} {variant} ({epochs} epochs)")
+                acc = 100 * accuracy_per_exit(model, test_split, cpu)[-1]
+                seconds = time.perf_counter() - start
+                print(
+                    f"| {name} | {flops:.1f} | {variant} | {epochs} | {acc:.2f} | {acc - dense:+.2f} | {seconds:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
