@@ -12,6 +12,10 @@ l1, taylor and lamp criteria and of ``--randoms`` random draws. Every mask is sc
 - ``steps0``: final-exit validation accuracy of the pruned network (the search's fitness today),
 - ``steps<k>``: the same after k SGD steps of the fine-tune (finetune.training's optimiser and schedule squeezed
   into k steps of the first k * batch training images),
+- ``probe_logits`` / ``probe_fc``: validation accuracy of a ridge-regression probe (closed form, one-hot targets,
+  ``--probe-images`` training images) on the pruned network's features at the input of the final exit's logit
+  layer / of the first Linear layer (the flattened conv features): how much a mask leaves linearly decodable,
+  whatever the damage to the layers after it,
 
 and fine-tuned exactly as the members are (``finetune.training``, all exits) with ``--truth-seeds`` seeds; the
 truth is the mean final-exit validation accuracy after that. Prints one row per mask and Spearman's rank
@@ -29,10 +33,12 @@ from run_outputs import run_splits, search_outputs
 from scipy.stats import spearmanr
 
 from evoprune.core.baselines import BaselinePruner, mask_within_budget
+from evoprune.core.data import images_to_float
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune import finetune_member, pruned_variant
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.importance import calibration_batch
+from evoprune.core.models.adapter import logit_layers
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import build_layout
 
@@ -59,6 +65,36 @@ def _masks_at(budget: float, front, trained, layout, train_split, neighbours: in
     return out
 
 
+def _inputs_of(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(N, d) float64 inputs of ``layer`` when ``model`` (eval) reads uint8 ``images``, flattened per sample."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().flatten(1)))
+    try:
+        with torch.inference_mode():
+            for first in range(0, images.shape[0], 1000):
+                model.eval()(images_to_float(images[first : first + 1000]))
+    finally:
+        handle.remove()
+    return torch.cat(seen).double()
+
+
+def probe_accuracy(model, layer, train_split, val_split, images: int, ridge: float = 1e-3) -> float:
+    """Validation accuracy (%) of a ridge-regression probe on ``layer``'s inputs, fitted on ``images`` training
+    images to one-hot labels (closed form; features standardised on the training images)."""
+    x = _inputs_of(model, layer, train_split["images"][:images])
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    y = torch.nn.functional.one_hot(train_split["labels"][:images], int(train_split["labels"].max()) + 1).double()
+    weights = torch.linalg.solve(x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+    v = (_inputs_of(model, layer, val_split["images"]) - mean) / std
+    v = torch.cat([v, torch.ones(len(v), 1, dtype=v.dtype)], 1)
+    return 100 * float(((v @ weights).argmax(1) == val_split["labels"]).double().mean())
+
+
+def _first_linear(model: torch.nn.Module) -> torch.nn.Module:
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data", help="the prune run's outputs folder")
@@ -67,6 +103,7 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=6)
     parser.add_argument("--randoms", type=int, default=2)
     parser.add_argument("--truth-seeds", type=int, default=1)
+    parser.add_argument("--probe-images", type=int, default=5000, help="training images the ridge probes fit")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     trained, initial, front = search_outputs(args.data)
@@ -76,7 +113,7 @@ def main() -> None:
     finetune = FinetuneParams().training
     print(f"# {torch.get_num_threads()} torch threads, torch {torch.__version__}; validation accuracy (final exit) %")
     print(f"# truth: {finetune.epochs}-epoch fine-tune, mean of {args.truth_seeds} seed(s)")
-    names = ["steps0", *(f"steps{k}" for k in args.steps)]
+    names = ["steps0", *(f"steps{k}" for k in args.steps), "probe_logits", "probe_fc"]
     for budget in args.budgets:
         masks = _masks_at(budget, front, trained, layout, train_split, args.neighbours, args.randoms, args.seed)
         scores = {n: [] for n in [*names, "truth"]}
@@ -87,6 +124,10 @@ def main() -> None:
             pruned = pruned_variant(trained, initial, layout, mask, "keep", args.seed)
             scores["steps0"].append(100 * accuracy_per_exit(pruned, val_split, cpu)[-1])
             seconds["steps0"] += time.perf_counter() - start
+            for probe, layer in (("probe_logits", logit_layers(pruned)[0]), ("probe_fc", _first_linear(pruned))):
+                start = time.perf_counter()
+                scores[probe].append(probe_accuracy(pruned, layer, train_split, val_split, args.probe_images))
+                seconds[probe] += time.perf_counter() - start
             for k in args.steps:
                 start = time.perf_counter()
                 cfg = finetune.model_copy(update={"epochs": 1, "train_subset": k * finetune.batch_size})
