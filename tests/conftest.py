@@ -168,14 +168,21 @@ def tiny_project(tmp_path, fake_idx_dir, monkeypatch) -> Path:
     return tmp_path
 
 
-def run_tiny_session(project: Path, pipeline: str | list[str] = "prune", to_outputs: list[str] | None = None, **kwargs):
-    """One ``kedro run --env=tiny`` of ``pipeline`` (or of several, as ``--pipelines=a,b``) through a
-    KedroSession in this process; ``kwargs`` go to ``KedroSession.create`` (e.g. ``runtime_params``)."""
+def run_tiny_session(
+    project: Path,
+    pipeline: str | list[str] = "prune",
+    to_outputs: list[str] | None = None,
+    node_names: list[str] | None = None,
+    **kwargs,
+):
+    """One ``kedro run --env=tiny`` of ``pipeline`` (or of several, as ``--pipelines=a,b``; of only
+    ``node_names``, as ``--nodes``) through a KedroSession in this process; ``kwargs`` go to
+    ``KedroSession.create`` (e.g. ``runtime_params``)."""
     bootstrap_project(project)
     names = [pipeline] if isinstance(pipeline, str) else list(pipeline)
     try:
         with KedroSession.create(project_path=project, env="tiny", **kwargs) as session:
-            return session.run(pipeline_names=names, to_outputs=to_outputs)
+            return session.run(pipeline_names=names, to_outputs=to_outputs, node_names=node_names)
     finally:
         # kedro-mlflow 2.0.3 leaves the session's run active in this process (a `kedro run` ends with its
         # process); close it so that the next session of this test process opens its own run

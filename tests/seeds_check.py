@@ -71,7 +71,22 @@ def assert_seeded_report_after_prune(project: Path, client: mlflow.MlflowClient,
         assert f"report.member{member}.margin_over_best_baseline_std_pt" in metrics
         assert f"baselines.tp_taylor.member{member}.seed43.test_accuracy" in metrics
     assert metrics["report.budgets_won_by_members"] == verdicts["member_wins"].sum()
+    assert_dst_fine_tunes_repeated_per_seed(project, client, experiment, params)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id]
     baselines = [r for r in children if r.data.tags["stage"] == "baselines"]
     assert len(baselines) == len(methods["baseline"]) * len(members) * len(SEEDS)
     assert {r.data.tags["seed"] for r in baselines} == {str(s) for s in SEEDS}
+
+
+def assert_dst_fine_tunes_repeated_per_seed(project: Path, client, experiment: str, params: dict) -> None:
+    """DST's comparison again with ``report.seeds: 2`` (its networks from the dst run before): the structured DST
+    network and L1 at its FLOPs are fine-tuned once per seed; DST itself and the magnitude baseline train once."""
+    run_tiny_session(project, "dst", node_names=["dst.compare_methods"], runtime_params=params)
+    dst = pd.read_csv(project / "data/tiny/08_reporting/methods/dst.csv")
+    for method in ("dst_structured", "l1_at_dst_flops"):
+        assert sorted(dst.loc[dst["method"] == method, "seed"]) == SEEDS
+    assert (dst["method"] == "dst_unstructured").sum() == 1 and (dst["method"] == "magnitude_unstructured").sum() == 1
+    runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"])
+    latest = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert {"dst.dst_structured.test_accuracy", "dst.dst_structured.seed43.test_accuracy"} <= set(latest.data.metrics)
+    assert "dst.l1_at_dst_flops.seed43.test_accuracy" in latest.data.metrics

@@ -1,6 +1,7 @@
 """Dynamic sparse training: the estimator, thresholds, reset rule, controller, structured form, baselines."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from evoprune.core.sparse import (
     train_sparse,
     weight_sparsity,
 )
+from evoprune.core.sparse.compare import method_metrics
 from evoprune.core.sparse.magnitude import bake, global_magnitude_prune
 from evoprune.core.train import TrainConfig, TrainingDivergedError
 from evoprune.core.units import build_layout
@@ -190,3 +192,22 @@ def test_structured_chromosome_follows_the_thresholds():
         hooks.thresholds_by_group[first.name].fill_(1e9)
     assert not hooks.chromosome()[first.offset : first.offset + first.size].any()
     assert hooks.reset(0.01) == [first.name] and np.asarray(hooks.chromosome()).all()
+
+
+def test_method_metrics_name_replicate_seeds_and_leave_the_run_seed_and_seedless_rows_as_before():
+    table = pd.DataFrame(
+        [
+            {"method": "dst_unstructured", "seed": np.nan, "test_accuracy": 0.80, "weights_kept": 0.1},
+            {"method": "dst_structured", "seed": 42, "test_accuracy": 0.85, "weights_kept": np.nan},
+            {"method": "dst_structured", "seed": 43, "test_accuracy": 0.86, "weights_kept": np.nan},
+            {"method": "l1_at_dst_flops", "seed": 43, "test_accuracy": 0.84, "weights_kept": np.nan},
+        ]
+    )
+    metrics = method_metrics(table, run_seed=42)
+    assert metrics["dst_unstructured.test_accuracy"] == 0.80 and metrics["dst_unstructured.weights_kept"] == 0.1
+    assert metrics["dst_structured.test_accuracy"] == 0.85  # the run's seed keeps the single-seed name
+    assert metrics["dst_structured.seed43.test_accuracy"] == 0.86
+    assert metrics["l1_at_dst_flops.seed43.test_accuracy"] == 0.84 and "l1_at_dst_flops.test_accuracy" not in metrics
+    assert "dst_structured.weights_kept" not in metrics  # empty cells are left out
+    one_seed = table.iloc[:2]
+    assert method_metrics(one_seed, run_seed=42) == method_metrics(one_seed)  # one seed: the names of before

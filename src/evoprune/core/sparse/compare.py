@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,7 @@ def compare_dst(
     magnitude_training: TrainConfig,
     seed: int,
     device: torch.device,
+    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The four kinds of rows above.
 
@@ -68,8 +69,12 @@ def compare_dst(
         structured_model / structured_mask: structured DST's network and its chromosome (num_bits,).
         trained / initial: the trained multi-exit network and its θ0 (the baselines start from ``trained``).
         magnitude_training: the magnitude baseline's fine-tune (its epochs make the total equal DST's).
+        seed: the run's seed (DST itself and the magnitude baseline train once, with it).
+        seeds: the fine-tune seeds of the structured rows (``report.seeds`` replicates: one row per seed of
+            ``dst_structured`` and of ``l1_at_dst_flops``, as the members and baselines have); default ``[seed]``.
     """
     train_split, validation_split, test_split = splits
+    seeds = [seed] if seeds is None else [int(s) for s in seeds]
     dst_row = unstructured_row("dst_unstructured", sparse_model, test_split, dense_measurements, device)
     kept = float(dst_row["weights_kept"])
     magnitude, history = magnitude_baseline(
@@ -95,7 +100,7 @@ def compare_dst(
         policy,
         dense_measurements,
         finetune,
-        [seed],
+        seeds,
         device,
     )
     l1 = prune_to_member_budgets(
@@ -107,7 +112,7 @@ def compare_dst(
         policy,
         dense_measurements,
         finetune,
-        [seed],
+        seeds,
         device,
     )
     rows = [dst_row, magnitude_row]
@@ -117,10 +122,17 @@ def compare_dst(
     return table
 
 
-def method_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """The table's numbers as ``<method>.<column>`` metrics (empty cells left out)."""
-    numeric = table.set_index("method").select_dtypes("number")
-    return {f"{method}.{k}": v for method, row in numeric.iterrows() for k, v in row.dropna().items()}
+def method_metrics(table: pd.DataFrame, run_seed: int | None = None) -> dict[str, float]:
+    """The table's numbers as ``<method>.<column>`` metrics (empty cells left out); a row of another fine-tune
+    seed than ``run_seed`` (a ``report.seeds`` replicate) as ``<method>.seed<seed>.<column>``, as the members'."""
+    numeric = table.select_dtypes("number")
+    seeds = table["seed"] if "seed" in table else pd.Series(np.nan, index=table.index)
+    metrics = {}
+    for (index, row), method in zip(numeric.iterrows(), table["method"], strict=True):
+        replicate = run_seed is not None and pd.notna(seeds[index]) and int(seeds[index]) != run_seed
+        name = f"{method}.seed{int(seeds[index])}" if replicate else method
+        metrics.update({f"{name}.{k}": v for k, v in row.dropna().items()})
+    return metrics
 
 
 def best_within_budgets(front: pd.DataFrame, budgets: list[float], axis: str = "flops_ratio") -> list[float]:

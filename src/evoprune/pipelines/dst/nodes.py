@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
 from evoprune.core import plots
-from evoprune.core.comparison import early_exit_policy
+from evoprune.core.comparison import early_exit_policy, replicate_seeds
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.latency import LatencyModel
+from evoprune.core.report_table import ReportParams
 from evoprune.core.runtime import resolve_device
 from evoprune.core.sparse import ControllerConfig, SparseTrainingConfig, SparseTrainingResult, train_sparse
 from evoprune.core.sparse.compare import (
@@ -130,9 +131,11 @@ def compare_methods(
     finetune: FinetuneParams,
     train_dense: TrainDenseParams,
     seed: int,
+    report: ReportParams,
     device: str,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
-    """DST's rows for the report (``evoprune.core.sparse.compare``) under ``method_results["dst"]``, and metrics."""
+    """DST's rows for the report (``evoprune.core.sparse.compare``) under ``method_results["dst"]``, and metrics;
+    the structured rows are fine-tuned with ``report.seeds`` seeds, like the members and baselines."""
     magnitude = params.magnitude_training(finetune.training, train_dense.training.epochs)
     table = compare_dst(
         dst_sparse_model["model"],
@@ -147,8 +150,9 @@ def compare_methods(
         magnitude,
         seed,
         resolve_device(device),
+        replicate_seeds(seed, report.seeds),
     )
-    return {"dst": table}, to_mlflow_metrics(method_metrics(table))
+    return {"dst": table}, to_mlflow_metrics(method_metrics(table, seed))
 
 
 def search_seeded_with_dst(

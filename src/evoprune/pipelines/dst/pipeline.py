@@ -51,6 +51,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:finetune",
                     "params:train_dense",
                     "params:seed",
+                    "params:report",
                     "params:device",
                 ],
                 ["method_results", "dst_metrics"],
