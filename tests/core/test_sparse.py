@@ -209,5 +209,6 @@ def test_method_metrics_name_replicate_seeds_and_leave_the_run_seed_and_seedless
     assert metrics["dst_structured.seed43.test_accuracy"] == 0.86
     assert metrics["l1_at_dst_flops.seed43.test_accuracy"] == 0.84 and "l1_at_dst_flops.test_accuracy" not in metrics
     assert "dst_structured.weights_kept" not in metrics  # empty cells are left out
+    assert not any(k.endswith((".seed", ".member")) for k in metrics)  # labels, not measurements
     one_seed = table.iloc[:2]
     assert method_metrics(one_seed, run_seed=42) == method_metrics(one_seed)  # one seed: the names of before

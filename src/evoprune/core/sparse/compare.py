@@ -123,9 +123,10 @@ def compare_dst(
 
 
 def method_metrics(table: pd.DataFrame, run_seed: int | None = None) -> dict[str, float]:
-    """The table's numbers as ``<method>.<column>`` metrics (empty cells left out); a row of another fine-tune
-    seed than ``run_seed`` (a ``report.seeds`` replicate) as ``<method>.seed<seed>.<column>``, as the members'."""
-    numeric = table.select_dtypes("number")
+    """The table's numbers but its member id and seed as ``<method>.<column>`` metrics (empty cells left out); a
+    row of another fine-tune seed than ``run_seed`` (a ``report.seeds`` replicate) as ``<method>.seed<seed>.<column>``,
+    as the members' (``MeasuredModel.key`` and ``scalars``)."""
+    numeric = table.select_dtypes("number").drop(columns=["member", "seed"], errors="ignore")
     seeds = table["seed"] if "seed" in table else pd.Series(np.nan, index=table.index)
     metrics = {}
     for (index, row), method in zip(numeric.iterrows(), table["method"], strict=True):
