@@ -35,6 +35,11 @@ from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout, build_layout
 
 
+def units_per_group(mask: np.ndarray, layout: ChromosomeLayout) -> list[int]:
+    """How many units ``mask`` keeps in each group of ``layout``, in group order."""
+    return [int(mask[g.offset : g.offset + g.size].sum()) for g in layout.groups]
+
+
 def mask_of(counts: list[int], scores: np.ndarray, layout: ChromosomeLayout) -> np.ndarray:
     """The ``counts[g]`` highest-scoring units of every group g."""
     if len(counts) != len(layout.groups):
@@ -49,7 +54,7 @@ def mask_of(counts: list[int], scores: np.ndarray, layout: ChromosomeLayout) -> 
 
 def allocations(member: np.ndarray, scores: np.ndarray, layout: ChromosomeLayout, budget: float) -> list[list[int]]:
     """Per unit count of the first group, the most units of the second that fit ``budget`` (others as the member)."""
-    base = [int(member[g.offset : g.offset + g.size].sum()) for g in layout.groups]
+    base = units_per_group(member, layout)
     out = []
     for first in range(1, layout.groups[0].size + 1):
         fitting = [

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+from allocation_bound import mask_of, units_per_group
 from scoring_net_transfer_sweep import _cached
 
 from evoprune.core.baselines import mask_within_budget
@@ -43,16 +44,9 @@ from evoprune.datasets import TensorDictDataset, TorchModelDataset
 BUDGETS = (0.3, 0.5, 0.7)
 
 
-def counts_of(layout: ChromosomeLayout, mask: np.ndarray) -> list[int]:
-    return [int(mask[g.offset : g.offset + g.size].sum()) for g in layout.groups]
-
-
 def with_counts(layout: ChromosomeLayout, counts_from: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """The mask keeping, in every group, as many units as ``counts_from`` does: the best by ``scores``."""
-    mask = np.zeros(layout.num_bits, dtype=bool)
-    for g, k in zip(layout.groups, counts_of(layout, counts_from), strict=True):
-        mask[g.offset + np.argsort(-scores[g.offset : g.offset + g.size], kind="stable")[:k]] = True
-    return mask
+    return mask_of(units_per_group(counts_from, layout), scores, layout)
 
 
 def resnet_target() -> TransferTarget:
@@ -116,7 +110,7 @@ def main() -> None:
                 flops = layout.flops_ratio(mask[None])[0]
                 print(
                     f"| {target.name} | {budget:.1f} | {name} | {flops:.3f} | {accuracy[name]:.2f} | "
-                    f"{accuracy[name] - accuracy['l1']:+.2f} | {','.join(map(str, counts_of(layout, mask)))} |",
+                    f"{accuracy[name] - accuracy['l1']:+.2f} | {','.join(map(str, units_per_group(mask, layout)))} |",
                     flush=True,
                 )
 
