@@ -11,10 +11,17 @@ from scratch; any re-init variant of the finetune stage) of
 - one network per allocation of the first two prunable layers (LeNet-5: conv1 and conv2): for each unit count k
   of the first layer, the most units of the second layer that fit the budget with every other layer kept at
   the member's counts; units chosen by group L1 (``GroupL1``, Torch-Pruning's group magnitude) within each layer;
-- ``--allocations``: explicit unit counts per layer, comma-separated in the layout's group order.
+- ``--allocations``: explicit unit counts per layer, comma-separated in the layout's group order;
+- with ``--l1``, ``l1 (global)``: the baselines' own mask at the member's FLOPs (``mask_within_budget`` with group
+  L1 and the search's ``max_pruning_ratio`` and ``round_to``), i.e. what the member is compared with in the report;
+- with ``--random-allocations N``: N allocations drawn like the random baseline's (random scores, the same limits,
+  the member's FLOPs), units chosen by group L1 within each layer: how much the allocation alone moves accuracy.
 
-No layer cap (``max_pruning_ratio``) applies here: the point is the best any allocation can do. Prints one row per
-network and epochs with its FLOPs and test accuracy (final exit) and the gap to the dense network, in points.
+No layer cap (``max_pruning_ratio``) applies to the sweep and ``--allocations``: the point is the best any allocation
+can do. The recipe is the run's ``finetune`` (``training`` and the exits' ``loss_weights``, as `kedro run` reads them
+from conf/base and conf/local), or that of ``--env``'s run (e.g. ``--env resnet --data data/resnet``: conf/resnet's 5
+epochs on 30k images). Prints one row per network and epochs with its FLOPs and test accuracy (final exit) and the
+gap to the dense network, in points.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import time
 
 import numpy as np
 import torch
-from run_outputs import run_splits, search_outputs
+from run_outputs import run_parameters, run_splits, search_outputs
 
+from evoprune.core.baselines import mask_within_budget
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune import pruned_variant
 from evoprune.core.finetune_config import FinetuneParams
@@ -33,6 +41,7 @@ from evoprune.core.importance import GroupL1
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout, build_layout
+from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 
 
 def units_per_group(mask: np.ndarray, layout: ChromosomeLayout) -> list[int]:
@@ -79,7 +88,13 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["keep"], help="re-init variants: keep, random, rewind, ...")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--env", default=None, help="read finetune, mask_search from conf/<env>")
+    parser.add_argument("--l1", action="store_true", help="also the global L1 baseline at the member's FLOPs")
+    parser.add_argument("--random-allocations", type=int, default=0, help="N random allocations, L1 within layers")
     args = parser.parse_args()
+    params = run_parameters(args.env)  # what `kedro run [--env=ENV]` sees
+    finetune = FinetuneParams.model_validate(params["finetune"])
+    search = MaskSearchParams.model_validate(params["mask_search"]).search
     trained, initial, front = search_outputs(args.data)
     train_split, test_split = run_splits(args.data, "train", "test", dataset=args.dataset)
     cpu = torch.device("cpu")
@@ -96,8 +111,16 @@ def main() -> None:
         [int(c) for c in a.split(",")] for a in args.allocations
     )]:  # fmt: skip
         networks[",".join(map(str, counts))] = mask_of(counts, scores, layout)
+    member_flops, limits = float(row["flops_ratio"]), (search.max_pruning_ratio, search.round_to)
+    if args.l1:
+        networks["l1 (global)"] = mask_within_budget(layout, scores, member_flops, *limits)
+    rng = np.random.default_rng(args.seed)
+    for k in range(args.random_allocations):
+        drawn = mask_within_budget(layout, rng.random(layout.num_bits), member_flops, *limits)
+        counts = units_per_group(drawn, layout)
+        networks[f"random allocation {k + 1}: {','.join(map(str, counts))}"] = mask_of(counts, scores, layout)
     dense = 100 * accuracy_per_exit(trained, test_split, cpu)[-1]
-    recipe = FinetuneParams().training
+    recipe, loss_weights = finetune.training, finetune.exit_loss_weights(trained)
     print(f"# {torch.get_num_threads()} torch threads, torch {torch.__version__}; dense test accuracy {dense:.2f}%")
     print(f"# units per group: {', '.join(f'{g.name} ({g.size})' for g in layout.groups)}")
     print(
@@ -110,7 +133,9 @@ def main() -> None:
                 start = time.perf_counter()
                 model = pruned_variant(trained, initial, layout, mask, variant, args.seed)
                 cfg = recipe.model_copy(update={"epochs": epochs})
-                train(model, train_split, None, cfg, cpu, args.seed, f"{name} {variant} ({epochs} epochs)")
+                train(
+                    model, train_split, None, cfg, cpu, args.seed, f"{name} {variant} ({epochs} epochs)", loss_weights
+                )
                 acc = 100 * accuracy_per_exit(model, test_split, cpu)[-1]
                 seconds = time.perf_counter() - start
                 print(

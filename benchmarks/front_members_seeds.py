@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from kedro.config import OmegaConfigLoader
 
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune_config import FinetuneParams
@@ -35,13 +34,13 @@ from evoprune.datasets import PrunedMembersDataset, TensorDictDataset, TorchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from latency_vs_flops_front import member_report  # noqa: E402
+from run_outputs import run_parameters  # noqa: E402
 
 
 def _run(folder: Path, env: str, seeds: list[int]) -> tuple[pd.DataFrame, torch.nn.Module, object]:
     """One row per (member, seed): the run's member fine-tuned with that seed and scored on the test split;
     the run's trained network and layout."""
-    loader = OmegaConfigLoader("conf", base_env="base", default_run_env=env)
-    params = FinetuneParams.model_validate(loader["parameters"]["finetune"])
+    params = FinetuneParams.model_validate(run_parameters(env)["finetune"])
     trained = TorchModelDataset(filepath=str(folder / "06_models/multi_exit_model.pt")).load()
     initial = TorchModelDataset(filepath=str(folder / "06_models/multi_exit_model_init.pt")).load()
     members = PrunedMembersDataset(filepath=str(folder / "06_models/selected_members.pt")).load()

@@ -22,7 +22,7 @@ import platform
 import time
 
 import torch
-from kedro.config import OmegaConfigLoader
+from run_outputs import run_parameters
 
 from evoprune.core.exits import attach_exits
 from evoprune.core.latency import (
@@ -40,8 +40,7 @@ from evoprune.pipelines.train_dense.nodes import TrainDenseParams
 
 
 def _network(env: str) -> torch.nn.Module:
-    loader = OmegaConfigLoader("conf", base_env="base", default_run_env=env if env != "base" else "local")
-    params = loader["parameters"]
+    params = run_parameters(env)
     dense = TrainDenseParams.model_validate(params["train_dense"])
     exits = BuildExitsParams.model_validate(params["build_exits"])
     torch.manual_seed(0)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import torch
+from kedro.config import OmegaConfigLoader
 from torch import nn
 
+from evoprune import settings
 from evoprune.datasets import AtomicCSVDataset, PrunedMembersDataset, TensorDictDataset, TorchModelDataset
 
 
@@ -22,3 +26,13 @@ def run_splits(data: str, *splits: str, dataset: str = "fashion_mnist") -> list[
     """The named splits (``train``, ``validation``, ``test``) of ``dataset`` that the `prune` run with outputs
     folder ``data`` prepared (``05_model_input``), in the order asked."""
     return [TensorDictDataset(filepath=f"{data}/05_model_input/{dataset}_{s}.pt").load() for s in splits]
+
+
+def run_parameters(env: str | None = None) -> dict[str, Any]:
+    """The parameters that `kedro run --env=<env>` sees: conf/base and conf/<env> merged as the project's settings
+    merge them (an environment overrides only the keys it sets); None or "base": a plain `kedro run`'s (conf/local).
+    Run from the project root."""
+    args = dict(settings.CONFIG_LOADER_ARGS)
+    if env and env != "base":
+        args["default_run_env"] = env
+    return OmegaConfigLoader("conf", **args)["parameters"]

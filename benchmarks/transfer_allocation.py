@@ -10,7 +10,9 @@ fine-tuning, like ``criteria_comparison``):
 - ``net``, ``l1``, ``taylor``: the Scoring Net's, group L1's and group Taylor's masks (one budget fitting);
 - ``net counts + l1``: the Scoring Net's units per layer, group L1's choice of units within each layer;
 - ``l1 counts + net``: L1's units per layer, the Scoring Net's choice within each layer;
-- ``net counts + taylor`` / ``l1 counts + taylor``: the same with Taylor choosing the units.
+- ``net counts + taylor`` / ``l1 counts + taylor``: the same with Taylor choosing the units;
+- with ``--native``, ``native``: a Scoring Net trained on the target itself (the same config, no extra sources, like
+  the pipeline's ``scoring_net_native``): what the criterion reaches there without any transfer.
 
 Dense targets are cached under ``--cache`` like ``scoring_net_transfer_sweep.py`` (same keys, so both scripts share
 them). One process per seed; 1 torch thread.
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--cache", default="/tmp/scoring_net_sweep")
     parser.add_argument("--resnet", action="store_true", help="also a ResNet-20 target (about 1 min 10 s to train)")
+    parser.add_argument("--native", action="store_true", help="also a Scoring Net trained on each target itself")
     args = parser.parse_args()
     os.makedirs(args.cache, exist_ok=True)
     torch.set_num_threads(1)
@@ -89,6 +92,7 @@ def main() -> None:
         features = split_features(model, layout, train_split, cfg.feature_images, seed)
         l1 = GroupL1(input_shape(model))(model, layout)
         taylor = GroupTaylor(input_shape(model), calibration_batch(train_split, 256, seed))(model, layout)
+        native = train_scoring_net(model, train_split, cfg, seed).net if args.native else None
         images, labels = images_to_float(test_split["images"]), test_split["labels"]
         calibration = [images_to_float(train_split["images"][:512])]
         for budget in BUDGETS:
@@ -103,6 +107,8 @@ def main() -> None:
                 "net counts + taylor": with_counts(layout, net_mask, taylor),
                 "l1 counts + taylor": with_counts(layout, l1_mask, taylor),
             }
+            if native is not None:
+                masks["native"] = mask_at_budget(native, features, layout, budget)
             accuracy = {
                 k: 100 * hard_mask_accuracy(model, layout, m, images, labels, calibration) for k, m in masks.items()
             }
