@@ -17,6 +17,10 @@ from scratch; any re-init variant of the finetune stage) of
 - with ``--random-allocations N``: N allocations drawn like the random baseline's (random scores, the same limits,
   the member's FLOPs), units chosen by group L1 within each layer: how much the allocation alone moves accuracy.
 
+With ``--without-search`` the run needs only to have reached build_exits (``kedro run --to-nodes=
+build_exits.train_exit_heads,build_exits.initial_multi_exit_weights``): no member and no sweep, the other networks
+at ``--budget`` itself.
+
 No layer cap (``max_pruning_ratio``) applies to the sweep and ``--allocations``: the point is the best any allocation
 can do. The recipe is the run's ``finetune`` (``training`` and the exits' ``loss_weights``, as `kedro run` reads them
 from conf/base and conf/local), or that of ``--env``'s run (e.g. ``--env resnet --data data/resnet``: conf/resnet's 5
@@ -41,6 +45,7 @@ from evoprune.core.importance import GroupL1
 from evoprune.core.mask_codec import decode_masks
 from evoprune.core.train import accuracy_per_exit, train
 from evoprune.core.units import ChromosomeLayout, build_layout
+from evoprune.datasets import TorchModelDataset
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 
 
@@ -89,29 +94,42 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--env", default=None, help="read finetune, mask_search from conf/<env>")
-    parser.add_argument("--l1", action="store_true", help="also the global L1 baseline at the member's FLOPs")
+    parser.add_argument(
+        "--l1", action="store_true", help="also the global L1 baseline at the member's FLOPs (or --budget)"
+    )
     parser.add_argument("--random-allocations", type=int, default=0, help="N random allocations, L1 within layers")
+    parser.add_argument(
+        "--without-search", action="store_true", help="a run up to build_exits: no member, L1 etc. at --budget"
+    )
     args = parser.parse_args()
     params = run_parameters(args.env)  # what `kedro run [--env=ENV]` sees
     finetune = FinetuneParams.model_validate(params["finetune"])
     search = MaskSearchParams.model_validate(params["mask_search"]).search
-    trained, initial, front = search_outputs(args.data)
+    if args.without_search:  # build_exits' network; L1, random and given allocations at --budget itself
+        trained, initial = (
+            TorchModelDataset(filepath=f"{args.data}/06_models/multi_exit_model{suffix}.pt").load()
+            for suffix in ("", "_init")
+        )
+    else:
+        trained, initial, front = search_outputs(args.data)
     train_split, test_split = run_splits(args.data, "train", "test", dataset=args.dataset)
     cpu = torch.device("cpu")
     layout = build_layout(trained, input_shape(trained))
-    within = front[front["flops_ratio"] <= args.budget]
-    if within.empty:
-        raise SystemExit(f"no front member within {args.budget:.0%} of the FLOPs in {args.data}")
-    row = within.loc[within["flops_ratio"].idxmax()]
     scores = GroupL1(input_shape(trained))(trained, layout)
-    member_mask = decode_masks([row["mask"]], layout.num_bits)[0]
-    networks = {f"member{int(row['member'])}": member_mask}
-    sweep = [] if args.no_sweep else allocations(member_mask, scores, layout, args.budget)
+    networks, member_flops, sweep = {}, args.budget, []
+    if not args.without_search:
+        within = front[front["flops_ratio"] <= args.budget]
+        if within.empty:
+            raise SystemExit(f"no front member within {args.budget:.0%} of the FLOPs in {args.data}")
+        row = within.loc[within["flops_ratio"].idxmax()]
+        member_mask = decode_masks([row["mask"]], layout.num_bits)[0]
+        networks[f"member{int(row['member'])}"], member_flops = member_mask, float(row["flops_ratio"])
+        sweep = [] if args.no_sweep else allocations(member_mask, scores, layout, args.budget)
     for counts in [*sweep, *(
         [int(c) for c in a.split(",")] for a in args.allocations
     )]:  # fmt: skip
         networks[",".join(map(str, counts))] = mask_of(counts, scores, layout)
-    member_flops, limits = float(row["flops_ratio"]), (search.max_pruning_ratio, search.round_to)
+    limits = (search.max_pruning_ratio, search.round_to)
     if args.l1:
         networks["l1 (global)"] = mask_within_budget(layout, scores, member_flops, *limits)
     rng = np.random.default_rng(args.seed)
