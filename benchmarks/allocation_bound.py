@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from run_outputs import run_parameters, run_splits, search_outputs
 
-from evoprune.core.baselines import mask_within_budget
+from evoprune.core.baselines import mask_within_budget, random_allocations
 from evoprune.core.exits import input_shape
 from evoprune.core.finetune import pruned_variant
 from evoprune.core.finetune_config import FinetuneParams
@@ -49,32 +49,15 @@ from evoprune.datasets import TorchModelDataset
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
 
 
-def units_per_group(mask: np.ndarray, layout: ChromosomeLayout) -> list[int]:
-    """How many units ``mask`` keeps in each group of ``layout``, in group order."""
-    return [int(mask[g.offset : g.offset + g.size].sum()) for g in layout.groups]
-
-
-def mask_of(counts: list[int], scores: np.ndarray, layout: ChromosomeLayout) -> np.ndarray:
-    """The ``counts[g]`` highest-scoring units of every group g."""
-    if len(counts) != len(layout.groups):
-        raise SystemExit(f"an allocation needs {len(layout.groups)} counts: {[g.name for g in layout.groups]}")
-    mask = np.zeros(layout.num_bits, dtype=bool)
-    for g, k in zip(layout.groups, counts, strict=True):
-        if not 1 <= k <= g.size:
-            raise SystemExit(f"{g.name} has {g.size} units: keep 1 to {g.size}, not {k}")
-        mask[g.offset + np.argsort(-scores[g.offset : g.offset + g.size], kind="stable")[:k]] = True
-    return mask
-
-
 def allocations(member: np.ndarray, scores: np.ndarray, layout: ChromosomeLayout, budget: float) -> list[list[int]]:
     """Per unit count of the first group, the most units of the second that fit ``budget`` (others as the member)."""
-    base = units_per_group(member, layout)
+    base = layout.units_kept(member)
     out = []
     for first in range(1, layout.groups[0].size + 1):
         fitting = [
             second
             for second in range(1, layout.groups[1].size + 1)
-            if layout.flops_ratio(mask_of([first, second, *base[2:]], scores, layout)[None])[0] <= budget
+            if layout.flops_ratio(layout.mask_with_counts([first, second, *base[2:]], scores)[None])[0] <= budget
         ]
         if fitting:
             out.append([first, max(fitting), *base[2:]])
@@ -128,15 +111,15 @@ def main() -> None:
     for counts in [*sweep, *(
         [int(c) for c in a.split(",")] for a in args.allocations
     )]:  # fmt: skip
-        networks[",".join(map(str, counts))] = mask_of(counts, scores, layout)
+        networks[",".join(map(str, counts))] = layout.mask_with_counts(counts, scores)
     limits = (search.max_pruning_ratio, search.round_to)
     if args.l1:
         networks["l1 (global)"] = mask_within_budget(layout, scores, member_flops, *limits)
-    rng = np.random.default_rng(args.seed)
-    for k in range(args.random_allocations):
-        drawn = mask_within_budget(layout, rng.random(layout.num_bits), member_flops, *limits)
-        counts = units_per_group(drawn, layout)
-        networks[f"random allocation {k + 1}: {','.join(map(str, counts))}"] = mask_of(counts, scores, layout)
+    drawn = random_allocations(
+        layout, scores, member_flops, args.random_allocations, np.random.default_rng(args.seed), *limits
+    )
+    for k, mask in enumerate(drawn):
+        networks[f"random allocation {k + 1}: {','.join(map(str, layout.units_kept(mask)))}"] = mask
     dense = 100 * accuracy_per_exit(trained, test_split, cpu)[-1]
     recipe, loss_weights = finetune.training, finetune.exit_loss_weights(trained)
     print(f"# {torch.get_num_threads()} torch threads, torch {torch.__version__}; dense test accuracy {dense:.2f}%")

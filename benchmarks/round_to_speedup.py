@@ -19,7 +19,6 @@ import statistics
 
 import numpy as np
 import torch
-from allocation_bound import units_per_group
 from latency_prediction import _network
 from run_outputs import run_parameters
 
@@ -60,7 +59,7 @@ def main() -> None:
         flops = layout.flops_ratio(masks)
         speedups = 1.0 / measure_masks_ms(network, layout, masks, settings, cpu).ratio
         for k, (mask, f, s) in enumerate(zip(masks, flops, speedups, strict=True)):
-            counts = ",".join(map(str, units_per_group(mask, layout)))
+            counts = ",".join(map(str, layout.units_kept(mask)))
             print(f"| {round_to} | {k + 1} | {100 * f:.1f} | {counts} | {s:.2f}x | {s * f:.2f} |", flush=True)
         shares = [s * f for s, f in zip(speedups, flops, strict=True)]
         print(f"| {round_to} | median | | | {statistics.median(speedups):.2f}x | {statistics.median(shares):.2f} |")

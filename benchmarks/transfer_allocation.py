@@ -28,7 +28,6 @@ import time
 
 import numpy as np
 import torch
-from allocation_bound import mask_of, units_per_group
 from scoring_net_transfer_sweep import _cached
 
 from evoprune.core.baselines import mask_within_budget
@@ -48,7 +47,7 @@ BUDGETS = (0.3, 0.5, 0.7)
 
 def with_counts(layout: ChromosomeLayout, counts_from: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """The mask keeping, in every group, as many units as ``counts_from`` does: the best by ``scores``."""
-    return mask_of(units_per_group(counts_from, layout), scores, layout)
+    return layout.mask_with_counts(layout.units_kept(counts_from), scores)
 
 
 def resnet_target() -> TransferTarget:
@@ -116,7 +115,7 @@ def main() -> None:
                 flops = layout.flops_ratio(mask[None])[0]
                 print(
                     f"| {target.name} | {budget:.1f} | {name} | {flops:.3f} | {accuracy[name]:.2f} | "
-                    f"{accuracy[name] - accuracy['l1']:+.2f} | {','.join(map(str, units_per_group(mask, layout)))} |",
+                    f"{accuracy[name] - accuracy['l1']:+.2f} | {','.join(map(str, layout.units_kept(mask)))} |",
                     flush=True,
                 )
 

@@ -23,7 +23,6 @@ import argparse
 import numpy as np
 import pandas as pd
 import torch
-from allocation_bound import mask_of, units_per_group
 from run_outputs import run_splits, search_outputs
 from torch import nn
 
@@ -43,7 +42,7 @@ def unit_choice_masks(member: np.ndarray, model: nn.Module, layout: ChromosomeLa
     """name -> mask (see the module docstring)."""
     scores = GroupL1(input_shape(model))(model, layout)
     l1 = mask_within_budget(layout, scores, float(layout.flops_ratio(member[None])[0]), cap)
-    by_l1 = mask_of(units_per_group(member, layout), scores, layout)
+    by_l1 = layout.mask_with_counts(layout.units_kept(member), scores)
     conv = layer_type_bits(model, layout, nn.Conv2d)
     return {
         "member": member,
@@ -88,7 +87,7 @@ def main() -> None:
         for name, mask in masks.items():
             acc = np.array(accuracy[name])
             margin = acc - np.array(accuracy["l1"])
-            counts = ",".join(map(str, units_per_group(mask, layout)))
+            counts = ",".join(map(str, layout.units_kept(mask)))
             print(
                 f"| {member_id} | {name} | {counts} | {100 * layout.flops_ratio(mask[None])[0]:.2f} "
                 f"| {' / '.join(f'{a:.2f}' for a in acc)} | {acc.mean():.2f} ± {acc.std(ddof=1):.2f} "

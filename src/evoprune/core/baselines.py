@@ -167,6 +167,26 @@ def mask_within_budget(
     return mask
 
 
+def random_allocations(
+    layout: ChromosomeLayout,
+    scores: np.ndarray,
+    budget: float,
+    count: int,
+    rng: np.random.Generator,
+    max_pruning_ratio: float = 1.0,
+    round_to: int = 1,
+) -> np.ndarray:
+    """(``count``, num_bits) masks within ``budget`` of the FLOPs whose unit counts per layer are drawn as the
+    random baseline draws them (``mask_within_budget`` on random scores, under the same limits) and whose units
+    are the ``scores``' best within each layer: allocations that differ, units chosen by the criterion. EagleEye
+    (Li et al. 2020) samples its candidates so; the pool holds allocations a global ranking never reaches."""
+    masks = []
+    for _ in range(count):
+        drawn = mask_within_budget(layout, rng.random(layout.num_bits), budget, max_pruning_ratio, round_to)
+        masks.append(layout.mask_with_counts(layout.units_kept(drawn), scores))
+    return np.stack(masks) if masks else np.zeros((0, layout.num_bits), dtype=bool)
+
+
 def refit_within_budget(
     layout: ChromosomeLayout,
     mask: np.ndarray,

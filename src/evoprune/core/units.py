@@ -82,6 +82,25 @@ class ChromosomeLayout:
         """(K, num_bits) masks -> {root name: (K, size)} blocks."""
         return {g.name: masks[:, g.offset : g.offset + g.size] for g in self.groups}
 
+    def units_kept(self, mask: np.ndarray) -> list[int]:
+        """How many units ``mask`` (num_bits,) keeps in each group, in group order: its allocation."""
+        mask = np.asarray(mask, dtype=bool)
+        return [int(mask[g.offset : g.offset + g.size].sum()) for g in self.groups]
+
+    def mask_with_counts(self, counts: list[int], importance: np.ndarray) -> np.ndarray:
+        """The mask that keeps the ``counts[g]`` most important units of every group g (ties: lower index)."""
+        if len(counts) != len(self.groups):
+            raise ValueError(
+                f"an allocation needs {len(self.groups)} unit counts, one per group {[g.name for g in self.groups]}; "
+                f"got {len(counts)}"
+            )
+        mask = np.zeros(self.num_bits, dtype=bool)
+        for g, k in zip(self.groups, counts, strict=True):
+            if not 1 <= k <= g.size:
+                raise ValueError(f"{g.name} has {g.size} units: keep 1 to {g.size}, not {k}")
+            mask[g.offset + self._importance_order(g, importance)[:k]] = True
+        return mask
+
     def min_units(self, max_pruning_ratio: float = 1.0) -> np.ndarray:
         """Units each group must keep so that none loses more than ``max_pruning_ratio`` of its units
         (like torch-pruning's ``max_pruning_ratio``); at least one."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 from pymoo.core.problem import Problem
 
-from evoprune.core.baselines import mask_within_budget
+from evoprune.core.baselines import mask_within_budget, random_allocations
 from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.models import build_model
@@ -262,3 +262,51 @@ def test_a_seeded_front_is_compared_with_the_unseeded_one_at_each_budget():
     assert table["seeded_accuracy"].tolist()[:2] == [0.80, 0.85]  # the final exit, best within each budget
     assert np.isnan(table["unseeded_accuracy"][0]) and table["unseeded_accuracy"][1] == 0.84
     assert table["gain_pt"][1] == pytest.approx(1.0) and table[["seeded_accuracy", "gain_pt"]].iloc[2].isna().all()
+
+
+def test_random_allocations_differ_by_layer_keep_l1_units_and_fit_the_budget(setup):
+    model, layout, *_ = setup
+    scores = GroupL1((1, 28, 28))(model, layout)
+    masks = random_allocations(layout, scores, 0.4, 6, np.random.default_rng(3), max_pruning_ratio=0.7)
+    assert masks.shape == (6, layout.num_bits)
+    assert (layout.flops_ratio(masks) <= 0.4 + 1e-12).all()
+    counts = np.array([layout.units_kept(m) for m in masks])
+    assert len({tuple(c) for c in counts}) > 1  # the allocations differ
+    assert (counts >= layout.min_units(0.7)).all()
+    rounded = random_allocations(layout, scores, 0.6, 6, np.random.default_rng(3), round_to=4)
+    for g, kept in zip(layout.groups, np.array([layout.units_kept(m) for m in rounded]).T, strict=True):
+        assert ((kept % 4 == 0) | (kept == g.size)).all(), g.name
+    for mask in masks:  # within every layer, the units with the highest L1 scores
+        for g in layout.groups:
+            block, score = mask[g.offset : g.offset + g.size], scores[g.offset : g.offset + g.size]
+            assert block.any() and (not (~block).any() or score[block].min() >= score[~block].max()), g.name
+        assert (layout.mask_with_counts(layout.units_kept(mask), scores) == mask).all()
+    again = random_allocations(layout, scores, 0.4, 6, np.random.default_rng(3), max_pruning_ratio=0.7)
+    assert (again == masks).all()  # the generator decides
+    assert random_allocations(layout, scores, 0.4, 0, np.random.default_rng(3)).shape == (0, layout.num_bits)
+    with pytest.raises(ValueError, match="unit counts, one per group"):
+        layout.mask_with_counts([1], scores)
+    with pytest.raises(ValueError, match=f"{layout.groups[0].name} has {layout.groups[0].size} units"):
+        layout.mask_with_counts([0] * len(layout.groups), scores)
+
+
+def test_allocation_seeds_join_the_first_population_and_bad_settings_are_refused(setup):
+    model, layout, *_ = setup
+    cfg = SearchConfig(
+        pop_size=12, generations=1, seed_with_l1=2, seed_allocations=3, allocation_budgets=[0.5, 0.3],
+        max_accuracy_drop=0.9, max_pruning_ratio=0.7, uncapped_below=0.35,
+    )  # fmt: skip
+    val = _split(60, 1)
+    outcome = search_pruning_masks(model, val, None, cfg, 0, CPU)
+    first = outcome.result.evaluated_X[outcome.result.evaluated_generation == 1]
+    scores = GroupL1((1, 28, 28))(model, layout)
+    rng = np.random.default_rng(0)  # the search's seed
+    expected = [random_allocations(layout, scores, 0.5, 3, rng, 0.7), random_allocations(layout, scores, 0.3, 3, rng)]
+    for mask in np.vstack(expected):  # the 0.3 ones are below uncapped_below: free of the cap, as L1's are
+        assert (first == mask).all(axis=1).any()
+    with pytest.raises(ValueError, match="needs search.allocation_budgets"):
+        SearchConfig(seed_allocations=2)
+    with pytest.raises(ValueError, match="cannot hold its 14 fixed masks"):
+        SearchConfig(pop_size=12, seed_with_l1=7, seed_allocations=3, allocation_budgets=[0.5, 0.3])
+    with pytest.raises(ValueError, match="allocation_budgets"):
+        SearchConfig(seed_allocations=1, allocation_budgets=[1.5])

@@ -17,7 +17,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from torch import nn
 
 from evoprune.core.atomic import is_temporary
-from evoprune.core.baselines import mask_within_budget
+from evoprune.core.baselines import mask_within_budget, random_allocations
 from evoprune.core.exits import input_shape
 from evoprune.core.importance import GroupL1, own_filter_l1
 from evoprune.core.latency import LatencyModel, LatencySettings, latency_key
@@ -193,6 +193,26 @@ def _checked_seed_masks(seed_masks: np.ndarray, num_bits: int) -> np.ndarray:
     return masks.astype(bool)
 
 
+def _heuristic_seeds(model: nn.Module, layout: ChromosomeLayout, cfg: SearchConfig, seed: int) -> np.ndarray:
+    """The first population's masks from heuristics: global L1 at ``seed_with_l1`` budgets evenly spread over
+    [0.1, 0.9], then ``seed_allocations`` random allocations (units by L1 within layers) at each of
+    ``allocation_budgets``; the per-layer cap binds at budgets from ``uncapped_below`` on, as for the baselines."""
+    seeds = [np.zeros((0, layout.num_bits), dtype=bool)]
+    if not (cfg.seed_with_l1 or cfg.seed_allocations):
+        return seeds[0]
+    scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
+
+    def cap(budget: float) -> float:
+        return cfg.max_pruning_ratio if budget >= cfg.uncapped_below else 1.0
+
+    for budget in np.linspace(0.1, 0.9, cfg.seed_with_l1):
+        seeds.append(mask_within_budget(layout, scores, budget, cap(budget), cfg.round_to)[None])
+    rng = np.random.default_rng(seed)
+    for budget in cfg.allocation_budgets if cfg.seed_allocations else []:
+        seeds.append(random_allocations(layout, scores, budget, cfg.seed_allocations, rng, cap(budget), cfg.round_to))
+    return np.vstack(seeds)
+
+
 def search_pruning_masks(
     model: nn.Module,
     validation_split: dict[str, torch.Tensor],
@@ -304,16 +324,9 @@ def search_pruning_masks(
         if cfg.algorithm == "roulette":
             result = _branch_result(problem, branch)
         else:
-            seeds = np.zeros((0, layout.num_bits), dtype=bool)
-            if cfg.seed_with_l1:
-                scores = GroupL1(input_shape(model))(model, layout)  # the l1 baseline's criterion
-                budgets = np.linspace(0.1, 0.9, cfg.seed_with_l1)
-                caps = [cfg.max_pruning_ratio if b >= cfg.uncapped_below else 1.0 for b in budgets]
-                seeds = np.stack(
-                    [mask_within_budget(layout, scores, b, c, cfg.round_to) for b, c in zip(budgets, caps, strict=True)]
-                )
-            if seed_masks is not None:
-                seeds = np.vstack([seeds, seed_masks])
+            seeds = np.vstack(
+                [_heuristic_seeds(model, layout, cfg, seed), *([] if seed_masks is None else [seed_masks])]
+            )
             result = run_search(
                 problem,
                 cfg,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
@@ -59,6 +59,12 @@ class SearchConfig(BaseModel):
     # masks of global L1 pruning (torch-pruning's importance) at this many FLOPs budgets evenly spread
     # over [0.1, 0.9], put in the first population: the search starts where the heuristic ends
     seed_with_l1: NonNegativeInt = 0
+    # this many random per-layer allocations at each of `allocation_budgets` (FLOPs ratios) in the first population:
+    # unit counts drawn as the random baseline draws them, units chosen by group L1 within each layer (EagleEye's
+    # candidate pool, Li et al. 2020). Global L1 and the roulette wheel keep much the same share of every layer;
+    # these start the search from other allocations where the members are chosen
+    seed_allocations: NonNegativeInt = 0
+    allocation_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=list)
     # no layer loses more than this share of its units (torch-pruning's max_pruning_ratio); the
     # baselines obey the same limit
     max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)
@@ -93,6 +99,22 @@ class SearchConfig(BaseModel):
             raise ValueError(
                 f"search.recovery scores each exit's accuracy, not the early-exit policy of objectives {policy}; "
                 "set recovery.generations: 0 or choose error / mean_error objectives."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> SearchConfig:
+        if self.seed_allocations and not self.allocation_budgets:
+            raise ValueError(
+                f"search.seed_allocations ({self.seed_allocations}) needs search.allocation_budgets, the FLOPs ratios "
+                "to draw them at (e.g. the member budgets: [0.4]); or set seed_allocations: 0."
+            )
+        seeded = 1 + self.seed_with_l1 + self.seed_allocations * len(self.allocation_budgets)
+        if self.seed_allocations and self.algorithm != "roulette" and seeded > self.pop_size:
+            raise ValueError(
+                f"the first population of search.pop_size {self.pop_size} cannot hold its {seeded} fixed masks (the "
+                f"dense one, seed_with_l1 {self.seed_with_l1}, seed_allocations {self.seed_allocations} x "
+                f"{len(self.allocation_budgets)} allocation_budgets): raise pop_size or seed fewer."
             )
         return self
 
