@@ -252,7 +252,8 @@ def search_pruning_masks(
         train_split: the training data of ``cfg.recovery`` (its first ``recovery.images_needed()`` images are
             read); needed when ``cfg.recovery.generations`` is set.
         seed_masks: (n, num_bits) unit masks another method found (e.g. dynamic sparse training's structured
-            masks), put in NSGA-II's / GA's first population after the all-ones mask and the heuristic seeds (``_heuristic_seeds``).
+            masks), put in NSGA-II's / GA's first population after the all-ones mask and the heuristic seeds
+            (``_heuristic_seeds``).
     """
     if latency is not None and latency_settings is not None:
         latency.check_key(latency_key(model, latency_settings, device))
