@@ -107,3 +107,21 @@ def test_a_changed_default_is_caught():
     assert default_mismatches(MaskSearchParams, conf, "mask_search") == [
         "mask_search.candidates_per_budget: code 2, conf/base 3"
     ]
+
+
+ENVIRONMENTS = sorted(
+    p.name for p in (PROJECT_ROOT / "conf").iterdir() if p.is_dir() and p.name not in {"base", "local"}
+)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_environments_parameters_validate(env):
+    """What ``kedro run --env=<env>`` reads (conf/base merged with the environment) passes every class's checks,
+    e.g. conf/resnet's allocation seeds fit its population."""
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), env=env, **settings.CONFIG_LOADER_ARGS)
+    parameters = loader["parameters"]
+    for key, cls in PARAMS_CLASSES.items():
+        cls.model_validate(parameters[key])
+    if env == "resnet":
+        search = MaskSearchParams.model_validate(parameters["mask_search"]).search
+        assert search.seed_allocations and search.allocation_budgets == [0.4] and search.max_pruning_ratio == 0.7
