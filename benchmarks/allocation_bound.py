@@ -111,7 +111,10 @@ def main() -> None:
     for counts in [*sweep, *(
         [int(c) for c in a.split(",")] for a in args.allocations
     )]:  # fmt: skip
-        networks[",".join(map(str, counts))] = layout.mask_with_counts(counts, scores)
+        try:
+            networks[",".join(map(str, counts))] = layout.mask_with_counts(counts, scores)
+        except ValueError as bad:  # a wrong --allocations: say so without a traceback, as before
+            raise SystemExit(str(bad)) from None
     limits = (search.max_pruning_ratio, search.round_to)
     if args.l1:
         networks["l1 (global)"] = mask_within_budget(layout, scores, member_flops, *limits)

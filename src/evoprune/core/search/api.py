@@ -208,7 +208,7 @@ def _heuristic_seeds(model: nn.Module, layout: ChromosomeLayout, cfg: SearchConf
     for budget in np.linspace(0.1, 0.9, cfg.seed_with_l1):
         seeds.append(mask_within_budget(layout, scores, budget, cap(budget), cfg.round_to)[None])
     rng = np.random.default_rng(seed)
-    for budget in cfg.allocation_budgets if cfg.seed_allocations else []:
+    for budget in cfg.allocation_budgets:  # seed_allocations 0: (0, num_bits) each
         seeds.append(random_allocations(layout, scores, budget, cfg.seed_allocations, rng, cap(budget), cfg.round_to))
     return np.vstack(seeds)
 
