@@ -202,3 +202,32 @@ def test_members_are_chosen_where_they_obey_the_cap_the_baselines_obey():
         front, params.model_copy(update={"search": params.search.model_copy(update={"uncapped_below": 0})})
     )
     assert free["member"].tolist() == [0, 1, 2, 3]
+
+
+def test_min_speedup_share_keeps_only_members_whose_flops_cut_is_a_speedup():
+    params = MaskSearchParams(member_budgets=[0.4], candidates_per_budget=2, min_speedup_share=0.7)
+    front = pd.DataFrame(  # the most accurate members are slow for their FLOPs: the rule must pass them over
+        {
+            "member": range(5),
+            "flops_ratio": [0.30, 0.35, 0.38, 0.39, 0.45],
+            "latency_ratio": [0.55, 0.56, 0.53, 0.54, 0.60],
+            "exit2_accuracy": [0.95, 0.94, 0.90, 0.89, 0.99],
+        }
+    )
+    shares = front["flops_ratio"] / front["latency_ratio"]  # 0.545, 0.625, 0.717, 0.722, 0.75
+    chosen = choose_members(front, params)
+    assert chosen["member"].tolist() == [2, 3]
+    assert (chosen["flops_ratio"] / chosen["latency_ratio"] >= 0.7).all() and (shares.iloc[:2] < 0.7).all()
+    without = choose_members(front, params.model_copy(update={"min_speedup_share": None}))
+    assert without["member"].tolist() == [0, 1]
+    none_fast = choose_members(front, params.model_copy(update={"min_speedup_share": 0.9}))
+    assert none_fast.empty  # the budget is skipped (with a warning), never filled with a slow member
+    with pytest.raises(ValueError, match="min_speedup_share needs the latency model's predicted latency_ratio"):
+        choose_members(front.drop(columns="latency_ratio"), params)
+
+
+def test_min_speedup_share_without_budgets_is_refused():
+    with pytest.raises(ValidationError, match="min_speedup_share .* set member_budgets"):
+        MaskSearchParams(member_budgets=None, min_speedup_share=0.7)
+    with pytest.raises(ValidationError, match="min_speedup_share"):
+        MaskSearchParams(min_speedup_share=0)

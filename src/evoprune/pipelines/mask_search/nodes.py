@@ -69,6 +69,11 @@ class MaskSearchParams(BaseModel):
     # the cost axis of member_budgets (and of the front plot): null = the search's own (latency_ratio when it
     # is an objective, else flops_ratio); latency_ratio = the latency model's predicted ratio
     budget_axis: Literal["flops_ratio", "latency_ratio"] | None = None
+    # with member_budgets: a candidate's predicted speed-up must be at least this share of its FLOPs reduction,
+    # i.e. flops_ratio / latency_ratio >= it (the latency model's prediction on this target; null: no such rule).
+    # FLOPs cut from layers left a few channels wide turn into little speed on a CPU: this keeps members whose
+    # FLOPs reduction is also a speed-up (issue 11 asks for >= 0.7 on ResNet-20)
+    min_speedup_share: Annotated[float, Field(gt=0.0, le=1.5)] | None = None
 
     def cost_axis(self) -> str:
         """The column members are chosen and the front is drawn on."""
@@ -84,6 +89,15 @@ class MaskSearchParams(BaseModel):
                 f"({min(self.member_budgets)}): members are chosen between the two (where they obey "
                 "search.max_pruning_ratio, as the baselines at their FLOPs do), so none could be. Set "
                 "uncapped_below below the tightest budget."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _speedup_share_needs_budgets(self) -> MaskSearchParams:
+        if self.min_speedup_share is not None and not self.member_budgets:
+            raise ValueError(
+                f"min_speedup_share ({self.min_speedup_share}) filters the candidates of member_budgets, which is "
+                "empty: set member_budgets, or min_speedup_share: null."
             )
         return self
 
@@ -215,6 +229,24 @@ def _distinct_best(members: pd.DataFrame, final: str, count: int) -> list[int]:
     return taken
 
 
+def _fast_enough(pareto_set: pd.DataFrame, min_share: float | None) -> pd.Series:
+    """Members whose predicted speed-up over the dense network (1 / latency_ratio) is at least ``min_share`` of
+    their FLOPs reduction (1 / flops_ratio); all of them when ``min_share`` is None."""
+    if min_share is None:
+        return pd.Series(True, index=pareto_set.index)
+    if "latency_ratio" not in pareto_set.columns:
+        raise ValueError(
+            "mask_search.min_speedup_share needs the latency model's predicted latency_ratio, and the Pareto set "
+            "has none (no latency tables for this network): set min_speedup_share: null."
+        )
+    share = pareto_set["flops_ratio"] / pareto_set["latency_ratio"]
+    logger.info(
+        "mask_search: %d of %d front members reach a predicted speed-up of %.2f of their FLOPs reduction (best %.3f)",
+        int((share >= min_share).sum()), len(share), min_share, share.max(),
+    )  # fmt: skip
+    return share >= min_share
+
+
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
     """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
     within it with the best final-exit accuracy (twins of a better one skipped: same FLOPs and final-exit accuracy),
@@ -222,18 +254,23 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
     (keeping at least ``search.uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too; a budget
     no member fits is skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
     evenly along the cost axis of the front (nearest to evenly spaced targets; ``budget`` empty). The axis is
-    ``params.cost_axis()``: FLOPs, or the predicted latency ratio."""
+    ``params.cost_axis()``: FLOPs, or the predicted latency ratio. With ``min_speedup_share`` only members whose
+    predicted speed-up is at least that share of their FLOPs reduction are candidates."""
     axis = params.cost_axis()
     if axis not in pareto_set.columns:
         raise ValueError(f"mask_search.budget_axis {axis}: the Pareto set has no such column (no latency tables?)")
     if params.member_budgets:
         final = final_exit_key(pareto_set.columns, "_accuracy")
         capped = pareto_set["flops_ratio"] >= params.search.uncapped_below  # obey max_pruning_ratio, as baselines do
+        capped &= _fast_enough(pareto_set, params.min_speedup_share)
         budget_of: dict[int, float] = {}
         for budget in sorted(set(params.member_budgets)):
             within = pareto_set[(pareto_set[axis] <= budget) & capped & ~pareto_set.index.isin(list(budget_of))]
             if within.empty:
-                logger.warning("mask_search: no Pareto member left within %.3f of %s; budget skipped", budget, axis)
+                logger.warning(
+                    "mask_search: no Pareto member left within %.3f of %s%s; budget skipped", budget, axis,
+                    f" that reaches min_speedup_share {params.min_speedup_share}" if params.min_speedup_share else "",
+                )  # fmt: skip
             for index in _distinct_best(within, final, params.candidates_per_budget):
                 budget_of[int(index)] = budget
         chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
