@@ -11,6 +11,15 @@ its calibration masks (``latency.calibration_masks``, rounded like the search), 
 the run's own ``latency_model.pt`` and prints, per FLOPs bin, the min / median / max predicted latency ratio, with
 max/min (the most any objective could gain within the bin) and median/min (the gain over a typical network).
 No timing runs: the tables were measured by the run's ``latency_profile`` node.
+
+With ``--time-top K --max-flops F`` it then times, paired with the dense network, the K masks within F of the FLOPs
+whose predicted speed-up is the largest share of their FLOPs reduction (FLOPs ratio / predicted latency ratio, what
+``mask_search.min_speedup_share`` asks of members), plus any ``--allocations`` (channel counts per group), at
+``--batch-size`` with ``--threads`` torch threads (default: the process's, as the report's speed-ups are timed):
+how close to a speed-up of 0.7 x the FLOPs reduction any network of that FLOPs gets on this machine (issue 11).
+
+    .venv/bin/python benchmarks/latency_room.py --data data/resnet --round-to 8 --time-top 8 --max-flops 0.4 \
+        --batch-size 256
 """
 
 from __future__ import annotations
@@ -18,9 +27,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 
 from evoprune.core.exits import input_shape
-from evoprune.core.latency import calibration_masks
+from evoprune.core.latency import LatencySettings, calibration_masks, measure_masks_ms
 from evoprune.core.units import build_layout
 from evoprune.datasets import LatencyModelDataset, TorchModelDataset
 
@@ -32,6 +42,12 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=20000)
     parser.add_argument("--bin", type=float, default=0.05, help="width of a FLOPs bin (ratio of the dense FLOPs)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--time-top", type=int, default=0, help="time the K masks of best predicted share")
+    parser.add_argument("--max-flops", type=float, default=0.4, help="with --time-top: FLOPs ratio at most")
+    parser.add_argument("--allocations", nargs="*", default=[], help="with --time-top: also these counts per group")
+    parser.add_argument("--batch-size", type=int, default=256, help="with --time-top")
+    parser.add_argument("--threads", type=int, default=None, help="with --time-top (default: the process's)")
+    parser.add_argument("--repeats", type=int, default=11, help="with --time-top: pairs per mask (median)")
     args = parser.parse_args()
     network = TorchModelDataset(filepath=f"{args.data}/06_models/multi_exit_model.pt").load().eval()
     latency = LatencyModelDataset(filepath=f"{args.data}/06_models/latency_model.pt").load()
@@ -48,6 +64,36 @@ def main() -> None:
                 f"| {100 * low:.0f}-{100 * (low + args.bin):.0f}% | {inside.size} | {lo:.3f} | {mid:.3f} | {hi:.3f} "
                 f"| {hi / lo:.2f} | {mid / lo:.2f} |"
             )
+    if args.time_top:
+        time_best_shares(network, layout, masks, flops / predicted, args)
+
+
+def time_best_shares(network, layout, masks: np.ndarray, shares: np.ndarray, args: argparse.Namespace) -> None:
+    """Time the ``--time-top`` masks of best predicted share within ``--max-flops`` and the ``--allocations``."""
+    inside = np.flatnonzero(layout.flops_ratio(masks) <= args.max_flops)
+    if inside.size == 0:
+        raise SystemExit(f"no random mask keeps at most {args.max_flops} of the FLOPs: draw more (--masks)")
+    top = masks[inside[np.argsort(-shares[inside])[: args.time_top]]]
+    try:
+        given = [layout.mask_with_counts([int(c) for c in a.split(",")], np.zeros(layout.num_bits))
+                 for a in args.allocations]  # fmt: skip
+    except ValueError as bad:
+        raise SystemExit(str(bad)) from None
+    timed = np.concatenate([top, np.stack(given)]) if given else top
+    latency = LatencyModelDataset(filepath=f"{args.data}/06_models/latency_model.pt").load()
+    settings = LatencySettings(batch_size=args.batch_size, threads=args.threads, repeats=args.repeats)
+    measured = measure_masks_ms(network, layout, timed, settings, torch.device("cpu"))
+    flops, predicted = layout.flops_ratio(timed), latency.ratio(layout, timed)
+    threads = args.threads or torch.get_num_threads()
+    print(f"\n# timed at batch {args.batch_size}, {threads} torch threads, paired with the dense network "
+          f"({measured.dense_ms:.1f} ms); share = speed-up / FLOPs reduction")  # fmt: skip
+    print(
+        "| network | units per group | FLOPs | predicted share | speed-up | measured share |\n|---|---|---|---|---|---|"
+    )
+    for k, (mask, f, p, r) in enumerate(zip(timed, flops, predicted, measured.ratio, strict=True)):
+        name = f"top {k + 1}" if k < len(top) else "given"
+        counts = ",".join(map(str, layout.units_kept(mask)))
+        print(f"| {name} | {counts} | {100 * f:.1f}% | {f / p:.3f} | {1 / r:.2f}x | {f / r:.3f} |")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,22 @@ def test_latency_times_copies_in_the_requested_layout(member, memory_format):
     assert conv.weight.stride() == strides  # the originals keep their (NCHW) layout
 
 
+def test_latency_is_timed_with_the_requested_threads_and_the_count_restored(member, monkeypatch):
+    trained, initial, layout, mask = member
+    pruned = pruned_variant(trained, initial, layout, mask, "keep", seed=0)
+    before, seen = torch.get_num_threads(), []
+    forward = type(pruned).forward
+    monkeypatch.setattr(
+        type(pruned), "forward", lambda self, x: (seen.append(torch.get_num_threads()), forward(self, x))[1]
+    )
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    latency_ms(pruned, images, (8,), 2, CPU, reference=trained, threads=1)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    seen.clear()
+    latency_ms(pruned, images, (8,), 2, CPU, reference=trained)  # None: the process's count
+    assert set(seen) == {before}
+
+
 def test_torchscript_export_loads_without_evoprune(member, tmp_path):
     trained, initial, layout, mask = member
     pruned = pruned_variant(trained, initial, layout, mask, "keep", seed=0)

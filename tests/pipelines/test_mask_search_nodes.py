@@ -220,8 +220,14 @@ def test_min_speedup_share_keeps_only_members_whose_flops_cut_is_a_speedup():
     assert (chosen["flops_ratio"] / chosen["latency_ratio"] >= 0.7).all() and (shares.iloc[:2] < 0.7).all()
     without = choose_members(front, params.model_copy(update={"min_speedup_share": None}))
     assert without["member"].tolist() == [0, 1]
-    none_fast = choose_members(front, params.model_copy(update={"min_speedup_share": 0.9}))
-    assert none_fast.empty  # the budget is skipped (with a warning), never filled with a slow member
+    two_budgets = params.model_copy(update={"member_budgets": [0.36, 0.4], "candidates_per_budget": 1})
+    assert choose_members(front, two_budgets)["member"].tolist() == [2]  # 0.36 has no fast member: skipped
+    with pytest.raises(ValueError, match=r"no Pareto member fits any of member_budgets \[0.4\].*best predicted "
+                       r"speed-up share is 0.722. Loosen member_budgets or min_speedup_share"):  # fmt: skip
+        choose_members(front, params.model_copy(update={"min_speedup_share": 0.9}))  # never a slow member instead
+    tight = params.model_copy(update={"member_budgets": [0.25], "min_speedup_share": None})
+    with pytest.raises(ValueError, match=r"fits any of member_budgets \[0.25\].*spans 0.300-0.450 of flops_ratio"):
+        choose_members(front, tight)
     with pytest.raises(ValueError, match="min_speedup_share needs the latency model's predicted latency_ratio"):
         choose_members(front.drop(columns="latency_ratio"), params)
 

@@ -120,6 +120,7 @@ def measure_against_dense(
         tuple(measurement.latency_batch_sizes),
         measurement.latency_repeats,
         memory_format=measurement.memory_format,
+        threads=measurement.threads,
         reference=trained,
     )
     row = {

@@ -19,6 +19,7 @@ from evoprune.core.cost import count_flops, count_params, interleaved_seconds, p
 from evoprune.core.data import images_to_float
 from evoprune.core.early_exit import exit_costs, sweep_thresholds
 from evoprune.core.exits import MultiExitNet, build_network, input_shape
+from evoprune.core.latency import timing_threads
 from evoprune.core.masking import prune_physically
 from evoprune.core.reinit import reinit_model
 from evoprune.core.runtime import evaluated_on
@@ -45,8 +46,10 @@ def latency_ms(
     device: torch.device,
     reference: nn.Module | None = None,
     memory_format: MemoryFormat = "channels_last",
+    threads: int | None = None,
 ) -> dict[str, float]:
-    """Median milliseconds per batch of uint8 ``images`` at each batch size (eval, ``inference_mode``).
+    """Median milliseconds per batch of uint8 ``images`` at each batch size (eval, ``inference_mode``), with
+    ``threads`` torch threads (None: the process's; restored after).
 
     With a ``reference`` (the dense model), both are timed in turn within every repeat and the result
     also holds ``dense_latency_ms_batch<b>`` and ``speedup_batch<b>`` (the median over repeats of the
@@ -60,7 +63,7 @@ def latency_ms(
     models = {"": model} if reference is None else {"": model, "dense_": reference}
     timed = {k: copy.deepcopy(m).eval().to(device=device, memory_format=fmt) for k, m in models.items()}
     out = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), timing_threads(threads):
         for b in batch_sizes:
             x = images_to_float(images[:b].to(device)).contiguous(memory_format=fmt)
             times = interleaved_seconds({k: (lambda m=m, x=x: m(x)) for k, m in timed.items()}, repeats, warmup=2)
@@ -79,6 +82,7 @@ def measure(
     repeats: int = 7,
     reference: nn.Module | None = None,
     memory_format: MemoryFormat = "channels_last",
+    threads: int | None = None,
 ) -> dict[str, float]:
     """Per-exit test accuracy, early-exit accuracy and exit shares, FLOPs, params and latency (with a
     ``reference`` model: also its latency, timed alternately with ``model``, and the speed-up)."""
@@ -93,7 +97,8 @@ def measure(
             metrics["early_exit.expected_flops"] = row["expected_flops"]
             metrics.update({f"early_exit.{k}": v for k, v in row.items() if k.startswith("share_exit")})
         metrics["flops"], metrics["params"] = count_flops(model, shape), count_params(model)
-    metrics.update(latency_ms(model, test_split["images"], batch_sizes, repeats, device, reference, memory_format))
+    images = test_split["images"]
+    metrics.update(latency_ms(model, images, batch_sizes, repeats, device, reference, memory_format, threads))
     return metrics
 
 

@@ -26,6 +26,8 @@ class MeasurementParams(BaseModel):
     latency_repeats: PositiveInt = 21  # median over this many timed runs (dense and member in turn)
     # layout of inputs and conv weights while timed, the dense reference's too (channels_last: NHWC, fastest on CPU)
     memory_format: MemoryFormat = "channels_last"
+    # torch threads while timing (the target's inference threads, as latency_profile.threads); null: the process's
+    threads: PositiveInt | None = None
 
 
 class FinetuneParams(BaseModel):

@@ -6,6 +6,7 @@ from pymoo.core.problem import Problem
 
 from evoprune.core.baselines import mask_within_budget, random_allocations
 from evoprune.core.importance import GroupL1, own_filter_l1
+from evoprune.core.latency import LatencySettings, profile_latency
 from evoprune.core.masking import SlicedEvaluator
 from evoprune.core.models import build_model
 from evoprune.core.search.api import search_pruning_masks
@@ -310,3 +311,23 @@ def test_allocation_seeds_join_the_first_population_and_bad_settings_are_refused
         SearchConfig(pop_size=12, seed_with_l1=7, seed_allocations=3, allocation_budgets=[0.5, 0.3])
     with pytest.raises(ValueError, match="allocation_budgets"):
         SearchConfig(seed_allocations=1, allocation_budgets=[1.5])
+
+
+def test_an_allocation_pool_seeds_the_allocations_predicted_fastest_for_their_flops(setup):
+    model, layout, *_ = setup
+    latency = profile_latency(model, layout, LatencySettings(batch_size=4, repeats=1, grid_points=3), CPU)
+    cfg = SearchConfig(
+        pop_size=12, generations=1, seed_allocations=3, allocation_pool=4, allocation_budgets=[0.5],
+        max_accuracy_drop=0.9, max_pruning_ratio=0.7,
+    )  # fmt: skip
+    outcome = search_pruning_masks(model, _split(60, 1), None, cfg, 0, CPU, latency=latency)
+    first = outcome.result.evaluated_X[outcome.result.evaluated_generation == 1]
+    pool = random_allocations(
+        layout, GroupL1((1, 28, 28))(model, layout), 0.5, 12, np.random.default_rng(0), 0.7
+    )  # the search's seed draws the pool
+    share = layout.flops_ratio(pool) / latency.ratio(layout, pool)
+    best, rest = np.argsort(-share, kind="stable")[:3], np.argsort(-share, kind="stable")[3:]
+    assert all((first == mask).all(axis=1).any() for mask in pool[best])
+    assert share[best].min() >= share[rest].max()  # no slower allocation of the pool was kept instead
+    with pytest.raises(ValueError, match=r"allocation_pool \(4\) .* needs the latency model's tables"):
+        search_pruning_masks(model, _split(60, 1), None, cfg, 0, CPU)

@@ -193,10 +193,18 @@ def _checked_seed_masks(seed_masks: np.ndarray, num_bits: int) -> np.ndarray:
     return masks.astype(bool)
 
 
-def _heuristic_seeds(model: nn.Module, layout: ChromosomeLayout, cfg: SearchConfig, seed: int) -> np.ndarray:
+def _heuristic_seeds(
+    model: nn.Module, layout: ChromosomeLayout, cfg: SearchConfig, seed: int, latency: LatencyModel | None = None
+) -> np.ndarray:
     """The first population's masks from heuristics: global L1 at ``seed_with_l1`` budgets evenly spread over
     [0.1, 0.9], then ``seed_allocations`` random allocations (units by L1 within layers) at each of
-    ``allocation_budgets``; the per-layer cap binds at budgets from ``uncapped_below`` on, as for the baselines."""
+    ``allocation_budgets`` (with ``allocation_pool`` > 1: the fastest for their FLOPs of that many times more, by
+    the ``latency`` model); the per-layer cap binds at budgets from ``uncapped_below`` on, as for the baselines."""
+    if cfg.allocation_pool > 1 and cfg.seed_allocations and latency is None:
+        raise ValueError(
+            f"search.allocation_pool ({cfg.allocation_pool}) keeps the allocations predicted fastest for their FLOPs: "
+            "it needs the latency model's tables (run latency_profile), or set allocation_pool: 1."
+        )
     seeds = [np.zeros((0, layout.num_bits), dtype=bool)]
     if not (cfg.seed_with_l1 or cfg.seed_allocations):
         return seeds[0]
@@ -208,8 +216,13 @@ def _heuristic_seeds(model: nn.Module, layout: ChromosomeLayout, cfg: SearchConf
     for budget in np.linspace(0.1, 0.9, cfg.seed_with_l1):
         seeds.append(mask_within_budget(layout, scores, budget, cap(budget), cfg.round_to)[None])
     rng = np.random.default_rng(seed)
+    count = cfg.seed_allocations * cfg.allocation_pool
     for budget in cfg.allocation_budgets:  # seed_allocations 0: (0, num_bits) each
-        seeds.append(random_allocations(layout, scores, budget, cfg.seed_allocations, rng, cap(budget), cfg.round_to))
+        pool = random_allocations(layout, scores, budget, count, rng, cap(budget), cfg.round_to)
+        if latency is not None and cfg.allocation_pool > 1:
+            share = layout.flops_ratio(pool) / latency.ratio(layout, pool)  # predicted speed-up / FLOPs reduction
+            pool = pool[np.argsort(-share, kind="stable")[: cfg.seed_allocations]]
+        seeds.append(pool)
     return np.vstack(seeds)
 
 
@@ -326,7 +339,7 @@ def search_pruning_masks(
             result = _branch_result(problem, branch)
         else:
             seeds = np.vstack(
-                [_heuristic_seeds(model, layout, cfg, seed), *([] if seed_masks is None else [seed_masks])]
+                [_heuristic_seeds(model, layout, cfg, seed, latency), *([] if seed_masks is None else [seed_masks])]
             )
             result = run_search(
                 problem,

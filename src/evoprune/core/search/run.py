@@ -65,6 +65,10 @@ class SearchConfig(BaseModel):
     # these start the search from other allocations where the members are chosen
     seed_allocations: NonNegativeInt = 0
     allocation_budgets: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=list)
+    # draw `allocation_pool` x seed_allocations allocations per budget and keep the seed_allocations whose predicted
+    # speed-up is the largest share of their FLOPs reduction (FLOPs ratio / the latency model's latency ratio;
+    # needs latency tables when > 1): allocations that are fast for their FLOPs on the target, not just any
+    allocation_pool: PositiveInt = 1
     # no layer loses more than this share of its units (torch-pruning's max_pruning_ratio); the
     # baselines obey the same limit
     max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)

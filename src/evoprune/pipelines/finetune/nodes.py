@@ -48,7 +48,14 @@ def measure_dense(
     policy, dev = early_exit_policy(early_exit_operating_point), resolve_device(device)
     batches, repeats = tuple(m.latency_batch_sizes), m.latency_repeats
     measured = measure(
-        pareto_members["model"], test_split, policy, dev, batches, repeats, memory_format=m.memory_format
+        pareto_members["model"],
+        test_split,
+        policy,
+        dev,
+        batches,
+        repeats,
+        memory_format=m.memory_format,
+        threads=m.threads,
     )
     return measured, to_mlflow_metrics(measured)
 

@@ -247,6 +247,23 @@ def _fast_enough(pareto_set: pd.DataFrame, min_share: float | None) -> pd.Series
     return share >= min_share
 
 
+def _no_member_fits(pareto_set: pd.DataFrame, params: MaskSearchParams, axis: str) -> str:
+    """Why no front member is a candidate of any budget, and what to change."""
+    spread = f"the front spans {pareto_set[axis].min():.3f}-{pareto_set[axis].max():.3f} of {axis}"
+    if params.min_speedup_share is not None and "latency_ratio" in pareto_set.columns:
+        within = pareto_set[pareto_set[axis] <= max(params.member_budgets or [0.0])]
+        best = (within["flops_ratio"] / within["latency_ratio"]).max() if len(within) else float("nan")
+        spread += f"; within the loosest budget the best predicted speed-up share is {best:.3f}"
+    return (
+        f"mask_search: no Pareto member fits any of member_budgets {params.member_budgets} on {axis} (keeping at "
+        f"least search.uncapped_below {params.search.uncapped_below} of the FLOPs"
+        + (f", min_speedup_share {params.min_speedup_share}" if params.min_speedup_share is not None else "")
+        + f"): {spread}. Loosen member_budgets"
+        + (" or min_speedup_share" if params.min_speedup_share is not None else "")
+        + ", or search longer (search.generations)."
+    )
+
+
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
     """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
     within it with the best final-exit accuracy (twins of a better one skipped: same FLOPs and final-exit accuracy),
@@ -273,6 +290,8 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
                 )  # fmt: skip
             for index in _distinct_best(within, final, params.candidates_per_budget):
                 budget_of[int(index)] = budget
+        if not budget_of:
+            raise ValueError(_no_member_fits(pareto_set, params, axis))
         chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
         return chosen.sort_values(axis).reset_index(drop=True)
     cost = pareto_set[axis].to_numpy()
