@@ -10,13 +10,17 @@ configuration's ``max_pruning_ratio``, that ``round_to``) and times each physica
 the dense one (``measure_masks_ms``: batch ``--batch-size``, channels_last, the process's torch threads,
 ``--repeats`` pairs). Prints per mask its FLOPs, the channels kept per group, the speed-up (median of dense / pruned
 over the pairs) and the speed-up over the FLOPs reduction (1 / FLOPs ratio). ``--allocations`` times given channel
-counts per group as well (``--round-to`` with no value: only those).
+counts per group as well (``--round-to`` with no value: only those); ``--per-conv`` then also times every conv of the
+dense network and of each given allocation on its own (forward hooks, median of ``--repeats`` forwards) and prints
+its kept channels, milliseconds and GFLOP/s: where the time the FLOPs cut does not save goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+import time
 
 import numpy as np
 import torch
@@ -24,7 +28,8 @@ from latency_prediction import _network
 from run_outputs import run_parameters
 
 from evoprune.core.baselines import mask_within_budget
-from evoprune.core.latency import LatencySettings, measure_masks_ms
+from evoprune.core.latency import LatencySettings, measure_masks_ms, steady_allocator
+from evoprune.core.masking import prune_physically
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.units import build_layout
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument(
         "--allocations", nargs="*", default=[], help="also time these channel counts per group, e.g. 8,16,8,8,..."
     )
+    parser.add_argument("--per-conv", action="store_true", help="with --allocations: time every conv on its own")
     args = parser.parse_args()
     network = _network(args.env)
     layout = build_layout(network, input_shape(network))
@@ -73,6 +79,51 @@ def main() -> None:
         speedups = 1.0 / measure_masks_ms(network, layout, masks, settings, cpu).ratio
         for counts, f, s in zip(args.allocations, layout.flops_ratio(masks), speedups, strict=True):
             print(f"| given | | {100 * f:.1f} | {counts} | {s:.2f}x | {s * f:.2f} |", flush=True)
+        if args.per_conv:
+            dense = conv_times(network, args.batch_size, args.repeats)
+            for counts, mask in zip(args.allocations, masks, strict=True):
+                pruned = conv_times(prune_physically(network, layout, mask, input_shape(network)), args.batch_size,
+                                    args.repeats)  # fmt: skip
+                print(f"\n# {counts}: each conv timed alone in the forward, batch {args.batch_size}")
+                print("| conv | dense ms | dense GFLOP/s | kept in -> out | ms | GFLOP/s | FLOPs kept | time kept |")
+                print("|---|---|---|---|---|---|---|---|")
+                for name, (ms, gflop, *_) in dense.items():
+                    p_ms, p_gflop, p_in, p_out = pruned[name]
+                    print(f"| {name} | {ms:.2f} | {gflop / ms * 1e3:.0f} | {p_in} -> {p_out} | {p_ms:.2f} | "
+                          f"{p_gflop / p_ms * 1e3:.0f} | {p_gflop / gflop:.2f} | {p_ms / ms:.2f} |")  # fmt: skip
+                total, p_total = sum(v[0] for v in dense.values()), sum(v[0] for v in pruned.values())
+                print(f"| all convs | {total:.1f} | | | {p_total:.1f} | | | {p_total / total:.2f} |")
+
+
+def conv_times(network: torch.nn.Module, batch_size: int, repeats: int) -> dict[str, tuple[float, float, int, int]]:
+    """Per conv of ``network`` (eval, channels_last, inference mode, steady allocator): median milliseconds of its
+    own forward within whole-network forwards at ``batch_size``, GFLOP per forward, input and output channels.
+    Times a copy: ``network`` keeps no hooks."""
+    steady_allocator()
+    network = copy.deepcopy(network).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(batch_size, *input_shape(network)).contiguous(memory_format=torch.channels_last)
+    started, seconds, shapes = {}, {}, {}
+    convs = {n: m for n, m in network.named_modules() if isinstance(m, torch.nn.Conv2d)}
+
+    def finished(name: str, output: torch.Tensor) -> None:  # returns None: the output stays as it is
+        seconds.setdefault(name, []).append(time.perf_counter() - started[name])
+        shapes[name] = output.shape
+
+    for name, conv in convs.items():
+        conv.register_forward_pre_hook(lambda m, i, n=name: started.__setitem__(n, time.perf_counter()))
+        conv.register_forward_hook(lambda m, i, o, n=name: finished(n, o))
+    with torch.inference_mode():
+        for _ in range(2):
+            network(x)
+        seconds.clear()
+        for _ in range(repeats):
+            network(x)
+    out = {}
+    for name, conv in convs.items():
+        n, c, h, w = shapes[name]
+        gflop = 2 * n * c * h * w * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] / 1e9
+        out[name] = (1e3 * statistics.median(seconds[name]), gflop, conv.in_channels, conv.out_channels)
+    return out
 
 
 if __name__ == "__main__":
