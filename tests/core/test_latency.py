@@ -132,8 +132,15 @@ def test_a_search_on_predicted_latency_minimises_the_latency_model_ratio(profile
     front = outcome.result.front_F
     assert np.allclose(front[:, 1], latency.ratio(layout, outcome.result.front_X))
     assert front[:, 1].min() < 1.0  # the front reaches below the dense network's predicted latency
-    with pytest.raises(ValueError, match="latency_ratio objective needs a latency model"):
+    with pytest.raises(ValueError, match=r"the \['latency_ratio'\] objectives need a latency model"):
         search_pruning_masks(model, image_split(60, 1), None, cfg, seed=0, device=CPU)
+    per_flops = cfg.model_copy(update={"objectives": ["error", "flops_ratio", "latency_per_flops"]})
+    outcome = search_pruning_masks(model, image_split(60, 1), None, per_flops, seed=0, device=CPU, latency=latency)
+    X, F = outcome.result.front_X, outcome.result.front_F
+    assert np.allclose(F[:, 1], layout.flops_ratio(X))
+    assert np.allclose(F[:, 2], latency.ratio(layout, X) / layout.flops_ratio(X))  # latency per FLOPs kept
+    with pytest.raises(ValueError, match=r"the \['latency_per_flops'\] objectives need a latency model"):
+        search_pruning_masks(model, image_split(60, 1), None, per_flops, seed=0, device=CPU)
 
 
 def test_calibration_never_makes_smaller_networks_slower():

@@ -183,6 +183,9 @@ def test_a_network_without_tables_searches_on_flops_and_says_why_it_cannot_searc
     )
     with pytest.raises(ValueError, match="needs latency tables: a model with an LSTM"):
         search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, none, LATENCY, latency_search, 0, "cpu")
+    speed_rule = PARAMS.model_copy(update={"member_budgets": [0.5], "min_speedup_share": 0.7})
+    with pytest.raises(ValueError, match="min_speedup_share needs latency tables: a model with an LSTM"):
+        search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, none, LATENCY, speed_rule, 0, "cpu")
 
 
 def test_members_are_chosen_where_they_obey_the_cap_the_baselines_obey():

@@ -25,7 +25,7 @@ from evoprune.core.masking import mask_evaluator
 from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
 from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
 from evoprune.core.search.operators import rank_within_layers
-from evoprune.core.search.problem import POLICY_OBJECTIVES, MaskSearchProblem
+from evoprune.core.search.problem import LATENCY_OBJECTIVES, POLICY_OBJECTIVES, MaskSearchProblem
 from evoprune.core.search.recovery import recovered_accuracy
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, SearchResult, run_search
@@ -271,8 +271,8 @@ def search_pruning_masks(
     if latency is not None and latency_settings is not None:
         latency.check_key(latency_key(model, latency_settings, device))
     if latency is not None and not latency.available:
-        if "latency_ratio" in cfg.objectives:
-            raise ValueError(f"the latency_ratio objective needs latency tables: {latency.unavailable}")
+        if timed := [o for o in cfg.objectives if o in LATENCY_OBJECTIVES]:
+            raise ValueError(f"the {' and '.join(timed)} objective needs latency tables: {latency.unavailable}")
         latency = None
     layout = build_layout(model, input_shape(model))
     seed_masks = None if seed_masks is None else _checked_seed_masks(seed_masks, layout.num_bits)
@@ -302,7 +302,7 @@ def search_pruning_masks(
         importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
         rank = rank_within_layers(importance, layout)
         reference = score(np.ones((1, layout.num_bits), dtype=bool))
-        uses_latency = latency is not None and "latency_ratio" in cfg.objectives
+        uses_latency = latency is not None and any(o in LATENCY_OBJECTIVES for o in cfg.objectives)
         predicted = (lambda X: latency.ratio(layout, X)) if uses_latency else None
         problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted)
         fingerprint = None

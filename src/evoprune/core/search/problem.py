@@ -19,9 +19,11 @@ Objective = Literal[
     "params_ratio",
     "filters_ratio",
     "latency_ratio",
+    "latency_per_flops",
 ]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 POLICY_OBJECTIVES = ("policy_error", "expected_flops_ratio")
+LATENCY_OBJECTIVES = ("latency_ratio", "latency_per_flops")  # objectives the latency model predicts
 EXTRA_VALUES = ["accuracy", "flops", "params"]  # what _evaluate returns besides F and G, per candidate
 
 
@@ -33,7 +35,9 @@ class MaskSearchProblem(Problem):
     confidence-threshold early-exit policy (its error, and its expected FLOPs per sample as a share of
     the dense network's). The other ``*_ratio`` objectives are the kept share of FLOPs, params or
     units, computed analytically from the mask, and ``latency_ratio`` the predicted latency over the
-    dense network's (``latency``: a latency model's ``ratio``, see ``evoprune.core.latency``). The constraint uses the accuracy of the first error
+    dense network's (``latency``: a latency model's ``ratio``, see ``evoprune.core.latency``); ``latency_per_flops``
+    is that ratio over the FLOPs ratio (1: the time falls as the FLOPs do; beside ``flops_ratio`` it keeps, at
+    each FLOPs cost and accuracy, the network whose FLOPs cut is most a speed-up). The constraint uses the accuracy of the first error
     objective chosen (``error`` if none is).
 
     Args:
@@ -44,7 +48,7 @@ class MaskSearchProblem(Problem):
         objectives: names from ``OBJECTIVES``.
         reference: the same dict for the unpruned network (K = 1), or its per-exit accuracy.
         max_accuracy_drop: the constraint's limit (accuracy, 0.05 = 5 points).
-        latency: masks (K, num_bits) -> (K,) predicted latency ratio; needed by ``latency_ratio``.
+        latency: masks (K, num_bits) -> (K,) predicted latency ratio; needed by ``LATENCY_OBJECTIVES``.
     """
 
     def __init__(
@@ -62,8 +66,9 @@ class MaskSearchProblem(Problem):
         super().__init__(n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=1, xl=0, xu=1, vtype=bool)
         self.layout, self.score, self.objectives = layout, score, list(objectives)
         self.max_accuracy_drop = max_accuracy_drop
-        if "latency_ratio" in objectives and latency is None:
-            raise ValueError("the latency_ratio objective needs a latency model of the target (evoprune.core.latency)")
+        timed = [o for o in objectives if o in LATENCY_OBJECTIVES]
+        if timed and latency is None:
+            raise ValueError(f"the {timed} objectives need a latency model of the target (evoprune.core.latency)")
         self.latency = latency
         self.constraint_on = next((o for o in objectives if o in ("error", "mean_error", "policy_error")), "error")
         ref = _as_scores(reference)
@@ -89,6 +94,7 @@ class MaskSearchProblem(Problem):
         }
         if self.latency is not None:
             values["latency_ratio"] = np.asarray(self.latency(X), dtype=float)
+            values["latency_per_flops"] = values["latency_ratio"] / values["flops_ratio"]  # every layer keeps a unit
         if "policy_accuracy" in scores:
             values["policy_error"] = 1.0 - np.atleast_1d(scores["policy_accuracy"])
             expected = (np.atleast_2d(scores["exit_share"]) * self.layout.exit_flops(X)).sum(1)

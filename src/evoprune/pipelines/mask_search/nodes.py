@@ -129,6 +129,8 @@ def search_masks(
     """Run the configured search on the first ``validation_subset`` validation images; the latency model must
     be this network's, measured with this run's settings on this device (else: run latency_profile again).
     ``seed_masks`` (another method's unit masks) join the first population."""
+    if params.min_speedup_share is not None and not latency_model.available:  # before the search, not after it
+        raise ValueError(f"mask_search.min_speedup_share needs latency tables: {latency_model.unavailable}")
     subset, calibration, policy = search_data(train_split, validation_split, early_exit_operating_point, params)
     return search_pruning_masks(
         multi_exit_model,
@@ -269,7 +271,8 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
     within it with the best final-exit accuracy (twins of a better one skipped: same FLOPs and final-exit accuracy),
     not taken by a tighter budget and obeying the per-layer cap
     (keeping at least ``search.uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too; a budget
-    no member fits is skipped with a warning); column ``budget`` says which. Otherwise ``chosen_members`` members spread
+    no member fits is skipped with a warning, and a ValueError says why when none fits any); column ``budget`` says
+    which. Otherwise ``chosen_members`` members spread
     evenly along the cost axis of the front (nearest to evenly spaced targets; ``budget`` empty). The axis is
     ``params.cost_axis()``: FLOPs, or the predicted latency ratio. With ``min_speedup_share`` only members whose
     predicted speed-up is at least that share of their FLOPs reduction are candidates."""
@@ -279,10 +282,10 @@ def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.Dat
     if params.member_budgets:
         final = final_exit_key(pareto_set.columns, "_accuracy")
         capped = pareto_set["flops_ratio"] >= params.search.uncapped_below  # obey max_pruning_ratio, as baselines do
-        capped &= _fast_enough(pareto_set, params.min_speedup_share)
+        eligible = capped & _fast_enough(pareto_set, params.min_speedup_share)
         budget_of: dict[int, float] = {}
         for budget in sorted(set(params.member_budgets)):
-            within = pareto_set[(pareto_set[axis] <= budget) & capped & ~pareto_set.index.isin(list(budget_of))]
+            within = pareto_set[(pareto_set[axis] <= budget) & eligible & ~pareto_set.index.isin(list(budget_of))]
             if within.empty:
                 logger.warning(
                     "mask_search: no Pareto member left within %.3f of %s%s; budget skipped", budget, axis,
