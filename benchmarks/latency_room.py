@@ -14,8 +14,7 @@ No timing runs: the tables were measured by the run's ``latency_profile`` node.
 
 With ``--time-top K --max-flops F`` it then times, paired with the dense network, the K masks within F of the FLOPs
 whose predicted speed-up is the largest share of their FLOPs reduction (FLOPs ratio / predicted latency ratio, what
-``mask_search.min_speedup_share`` asks of members), plus any ``--allocations`` (channel counts per group), at
-``--batch-size`` with ``--threads`` torch threads (default: the process's, as the report's speed-ups are timed):
+``mask_search.min_speedup_share`` asks of members), at ``--batch-size`` with ``--threads`` torch threads (default: the process's, as the report's speed-ups are timed):
 how close to a speed-up of 0.7 x the FLOPs reduction any network of that FLOPs gets on this machine (issue 11).
 
     .venv/bin/python benchmarks/latency_room.py --data data/resnet --round-to 8 --time-top 8 --max-flops 0.4 \
@@ -44,7 +43,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-top", type=int, default=0, help="time the K masks of best predicted share")
     parser.add_argument("--max-flops", type=float, default=0.4, help="with --time-top: FLOPs ratio at most")
-    parser.add_argument("--allocations", nargs="*", default=[], help="with --time-top: also these counts per group")
     parser.add_argument("--batch-size", type=int, default=256, help="with --time-top")
     parser.add_argument("--threads", type=int, default=None, help="with --time-top (default: the process's)")
     parser.add_argument("--repeats", type=int, default=11, help="with --time-top: pairs per mask (median)")
@@ -69,31 +67,23 @@ def main() -> None:
 
 
 def time_best_shares(network, layout, masks: np.ndarray, shares: np.ndarray, args: argparse.Namespace) -> None:
-    """Time the ``--time-top`` masks of best predicted share within ``--max-flops`` and the ``--allocations``."""
+    """Time the ``--time-top`` masks of best predicted share (``shares``) within ``--max-flops``."""
     inside = np.flatnonzero(layout.flops_ratio(masks) <= args.max_flops)
     if inside.size == 0:
         raise SystemExit(f"no random mask keeps at most {args.max_flops} of the FLOPs: draw more (--masks)")
-    top = masks[inside[np.argsort(-shares[inside])[: args.time_top]]]
-    try:
-        given = [layout.mask_with_counts([int(c) for c in a.split(",")], np.zeros(layout.num_bits))
-                 for a in args.allocations]  # fmt: skip
-    except ValueError as bad:
-        raise SystemExit(str(bad)) from None
-    timed = np.concatenate([top, np.stack(given)]) if given else top
-    latency = LatencyModelDataset(filepath=f"{args.data}/06_models/latency_model.pt").load()
+    best = inside[np.argsort(-shares[inside])[: args.time_top]]
+    timed, flops = masks[best], layout.flops_ratio(masks[best])
     settings = LatencySettings(batch_size=args.batch_size, threads=args.threads, repeats=args.repeats)
     measured = measure_masks_ms(network, layout, timed, settings, torch.device("cpu"))
-    flops, predicted = layout.flops_ratio(timed), latency.ratio(layout, timed)
     threads = args.threads or torch.get_num_threads()
     print(f"\n# timed at batch {args.batch_size}, {threads} torch threads, paired with the dense network "
           f"({measured.dense_ms:.1f} ms); share = speed-up / FLOPs reduction")  # fmt: skip
     print(
         "| network | units per group | FLOPs | predicted share | speed-up | measured share |\n|---|---|---|---|---|---|"
     )
-    for k, (mask, f, p, r) in enumerate(zip(timed, flops, predicted, measured.ratio, strict=True)):
-        name = f"top {k + 1}" if k < len(top) else "given"
+    for k, (mask, f, share, r) in enumerate(zip(timed, flops, shares[best], measured.ratio, strict=True)):
         counts = ",".join(map(str, layout.units_kept(mask)))
-        print(f"| {name} | {counts} | {100 * f:.1f}% | {f / p:.3f} | {1 / r:.2f}x | {f / r:.3f} |")
+        print(f"| top {k + 1} | {counts} | {100 * f:.1f}% | {share:.3f} | {1 / r:.2f}x | {f / r:.3f} |")
 
 
 if __name__ == "__main__":
