@@ -13,12 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from torch import nn
 
 from evoprune.core import plots
-from evoprune.core.exits import final_exit_key, input_shape
-from evoprune.core.latency import LatencyModel, prediction_errors, validate_latency, validation_masks
+from evoprune.core.exits import input_shape
+from evoprune.core.latency import LatencyModel, LatencySettings, prediction_errors, validate_latency, validation_masks
 from evoprune.core.mask_codec import decode_masks, encode_masks
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
 from evoprune.core.search.distributed import DistributedConfig
+from evoprune.core.search.members import MemberRule, choose_front_members
 from evoprune.core.search.roulette_branch import RouletteBranchConfig
 from evoprune.core.search.run import SearchConfig
 from evoprune.core.units import build_layout
@@ -126,11 +127,8 @@ def search_masks(
     device: str,
     seed_masks: np.ndarray | None = None,
 ) -> SearchOutcome:
-    """Run the configured search on the first ``validation_subset`` validation images; the latency model must
-    be this network's, measured with this run's settings on this device (else: run latency_profile again).
-    ``seed_masks`` (another method's unit masks) join the first population."""
-    if params.min_speedup_share is not None and not latency_model.available:  # before the search, not after it
-        raise ValueError(f"mask_search.min_speedup_share needs latency tables: {latency_model.unavailable}")
+    """Run the configured search on the first ``validation_subset`` validation images (the latency model: this
+    network's, of this run's settings and device); ``seed_masks`` (another method's masks) join the first population."""
     subset, calibration, policy = search_data(train_split, validation_split, early_exit_operating_point, params)
     return search_pruning_masks(
         multi_exit_model,
@@ -147,10 +145,20 @@ def search_masks(
         params.on_bad_checkpoint,
         params.distributed,
         latency_model,
-        latency_params.settings(params.search.round_to),
+        _latency_settings(params, latency_model, latency_params),
         train_split,
         seed_masks,
     )
+
+
+def _latency_settings(
+    params: MaskSearchParams, latency_model: LatencyModel, latency_params: LatencyProfileParams
+) -> LatencySettings:
+    """The settings the latency model must have been measured with; refuses ``min_speedup_share`` without
+    latency tables (evaluated before the search starts, not after it)."""
+    if params.min_speedup_share is not None and not latency_model.available:
+        raise ValueError(f"mask_search.min_speedup_share needs latency tables: {latency_model.unavailable}")
+    return latency_params.settings(params.search.round_to)
 
 
 def _rows(outcome: SearchOutcome, X: np.ndarray, accuracy: np.ndarray) -> pd.DataFrame:
@@ -215,92 +223,17 @@ def tabulate_roulette_path(outcome: SearchOutcome) -> pd.DataFrame:
     )
 
 
-def _distinct_best(members: pd.DataFrame, final: str, count: int) -> list[int]:
-    """The index of the ``count`` members of best ``final`` accuracy, a twin of one already taken skipped: same
-    FLOPs and same final-exit accuracy, i.e. as a rule masks that differ only in an early exit's head (the
-    front keeps both for that exit's accuracy), whose final-exit networks a selection fine-tune cannot tell apart."""
-    taken: list[int] = []
-    for index, row in members.sort_values(final, ascending=False, kind="stable").iterrows():
-        if len(taken) == count:
-            break
-        twin = members.loc[taken, ["flops_ratio", final]].eq([row["flops_ratio"], row[final]]).all(axis=1).any()
-        if twin:
-            logger.info("mask_search: member %s skipped as a candidate: the twin of a better one", row.get("member"))
-        else:
-            taken.append(index)
-    return taken
-
-
-def _fast_enough(pareto_set: pd.DataFrame, min_share: float | None) -> pd.Series:
-    """Members whose predicted speed-up over the dense network (1 / latency_ratio) is at least ``min_share`` of
-    their FLOPs reduction (1 / flops_ratio); all of them when ``min_share`` is None."""
-    if min_share is None:
-        return pd.Series(True, index=pareto_set.index)
-    if "latency_ratio" not in pareto_set.columns:
-        raise ValueError(
-            "mask_search.min_speedup_share needs the latency model's predicted latency_ratio, and the Pareto set "
-            "has none (no latency tables for this network): set min_speedup_share: null."
-        )
-    share = pareto_set["flops_ratio"] / pareto_set["latency_ratio"]
-    logger.info(
-        "mask_search: %d of %d front members reach a predicted speed-up of %.2f of their FLOPs reduction (best %.3f)",
-        int((share >= min_share).sum()), len(share), min_share, share.max(),
-    )  # fmt: skip
-    return share >= min_share
-
-
-def _no_member_fits(pareto_set: pd.DataFrame, params: MaskSearchParams, axis: str) -> str:
-    """Why no front member is a candidate of any budget, and what to change."""
-    spread = f"the front spans {pareto_set[axis].min():.3f}-{pareto_set[axis].max():.3f} of {axis}"
-    if params.min_speedup_share is not None and "latency_ratio" in pareto_set.columns:
-        within = pareto_set[pareto_set[axis] <= max(params.member_budgets or [0.0])]
-        best = (within["flops_ratio"] / within["latency_ratio"]).max() if len(within) else float("nan")
-        spread += f"; within the loosest budget the best predicted speed-up share is {best:.3f}"
-    return (
-        f"mask_search: no Pareto member fits any of member_budgets {params.member_budgets} on {axis} (keeping at "
-        f"least search.uncapped_below {params.search.uncapped_below} of the FLOPs"
-        + (f", min_speedup_share {params.min_speedup_share}" if params.min_speedup_share is not None else "")
-        + f"): {spread}. Loosen member_budgets"
-        + (" or min_speedup_share" if params.min_speedup_share is not None else "")
-        + ", or search longer (search.generations)."
-    )
-
-
 def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
-    """With ``member_budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
-    within it with the best final-exit accuracy (twins of a better one skipped: same FLOPs and final-exit accuracy),
-    not taken by a tighter budget and obeying the per-layer cap
-    (keeping at least ``search.uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too; a budget
-    no member fits is skipped with a warning, and a ValueError says why when none fits any); column ``budget`` says
-    which. Otherwise ``chosen_members`` members spread
-    evenly along the cost axis of the front (nearest to evenly spaced targets; ``budget`` empty). The axis is
-    ``params.cost_axis()``: FLOPs, or the predicted latency ratio. With ``min_speedup_share`` only members whose
-    predicted speed-up is at least that share of their FLOPs reduction are candidates."""
+    """Members on ``params.cost_axis()`` (FLOPs, or the predicted latency ratio): per ``member_budgets`` the best
+    ``candidates_per_budget`` (column ``budget``), or ``chosen_members`` spread along the front
+    (``evoprune.core.search.members.choose_front_members``)."""
     axis = params.cost_axis()
     if axis not in pareto_set.columns:
         raise ValueError(f"mask_search.budget_axis {axis}: the Pareto set has no such column (no latency tables?)")
-    if params.member_budgets:
-        final = final_exit_key(pareto_set.columns, "_accuracy")
-        capped = pareto_set["flops_ratio"] >= params.search.uncapped_below  # obey max_pruning_ratio, as baselines do
-        eligible = capped & _fast_enough(pareto_set, params.min_speedup_share)
-        budget_of: dict[int, float] = {}
-        for budget in sorted(set(params.member_budgets)):
-            within = pareto_set[(pareto_set[axis] <= budget) & eligible & ~pareto_set.index.isin(list(budget_of))]
-            if within.empty:
-                logger.warning(
-                    "mask_search: no Pareto member left within %.3f of %s%s; budget skipped", budget, axis,
-                    f" that reaches min_speedup_share {params.min_speedup_share}" if params.min_speedup_share else "",
-                )  # fmt: skip
-            for index in _distinct_best(within, final, params.candidates_per_budget):
-                budget_of[int(index)] = budget
-        if not budget_of:
-            raise ValueError(_no_member_fits(pareto_set, params, axis))
-        chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
-        return chosen.sort_values(axis).reset_index(drop=True)
-    cost = pareto_set[axis].to_numpy()
-    targets = np.linspace(cost.min(), cost.max(), params.chosen_members)
-    picked = sorted({int(np.abs(cost - t).argmin()) for t in targets})
-    return pareto_set.iloc[picked].assign(budget=np.nan).reset_index(drop=True)
+    rule = MemberRule(
+        params.member_budgets, params.candidates_per_budget, params.search.uncapped_below, params.min_speedup_share
+    )
+    return choose_front_members(pareto_set, axis, rule, params.chosen_members)
 
 
 def export_members(multi_exit_model: nn.Module, chosen_members: pd.DataFrame) -> dict[str, object]:

@@ -1,0 +1,109 @@
+"""Which Pareto members go on to fine-tuning: per cost budget the most accurate before fine-tuning, or members
+spread along the front. Messages name the ``mask_search`` parameters a user sets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from evoprune.core.exits import final_exit_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberRule:
+    """How members are chosen per budget (``mask_search.member_budgets`` and the settings beside it)."""
+
+    budgets: Sequence[float] | None  # None or empty: spread along the front instead
+    candidates_per_budget: int = 1
+    uncapped_below: float = 0.0  # members keep at least this FLOPs ratio (where the per-layer cap binds)
+    min_speedup_share: float | None = None  # predicted speed-up / FLOPs reduction at least this (None: any)
+
+
+def choose_front_members(pareto_set: pd.DataFrame, axis: str, rule: MemberRule, spread: int) -> pd.DataFrame:
+    """With ``rule.budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
+    within it on ``axis`` with the best final-exit accuracy (twins of a better one skipped: same FLOPs and
+    final-exit accuracy), not taken by a tighter budget and obeying the per-layer cap (keeping at least
+    ``uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too) and, with ``min_speedup_share``,
+    predicted to turn at least that share of their FLOPs reduction into speed-up. A budget no member fits is
+    skipped with a warning, and a ValueError says why when none fits any; column ``budget`` says which.
+    Otherwise ``spread`` members spread evenly along ``axis`` (nearest to evenly spaced targets; ``budget`` empty)."""
+    if not rule.budgets:
+        cost = pareto_set[axis].to_numpy()
+        targets = np.linspace(cost.min(), cost.max(), spread)
+        picked = sorted({int(np.abs(cost - t).argmin()) for t in targets})
+        return pareto_set.iloc[picked].assign(budget=np.nan).reset_index(drop=True)
+    final = final_exit_key(pareto_set.columns, "_accuracy")
+    capped = pareto_set["flops_ratio"] >= rule.uncapped_below  # obey max_pruning_ratio, as baselines do
+    eligible = capped & _fast_enough(pareto_set, rule.min_speedup_share)
+    budget_of: dict[int, float] = {}
+    for budget in sorted(set(rule.budgets)):
+        within = pareto_set[(pareto_set[axis] <= budget) & eligible & ~pareto_set.index.isin(list(budget_of))]
+        if within.empty:
+            logger.warning(
+                "mask_search: no Pareto member left within %.3f of %s%s; budget skipped", budget, axis,
+                f" that reaches min_speedup_share {rule.min_speedup_share}" if rule.min_speedup_share else "",
+            )  # fmt: skip
+        for index in _distinct_best(within, final, rule.candidates_per_budget):
+            budget_of[int(index)] = budget
+    if not budget_of:
+        raise ValueError(_no_member_fits(pareto_set, rule, axis))
+    chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
+    return chosen.sort_values(axis).reset_index(drop=True)
+
+
+def _distinct_best(members: pd.DataFrame, final: str, count: int) -> list[int]:
+    """The index of the ``count`` members of best ``final`` accuracy, a twin of one already taken skipped: same
+    FLOPs and same final-exit accuracy, i.e. as a rule masks that differ only in an early exit's head (the
+    front keeps both for that exit's accuracy), whose final-exit networks a selection fine-tune cannot tell apart."""
+    taken: list[int] = []
+    for index, row in members.sort_values(final, ascending=False, kind="stable").iterrows():
+        if len(taken) == count:
+            break
+        twin = members.loc[taken, ["flops_ratio", final]].eq([row["flops_ratio"], row[final]]).all(axis=1).any()
+        if twin:
+            logger.info("mask_search: member %s skipped as a candidate: the twin of a better one", row.get("member"))
+        else:
+            taken.append(index)
+    return taken
+
+
+def _fast_enough(pareto_set: pd.DataFrame, min_share: float | None) -> pd.Series:
+    """Members whose predicted speed-up over the dense network (1 / latency_ratio) is at least ``min_share`` of
+    their FLOPs reduction (1 / flops_ratio); all of them when ``min_share`` is None."""
+    if min_share is None:
+        return pd.Series(True, index=pareto_set.index)
+    if "latency_ratio" not in pareto_set.columns:
+        raise ValueError(
+            "mask_search.min_speedup_share needs the latency model's predicted latency_ratio, and the Pareto set "
+            "has none (no latency tables for this network): set min_speedup_share: null."
+        )
+    share = pareto_set["flops_ratio"] / pareto_set["latency_ratio"]
+    logger.info(
+        "mask_search: %d of %d front members reach a predicted speed-up of %.2f of their FLOPs reduction (best %.3f)",
+        int((share >= min_share).sum()), len(share), min_share, share.max(),
+    )  # fmt: skip
+    return share >= min_share
+
+
+def _no_member_fits(pareto_set: pd.DataFrame, rule: MemberRule, axis: str) -> str:
+    """Why no front member is a candidate of any budget, and what to change."""
+    spread = f"the front spans {pareto_set[axis].min():.3f}-{pareto_set[axis].max():.3f} of {axis}"
+    speed = rule.min_speedup_share is not None
+    if speed and "latency_ratio" in pareto_set.columns:
+        within = pareto_set[pareto_set[axis] <= max(rule.budgets)]
+        best = (within["flops_ratio"] / within["latency_ratio"]).max() if len(within) else float("nan")
+        spread += f"; within the loosest budget the best predicted speed-up share is {best:.3f}"
+    return (
+        f"mask_search: no Pareto member fits any of member_budgets {list(rule.budgets)} on {axis} (keeping at least "
+        f"search.uncapped_below {rule.uncapped_below} of the FLOPs"
+        + (f", min_speedup_share {rule.min_speedup_share}" if speed else "")
+        + f"): {spread}. Loosen member_budgets"
+        + (" or min_speedup_share" if speed else "")
+        + ", or search longer (search.generations)."
+    )
