@@ -261,3 +261,36 @@ def test_onnx_runtime_tables_are_keyed_by_runtime_and_refused_off_the_cpu(profil
     with pytest.raises(ValueError, match="set `device: cpu`"):
         check_runtime(ort, torch.device("cuda"))
     check_runtime(SETTINGS, torch.device("cuda"))  # torch times on any device
+
+
+def test_a_speed_constraint_keeps_only_candidates_whose_flops_cut_is_a_predicted_speed_up(profiled):
+    from evoprune.core.search.api import search_pruning_masks
+    from evoprune.core.search.problem import MaskSearchProblem
+    from evoprune.core.search.run import SearchConfig
+    from tests.conftest import image_split
+
+    model, layout, profiled_latency = profiled
+    # timing-free tables (ms = kept in x kept out): which masks pass must not depend on this machine's timing noise
+    tables = tuple(replace(t, ms=np.outer(t.in_units, t.out_units).astype(float)) for t in profiled_latency.tables)
+    latency = replace(profiled_latency, tables=tables, intercept_ms=0.0, slope=1.0)
+    free = SearchConfig(pop_size=10, generations=3, max_accuracy_drop=0.9, objectives=["error", "flops_ratio"])
+    outcome = search_pruning_masks(model, image_split(60, 1), None, free, seed=0, device=CPU, latency=latency)
+    X = outcome.result.evaluated_X
+    share = layout.flops_ratio(X) / latency.ratio(layout, X)
+    limit = float(np.quantile(share, 0.5))  # half the unconstrained search's candidates would fail it
+    constrained = free.model_copy(update={"min_speedup_share": limit})
+    outcome = search_pruning_masks(model, image_split(60, 1), None, constrained, seed=0, device=CPU, latency=latency)
+    result = outcome.result
+    front_share = layout.flops_ratio(result.front_X) / latency.ratio(layout, result.front_X)
+    assert len(result.front_X) and (front_share >= limit - 1e-12).all()
+    assert result.evaluated_G.shape[1] == 2  # accuracy drop, then the speed share
+    evaluated_share = layout.flops_ratio(result.evaluated_X) / latency.ratio(layout, result.evaluated_X)
+    assert np.allclose(result.evaluated_G[:, 1], limit - evaluated_share)
+    assert (result.evaluated_G[:, 1] > 0).any()  # some candidates were infeasible for speed alone
+    with pytest.raises(ValueError, match="search.min_speedup_share needs latency tables"):
+        search_pruning_masks(
+            model, image_split(60, 1), None, constrained, seed=0, device=CPU,
+            latency=latency.without_tables(latency.key, "no tables in this test"),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="min_speedup_share needs a latency model"):
+        MaskSearchProblem(layout, lambda X: np.ones((len(X), 1)), ["error"], np.ones(1), 0.1, None, 0.7)

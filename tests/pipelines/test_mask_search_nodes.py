@@ -164,6 +164,23 @@ def test_a_latency_search_chooses_members_and_draws_the_front_on_predicted_laten
     assert (choose_members(pareto, flops_axis)["flops_ratio"] <= choose_members(pareto, flops_axis)["budget"]).all()
 
 
+def test_a_speed_constrained_search_tabulates_a_front_of_fast_members_and_flags_slow_candidates(searched):
+    model, outcome = searched
+    share = outcome.layout.flops_ratio(outcome.result.evaluated_X) / outcome.latency.ratio(
+        outcome.layout, outcome.result.evaluated_X
+    )
+    limit = float(np.quantile(share, 0.5))  # half the unconstrained search's candidates would fail it
+    params = PARAMS.model_copy(update={"search": PARAMS.search.model_copy(update={"min_speedup_share": limit})})
+    found = search_masks(
+        model, _split(64, 0), _split(150, 1), OPERATING_POINT, outcome.latency, LATENCY, params, 0, "cpu"
+    )
+    pareto, history, *_ = tabulate_search(found)
+    assert len(pareto) and (pareto["flops_ratio"] / pareto["latency_ratio"] >= limit - 1e-12).all()
+    fast = history["flops_ratio"] / history["latency_ratio"] >= limit - 1e-12
+    assert (~fast).any() and not history.loc[~fast, "feasible"].any()  # slow candidates are infeasible however accurate
+    assert history.loc[history["feasible"], "mask"].isin(history.loc[fast, "mask"]).all()
+
+
 def test_a_latency_model_of_other_settings_is_refused_before_searching(searched):
     model, outcome = searched
     other = LATENCY.model_copy(update={"batch_size": 8})

@@ -116,7 +116,7 @@ def _branch_result(problem: MaskSearchProblem, branch: dict[str, np.ndarray]) ->
     feasible set under the problem's objectives."""
     X = np.vstack([branch["path_X"][:1], branch["X"]])
     out = problem.evaluate(X, return_values_of=["F", "G", "accuracy"], return_as_dictionary=True)
-    feasible = np.flatnonzero(out["G"][:, 0] <= 0)
+    feasible = np.flatnonzero((out["G"] <= 0).all(1))
     front = feasible[NonDominatedSorting().do(out["F"][feasible], only_non_dominated_front=True)]
     return SearchResult(
         front_X=X[front],
@@ -273,6 +273,8 @@ def search_pruning_masks(
     if latency is not None and not latency.available:
         if timed := [o for o in cfg.objectives if o in LATENCY_OBJECTIVES]:
             raise ValueError(f"the {' and '.join(timed)} objective needs latency tables: {latency.unavailable}")
+        if cfg.min_speedup_share is not None:
+            raise ValueError(f"search.min_speedup_share needs latency tables: {latency.unavailable}")
         latency = None
     layout = build_layout(model, input_shape(model))
     seed_masks = None if seed_masks is None else _checked_seed_masks(seed_masks, layout.num_bits)
@@ -302,9 +304,12 @@ def search_pruning_masks(
         importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
         rank = rank_within_layers(importance, layout)
         reference = score(np.ones((1, layout.num_bits), dtype=bool))
-        uses_latency = latency is not None and any(o in LATENCY_OBJECTIVES for o in cfg.objectives)
+        timed = any(o in LATENCY_OBJECTIVES for o in cfg.objectives) or cfg.min_speedup_share is not None
+        uses_latency = latency is not None and timed
         predicted = (lambda X: latency.ratio(layout, X)) if uses_latency else None
-        problem = MaskSearchProblem(layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted)
+        problem = MaskSearchProblem(
+            layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted, cfg.min_speedup_share
+        )
         fingerprint = None
         if checkpoint_dir is not None:
             fingerprint = search_fingerprint(

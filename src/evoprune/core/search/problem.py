@@ -38,7 +38,9 @@ class MaskSearchProblem(Problem):
     dense network's (``latency``: a latency model's ``ratio``, see ``evoprune.core.latency``); ``latency_per_flops``
     is that ratio over the FLOPs ratio (1: the time falls as the FLOPs do; beside ``flops_ratio`` it keeps, at
     each FLOPs cost and accuracy, the network whose FLOPs cut is most a speed-up). The constraint uses the accuracy of the first error
-    objective chosen (``error`` if none is).
+    objective chosen (``error`` if none is). With ``min_speedup_share`` a second constraint keeps candidates whose
+    predicted speed-up is at least that share of their FLOPs reduction (``flops_ratio / latency_ratio >= it``), so
+    the front holds only networks whose FLOPs cut is also a speed-up on the target.
 
     Args:
         layout: the chromosome layout.
@@ -48,7 +50,9 @@ class MaskSearchProblem(Problem):
         objectives: names from ``OBJECTIVES``.
         reference: the same dict for the unpruned network (K = 1), or its per-exit accuracy.
         max_accuracy_drop: the constraint's limit (accuracy, 0.05 = 5 points).
-        latency: masks (K, num_bits) -> (K,) predicted latency ratio; needed by ``LATENCY_OBJECTIVES``.
+        latency: masks (K, num_bits) -> (K,) predicted latency ratio; needed by ``LATENCY_OBJECTIVES`` and by
+            ``min_speedup_share``.
+        min_speedup_share: the speed constraint's limit (None: no such constraint).
     """
 
     def __init__(
@@ -59,16 +63,20 @@ class MaskSearchProblem(Problem):
         reference: np.ndarray | dict[str, np.ndarray],
         max_accuracy_drop: float,
         latency: Callable[[np.ndarray], np.ndarray] | None = None,
+        min_speedup_share: float | None = None,
     ) -> None:
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown or not objectives:
             raise ValueError(f"unknown objectives {unknown or objectives}; choose from {list(OBJECTIVES)}")
-        super().__init__(n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=1, xl=0, xu=1, vtype=bool)
+        constraints = 1 if min_speedup_share is None else 2
+        super().__init__(n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=constraints, xl=0, xu=1, vtype=bool)
         self.layout, self.score, self.objectives = layout, score, list(objectives)
-        self.max_accuracy_drop = max_accuracy_drop
+        self.max_accuracy_drop, self.min_speedup_share = max_accuracy_drop, min_speedup_share
         timed = [o for o in objectives if o in LATENCY_OBJECTIVES]
         if timed and latency is None:
             raise ValueError(f"the {timed} objectives need a latency model of the target (evoprune.core.latency)")
+        if min_speedup_share is not None and latency is None:
+            raise ValueError("min_speedup_share needs a latency model of the target (evoprune.core.latency)")
         self.latency = latency
         self.constraint_on = next((o for o in objectives if o in ("error", "mean_error", "policy_error")), "error")
         ref = _as_scores(reference)
@@ -109,7 +117,10 @@ class MaskSearchProblem(Problem):
         values = self._values(X, scores, cost)
         drop = values[self.constraint_on] - self.reference_error
         out["F"] = np.column_stack([values[o] for o in self.objectives])
-        out["G"] = (drop - self.max_accuracy_drop)[:, None]
+        G = [drop - self.max_accuracy_drop]
+        if self.min_speedup_share is not None:  # predicted speed-up / FLOPs reduction >= the share
+            G.append(self.min_speedup_share - values["flops_ratio"] / values["latency_ratio"])
+        out["G"] = np.column_stack(G)
         out["accuracy"] = accuracy
         out["flops"] = cost["flops"]
         out["params"] = cost["params"]

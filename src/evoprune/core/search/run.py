@@ -69,6 +69,11 @@ class SearchConfig(BaseModel):
     # speed-up is the largest share of their FLOPs reduction (FLOPs ratio / the latency model's latency ratio;
     # needs latency tables when > 1): allocations that are fast for their FLOPs on the target, not just any
     allocation_pool: PositiveInt = 1
+    # a second constraint: candidates must be predicted (latency model) to turn at least this share of their FLOPs
+    # reduction into speed-up, flops_ratio / latency_ratio >= it (needs latency tables; null: none). The whole
+    # population then competes where a FLOPs cut is also a speed-up on the target, instead of filtering a front
+    # afterwards (mask_search.min_speedup_share)
+    min_speedup_share: Annotated[float, Field(gt=0.0, le=1.5)] | None = None
     # no layer loses more than this share of its units (torch-pruning's max_pruning_ratio); the
     # baselines obey the same limit
     max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)

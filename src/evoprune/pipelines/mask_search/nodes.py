@@ -187,7 +187,7 @@ def tabulate_search(
     pareto.insert(0, "member", range(len(pareto)))
     history = _rows(outcome, res.evaluated_X, res.evaluated_accuracy)
     history.insert(0, "generation", res.evaluated_generation)
-    history.insert(1, "feasible", res.evaluated_G[:, 0] <= 0)
+    history.insert(1, "feasible", (res.evaluated_G <= 0).all(1))  # every constraint met
     random = _rows(outcome, outcome.random_X, outcome.random_accuracy)
     per_generation = {k: [g[k] for g in res.generations] for k in res.generations[0]} if res.generations else {}
     summary = {
