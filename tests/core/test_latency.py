@@ -41,6 +41,15 @@ def profiled():
     return model, layout, profile_latency(model, layout, SETTINGS, CPU)
 
 
+@pytest.fixture(scope="module")
+def timing_free(profiled):
+    """The profiled model with tables ms = kept in x kept out: what a search finds must not depend on this
+    machine's timing noise."""
+    model, layout, profiled_latency = profiled
+    tables = tuple(replace(t, ms=np.outer(t.in_units, t.out_units).astype(float)) for t in profiled_latency.tables)
+    return model, layout, replace(profiled_latency, tables=tables, intercept_ms=0.0, slope=1.0)
+
+
 def test_grids_cover_each_dimension_and_snap_inner_points_to_multiples_of_8():
     assert unit_grid(4, 5).tolist() == [1, 2, 3, 4]
     assert unit_grid(16, 5).tolist() == list(range(1, 17))  # small layers: every count
@@ -118,15 +127,12 @@ def test_prediction_errors_summarise_relative_errors():
     assert errors["within_10pct"] == pytest.approx(2 / 3) and errors["max_abs_error"] == pytest.approx(0.15)
 
 
-def test_a_search_on_predicted_latency_minimises_the_latency_model_ratio(profiled):
+def test_a_search_on_predicted_latency_minimises_the_latency_model_ratio(timing_free):
     from evoprune.core.search.api import search_pruning_masks
     from evoprune.core.search.run import SearchConfig
     from tests.conftest import image_split
 
-    model, layout, profiled_latency = profiled
-    # timing-free tables (ms = kept in x kept out): the front must not depend on this machine's timing noise
-    tables = tuple(replace(t, ms=np.outer(t.in_units, t.out_units).astype(float)) for t in profiled_latency.tables)
-    latency = replace(profiled_latency, tables=tables, intercept_ms=0.0, slope=1.0)
+    model, layout, latency = timing_free
     cfg = SearchConfig(pop_size=8, generations=2, max_accuracy_drop=0.9, objectives=["error", "latency_ratio"])
     outcome = search_pruning_masks(model, image_split(60, 1), None, cfg, seed=0, device=CPU, latency=latency)
     front = outcome.result.front_F
@@ -263,16 +269,13 @@ def test_onnx_runtime_tables_are_keyed_by_runtime_and_refused_off_the_cpu(profil
     check_runtime(SETTINGS, torch.device("cuda"))  # torch times on any device
 
 
-def test_a_speed_constraint_keeps_only_candidates_whose_flops_cut_is_a_predicted_speed_up(profiled):
+def test_a_speed_constraint_keeps_only_candidates_whose_flops_cut_is_a_predicted_speed_up(timing_free):
     from evoprune.core.search.api import search_pruning_masks
     from evoprune.core.search.problem import MaskSearchProblem
     from evoprune.core.search.run import SearchConfig
     from tests.conftest import image_split
 
-    model, layout, profiled_latency = profiled
-    # timing-free tables (ms = kept in x kept out): which masks pass must not depend on this machine's timing noise
-    tables = tuple(replace(t, ms=np.outer(t.in_units, t.out_units).astype(float)) for t in profiled_latency.tables)
-    latency = replace(profiled_latency, tables=tables, intercept_ms=0.0, slope=1.0)
+    model, layout, latency = timing_free
     free = SearchConfig(pop_size=10, generations=3, max_accuracy_drop=0.9, objectives=["error", "flops_ratio"])
     outcome = search_pruning_masks(model, image_split(60, 1), None, free, seed=0, device=CPU, latency=latency)
     X = outcome.result.evaluated_X
