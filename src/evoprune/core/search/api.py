@@ -270,8 +270,10 @@ def search_pruning_masks(
     """
     if latency is not None and latency_settings is not None:
         latency.check_key(latency_key(model, latency_settings, device))
+    timed = [o for o in cfg.objectives if o in LATENCY_OBJECTIVES]
+    needs_latency = bool(timed) or cfg.min_speedup_share is not None
     if latency is not None and not latency.available:
-        if timed := [o for o in cfg.objectives if o in LATENCY_OBJECTIVES]:
+        if timed:
             raise ValueError(f"the {' and '.join(timed)} objective needs latency tables: {latency.unavailable}")
         if cfg.min_speedup_share is not None:
             raise ValueError(f"search.min_speedup_share needs latency tables: {latency.unavailable}")
@@ -304,8 +306,7 @@ def search_pruning_masks(
         importance = own_filter_l1(model, layout)  # drives the roulette wheel and the repair
         rank = rank_within_layers(importance, layout)
         reference = score(np.ones((1, layout.num_bits), dtype=bool))
-        timed = any(o in LATENCY_OBJECTIVES for o in cfg.objectives) or cfg.min_speedup_share is not None
-        uses_latency = latency is not None and timed
+        uses_latency = latency is not None and needs_latency
         predicted = (lambda X: latency.ratio(layout, X)) if uses_latency else None
         problem = MaskSearchProblem(
             layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted, cfg.min_speedup_share
