@@ -48,13 +48,18 @@ def main() -> None:
         "--allocations", nargs="*", default=[], help="also time these channel counts per group, e.g. 8,16,8,8,..."
     )
     parser.add_argument("--per-conv", action="store_true", help="with --allocations: time every conv on its own")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="what runs the networks")
+    parser.add_argument("--threads", type=int, default=None, help="threads while timing (default: the process's)")
     args = parser.parse_args()
     network = _network(args.env)
     layout = build_layout(network, input_shape(network))
     cap = MaskSearchParams.model_validate(run_parameters(args.env)["mask_search"]).search.max_pruning_ratio
-    settings = LatencySettings(batch_size=args.batch_size, threads=None, repeats=args.repeats)
+    settings = LatencySettings(
+        batch_size=args.batch_size, threads=args.threads, repeats=args.repeats, runtime=args.runtime
+    )
     cpu = torch.device("cpu")
-    print(f"# {args.env}: {type(network).__name__}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    threads = args.threads or torch.get_num_threads()
+    print(f"# {args.env}: {type(network).__name__}, {args.runtime}, {threads} threads, torch {torch.__version__}")
     print(f"# groups: {', '.join(f'{g.name} ({g.size})' for g in layout.groups)}; max_pruning_ratio {cap}")
     print("| round_to | mask | FLOPs % | units per group | speed-up | speed-up / FLOPs reduction |")
     print("|---|---|---|---|---|---|")

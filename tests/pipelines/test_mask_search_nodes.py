@@ -24,6 +24,7 @@ from evoprune.pipelines.mask_search.nodes import (
     search_masks,
     tabulate_roulette_path,
     tabulate_search,
+    time_front_candidates,
     validate_latency_model,
 )
 from tests.conftest import image_split as _split
@@ -250,6 +251,55 @@ def test_min_speedup_share_keeps_only_members_whose_flops_cut_is_a_speedup():
         choose_members(front, tight)
     with pytest.raises(ValueError, match="min_speedup_share needs the latency model's predicted latency_ratio"):
         choose_members(front.drop(columns="latency_ratio"), params)
+
+
+def test_a_measured_speed_rule_judges_the_timed_latency_not_the_prediction():
+    params = MaskSearchParams(
+        member_budgets=[0.4], candidates_per_budget=2, min_speedup_share=0.7, speedup_share_from="measured"
+    )
+    front = pd.DataFrame(  # members 2 and 3 are predicted fast but run slow; member 1 the other way round
+        {
+            "member": range(5),
+            "flops_ratio": [0.30, 0.35, 0.38, 0.39, 0.45],
+            "latency_ratio": [0.55, 0.56, 0.53, 0.54, 0.60],
+            "measured_latency_ratio": [0.50, 0.48, 0.60, 0.58, np.nan],  # 0.600, 0.729, 0.633, 0.672; not timed
+            "exit2_accuracy": [0.95, 0.94, 0.90, 0.89, 0.99],
+        }
+    )
+    assert choose_members(front.drop(columns="measured_latency_ratio"), params)["member"].tolist() == [2, 3]
+    chosen = choose_members(front, params)
+    assert chosen["member"].tolist() == [1]  # the only one measured >= 0.7; a slow one never fills the second place
+    assert choose_members(front.drop(columns="latency_ratio"), params)["member"].tolist() == [1]  # no tables needed
+    with pytest.raises(ValueError, match=r"best measured speed-up share is 0.729"):
+        choose_members(front, params.model_copy(update={"min_speedup_share": 0.8}))
+    with pytest.raises(
+        ValidationError, match="speedup_share_from: measured times the candidates for min_speedup_share"
+    ):
+        MaskSearchParams(member_budgets=[0.4], speedup_share_from="measured")
+
+
+def test_front_candidates_are_timed_on_this_machine_and_the_rule_keeps_the_fast_ones(searched):
+    model, outcome = searched
+    history = tabulate_search(outcome)[1]  # six evaluated candidates stand in for the tiny search's 1-member front
+    pareto = history.drop_duplicates("mask").head(6).assign(member=range(6)).reset_index(drop=True)
+    budget = float(pareto["flops_ratio"].quantile(0.75))
+    params = PARAMS.model_copy(
+        update={"member_budgets": [budget], "candidates_per_budget": 8, "min_speedup_share": 1e-3}
+    )
+    assert time_front_candidates(pareto, model, LATENCY, params, "cpu") is pareto  # predicted: nothing timed
+    measured = params.model_copy(update={"speedup_share_from": "measured"})
+    timed = time_front_candidates(pareto, model, LATENCY, measured, "cpu")
+    could_be = pareto["flops_ratio"] <= budget
+    assert could_be.sum() >= 2 and timed["measured_latency_ratio"].notna().eq(could_be).all()
+    assert (timed.loc[could_be, "measured_latency_ratio"] > 0).all()
+    assert timed.drop(columns="measured_latency_ratio").equals(pareto)
+    share = timed["flops_ratio"] / timed["measured_latency_ratio"]
+    limit = float(share[could_be].median())  # half of the possible candidates measure slower
+    chosen = choose_members(timed, measured.model_copy(update={"min_speedup_share": limit}))
+    assert set(chosen["member"]) == set(timed.loc[share >= limit, "member"]) and len(chosen) < could_be.sum()
+    none = LatencyModel.without_tables(outcome.latency.key, "a model with an LSTM is not covered yet")
+    found = search_masks(model, _split(64, 0), _split(150, 1), OPERATING_POINT, none, LATENCY, measured, 0, "cpu")
+    assert found.latency is None  # the measured rule needs no tables
 
 
 def test_min_speedup_share_without_budgets_is_refused():

@@ -4,13 +4,14 @@ spread along the front. Messages name the ``mask_search`` parameters a user sets
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from evoprune.core.exits import final_exit_key
+from evoprune.core.mask_codec import decode_masks
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,34 @@ class MemberRule:
     budgets: Sequence[float] | None  # None or empty: spread along the front instead
     candidates_per_budget: int = 1
     uncapped_below: float = 0.0  # members keep at least this FLOPs ratio (where the per-layer cap binds)
-    min_speedup_share: float | None = None  # predicted speed-up / FLOPs reduction at least this (None: any)
+    # speed-up / FLOPs reduction at least this (None: any): measured where the Pareto set has
+    # `measured_latency_ratio` (``with_measured_latency``), else the latency model's prediction
+    min_speedup_share: float | None = None
+
+
+MEASURED = "measured_latency_ratio"
+
+
+def with_measured_latency(
+    pareto_set: pd.DataFrame,
+    axis: str,
+    rule: MemberRule,
+    measure_ratio: Callable[[np.ndarray], np.ndarray],
+) -> pd.DataFrame:
+    """``pareto_set`` with column ``measured_latency_ratio``: for the members that could be a budget's candidate
+    (within the loosest of ``rule.budgets`` on ``axis``, keeping at least ``rule.uncapped_below`` of the FLOPs)
+    ``measure_ratio(masks)``, their latency relative to the dense network's as timed on the target; NaN for
+    the rest. ``min_speedup_share`` then judges the measured speed-up instead of the prediction."""
+    could_be = (pareto_set[axis] <= max(rule.budgets or [np.inf])) & (pareto_set["flops_ratio"] >= rule.uncapped_below)
+    timed = pareto_set.assign(**{MEASURED: np.nan})
+    if could_be.any():
+        timed.loc[could_be, MEASURED] = measure_ratio(decode_masks(pareto_set.loc[could_be, "mask"]))
+        share = timed["flops_ratio"] / timed[MEASURED]
+        logger.info(
+            "mask_search: %d front members timed on the target: speed-up / FLOPs reduction %.3f-%.3f measured",
+            int(could_be.sum()), share.min(), share.max(),
+        )  # fmt: skip
+    return timed
 
 
 def choose_front_members(pareto_set: pd.DataFrame, axis: str, rule: MemberRule, spread: int) -> pd.DataFrame:
@@ -74,31 +102,42 @@ def _distinct_best(members: pd.DataFrame, final: str, count: int) -> list[int]:
 
 
 def _fast_enough(pareto_set: pd.DataFrame, min_share: float | None) -> pd.Series:
-    """Members whose predicted speed-up over the dense network (1 / latency_ratio) is at least ``min_share`` of
-    their FLOPs reduction (1 / flops_ratio); all of them when ``min_share`` is None."""
+    """Members whose speed-up over the dense network (1 / latency ratio: measured where the set has
+    ``measured_latency_ratio``, else predicted) is at least ``min_share`` of their FLOPs reduction (1 / flops_ratio);
+    all of them when ``min_share`` is None. A member not timed (NaN) is not fast enough."""
     if min_share is None:
         return pd.Series(True, index=pareto_set.index)
-    if "latency_ratio" not in pareto_set.columns:
+    if MEASURED not in pareto_set.columns and "latency_ratio" not in pareto_set.columns:
         raise ValueError(
             "mask_search.min_speedup_share needs the latency model's predicted latency_ratio, and the Pareto set "
-            "has none (no latency tables for this network): set min_speedup_share: null."
+            "has none (no latency tables for this network): set min_speedup_share: null, or time the candidates "
+            "on the target (speedup_share_from: measured)."
         )
-    share = pareto_set["flops_ratio"] / pareto_set["latency_ratio"]
+    share = _speedup_share(pareto_set)
     logger.info(
-        "mask_search: %d of %d front members reach a predicted speed-up of %.2f of their FLOPs reduction (best %.3f)",
-        int((share >= min_share).sum()), len(share), min_share, share.max(),
+        "mask_search: %d of %d front members reach a %s speed-up of %.2f of their FLOPs reduction (best %.3f)",
+        int((share >= min_share).sum()), len(share), _judged(pareto_set), min_share, share.max(),
     )  # fmt: skip
     return share >= min_share
+
+
+def _speedup_share(members: pd.DataFrame) -> pd.Series:
+    """Speed-up over the dense network per unit of FLOPs reduction: measured where timed, else predicted."""
+    return members["flops_ratio"] / members[MEASURED if MEASURED in members.columns else "latency_ratio"]
+
+
+def _judged(members: pd.DataFrame) -> str:
+    return "measured" if MEASURED in members.columns else "predicted"
 
 
 def _no_member_fits(pareto_set: pd.DataFrame, rule: MemberRule, axis: str) -> str:
     """Why no front member is a candidate of any budget, and what to change."""
     spread = f"the front spans {pareto_set[axis].min():.3f}-{pareto_set[axis].max():.3f} of {axis}"
     speed = rule.min_speedup_share is not None
-    if speed and "latency_ratio" in pareto_set.columns:
+    if speed and {MEASURED, "latency_ratio"} & set(pareto_set.columns):
         within = pareto_set[pareto_set[axis] <= max(rule.budgets)]
-        best = (within["flops_ratio"] / within["latency_ratio"]).max() if len(within) else float("nan")
-        spread += f"; within the loosest budget the best predicted speed-up share is {best:.3f}"
+        best = _speedup_share(within).max() if len(within) else float("nan")
+        spread += f"; within the loosest budget the best {_judged(pareto_set)} speed-up share is {best:.3f}"
     return (
         f"mask_search: no Pareto member fits any of member_budgets {list(rule.budgets)} on {axis} (keeping at least "
         f"search.uncapped_below {rule.uncapped_below} of the FLOPs"

@@ -9,6 +9,7 @@ from evoprune.pipelines.mask_search.nodes import (
     search_masks,
     tabulate_roulette_path,
     tabulate_search,
+    time_front_candidates,
     validate_latency_model,
 )
 
@@ -39,7 +40,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="tabulate_search",
             ),
             Node(tabulate_roulette_path, "mask_search_outcome", "roulette_path", name="tabulate_roulette_path"),
-            Node(choose_members, ["pareto_set", "params:mask_search"], "chosen_members", name="choose_members"),
+            Node(
+                time_front_candidates,
+                ["pareto_set", "multi_exit_model", "params:latency_profile", "params:mask_search", "params:device"],
+                "timed_pareto_set",
+                name="time_front_candidates",
+            ),
+            Node(choose_members, ["timed_pareto_set", "params:mask_search"], "chosen_members", name="choose_members"),
             Node(export_members, ["multi_exit_model", "chosen_members"], "pareto_members", name="export_members"),
             Node(
                 plot_pareto_front,
