@@ -115,8 +115,9 @@ def _fast_enough(pareto_set: pd.DataFrame, min_share: float | None) -> pd.Series
         )
     share = _speedup_share(pareto_set)
     logger.info(
-        "mask_search: %d of %d front members reach a %s speed-up of %.2f of their FLOPs reduction (best %.3f)",
-        int((share >= min_share).sum()), len(share), _judged(pareto_set), min_share, share.max(),
+        "mask_search: %d of %d front members with a %s latency reach a speed-up of %.2f of their FLOPs reduction "
+        "(best %.3f)", int((share >= min_share).sum()), int(share.notna().sum()), _judged(pareto_set), min_share,
+        share.max(),
     )  # fmt: skip
     return share >= min_share
 
