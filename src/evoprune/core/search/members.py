@@ -41,11 +41,11 @@ def with_measured_latency(
     (within the loosest of ``rule.budgets`` on ``axis``, keeping at least ``rule.uncapped_below`` of the FLOPs)
     ``measure_ratio(masks)``, their latency relative to the dense network's as timed on the target; NaN for
     the rest. ``min_speedup_share`` then judges the measured speed-up instead of the prediction."""
-    could_be = (pareto_set[axis] <= max(rule.budgets or [np.inf])) & (pareto_set["flops_ratio"] >= rule.uncapped_below)
+    could_be = (pareto_set[axis] <= max(rule.budgets or [np.inf])) & _obeys_cap(pareto_set, rule)
     timed = pareto_set.assign(**{MEASURED: np.nan})
     if could_be.any():
         timed.loc[could_be, MEASURED] = measure_ratio(decode_masks(pareto_set.loc[could_be, "mask"]))
-        share = timed["flops_ratio"] / timed[MEASURED]
+        share = _speedup_share(timed)
         logger.info(
             "mask_search: %d front members timed on the target: speed-up / FLOPs reduction %.3f-%.3f measured",
             int(could_be.sum()), share.min(), share.max(),
@@ -58,7 +58,8 @@ def choose_front_members(pareto_set: pd.DataFrame, axis: str, rule: MemberRule, 
     within it on ``axis`` with the best final-exit accuracy (twins of a better one skipped: same FLOPs and
     final-exit accuracy), not taken by a tighter budget and obeying the per-layer cap (keeping at least
     ``uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too) and, with ``min_speedup_share``,
-    predicted to turn at least that share of their FLOPs reduction into speed-up. A budget no member fits is
+    measured (``with_measured_latency``) or else predicted to turn at least that share of their FLOPs reduction
+    into speed-up. A budget no member fits is
     skipped with a warning, and a ValueError says why when none fits any; column ``budget`` says which.
     Otherwise ``spread`` members spread evenly along ``axis`` (nearest to evenly spaced targets; ``budget`` empty)."""
     if not rule.budgets:
@@ -67,8 +68,7 @@ def choose_front_members(pareto_set: pd.DataFrame, axis: str, rule: MemberRule, 
         picked = sorted({int(np.abs(cost - t).argmin()) for t in targets})
         return pareto_set.iloc[picked].assign(budget=np.nan).reset_index(drop=True)
     final = final_exit_key(pareto_set.columns, "_accuracy")
-    capped = pareto_set["flops_ratio"] >= rule.uncapped_below  # obey max_pruning_ratio, as baselines do
-    eligible = capped & _fast_enough(pareto_set, rule.min_speedup_share)
+    eligible = _obeys_cap(pareto_set, rule) & _fast_enough(pareto_set, rule.min_speedup_share)
     budget_of: dict[int, float] = {}
     for budget in sorted(set(rule.budgets)):
         within = pareto_set[(pareto_set[axis] <= budget) & eligible & ~pareto_set.index.isin(list(budget_of))]
@@ -83,6 +83,12 @@ def choose_front_members(pareto_set: pd.DataFrame, axis: str, rule: MemberRule, 
         raise ValueError(_no_member_fits(pareto_set, rule, axis))
     chosen = pareto_set.loc[sorted(budget_of)].assign(budget=[budget_of[i] for i in sorted(budget_of)])
     return chosen.sort_values(axis).reset_index(drop=True)
+
+
+def _obeys_cap(pareto_set: pd.DataFrame, rule: MemberRule) -> pd.Series:
+    """Members keeping at least ``rule.uncapped_below`` of the FLOPs: they obey max_pruning_ratio, as the baselines
+    at their FLOPs do."""
+    return pareto_set["flops_ratio"] >= rule.uncapped_below
 
 
 def _distinct_best(members: pd.DataFrame, final: str, count: int) -> list[int]:
