@@ -72,6 +72,9 @@ def exits_loss(
     return sum(w * F.cross_entropy(z, labels, label_smoothing=smoothing) for w, z in zip(weights, logits, strict=True))
 
 
+_CONTIGUOUS_WARNED: set[str] = set()  # the 1x1 convs already named in the warning below
+
+
 def _training_memory_format(model: nn.Module, wanted: str, device: torch.device) -> torch.memory_format:
     """``wanted``, except channels_last on CPU for a network with a 1x1 convolution: with torch 2.15, oneDNN's
     channels_last weight gradient of a 1x1 conv (``jit_avx2_1x1_convolution_bwd_weights``) now and then never
@@ -81,10 +84,14 @@ def _training_memory_format(model: nn.Module, wanted: str, device: torch.device)
         return torch.contiguous_format
     pointwise = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
     if pointwise and torch.device(device).type == "cpu":
-        logger.warning(
+        named = ", ".join(pointwise[:3]) + (", ..." if len(pointwise) > 3 else "")
+        # once per set of convs: the recovery fitness trains one pruned copy per candidate (hundreds a search)
+        log = logger.debug if named in _CONTIGUOUS_WARNED else logger.warning
+        _CONTIGUOUS_WARNED.add(named)
+        log(
             "training contiguous, not channels_last: oneDNN's channels_last backward of 1x1 convolutions (%s) can "
             "hang on CPU with this torch",
-            ", ".join(pointwise[:3]) + (", ..." if len(pointwise) > 3 else ""),
+            named,
         )
         return torch.contiguous_format
     return torch.channels_last
