@@ -8,7 +8,9 @@ import torch
 from evoprune.core.baselines import refit_within_budget
 from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings
 from evoprune.core.importance import GroupL1
+from evoprune.core.models.adapter import input_shape
 from evoprune.core.report_table import ReportParams
+from evoprune.core.search.members import final_network_groups
 from evoprune.core.selection import REFIT_ID_OFFSET, layer_type_bits
 from evoprune.core.units import build_layout
 from evoprune.datasets import FinetunedMembersDataset
@@ -54,6 +56,30 @@ def test_a_twin_of_a_better_candidate_gives_its_place_to_the_next_distinct_membe
     assert choose_members(front, params)["member"].tolist() == [1, 2]
     apart = front.assign(exit2_accuracy=[0.60, 0.64, 0.70, 0.69])  # differ on the final exit: not twins
     assert choose_members(apart, params)["member"].tolist() == [2, 3]
+
+
+def test_candidates_keeping_one_allocation_of_the_final_exits_network_are_twins():
+    """The contest's fine-tunes go to different allocations: masks apart only in which units of a layer they keep
+    or in the early exit's head are one candidate (the better), whatever their FLOPs and accuracy."""
+    model, _ = tiny_multi_exit()
+    layout = build_layout(model, input_shape(model))
+    groups = final_network_groups(model, layout)
+    assert groups == ("backbone.stages.0.0", "backbone.stages.1.0", "backbone.head.1")  # not exit_heads.0.2
+    front = _front([0.30, 0.36, 0.37, 0.38], [0.60, 0.64, 0.69, 0.70]).assign(
+        **{
+            "kept.backbone.stages.0.0": [4, 6, 4, 4],
+            "kept.backbone.stages.1.0": [8, 8, 8, 8],
+            "kept.backbone.head.1": [8, 8, 8, 8],
+            "kept.exit_heads.0.2": [32, 32, 16, 48],  # 2 and 3: one final network, apart in the early head
+        }
+    )
+    params = MaskSearchParams(member_budgets=[0.4], candidates_per_budget=2)
+    assert choose_members(front, params, model)["member"].tolist() == [1, 3]  # 2, then 0: twins of 3
+    assert choose_members(front, params)["member"].tolist() == [2, 3]  # allocation unknown: FLOPs and accuracy
+    three = MaskSearchParams(member_budgets=[0.4], candidates_per_budget=3)
+    assert choose_members(front, three, model)["member"].tolist() == [1, 3]  # no third allocation within 0.4
+    widened = front.assign(**{"kept.backbone.head.1": [8, 8, 16, 8]})  # 2 now keeps more of the last hidden layer
+    assert choose_members(widened, three, model)["member"].tolist() == [1, 2, 3]
 
 
 @pytest.fixture(scope="module")

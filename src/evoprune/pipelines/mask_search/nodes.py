@@ -26,7 +26,12 @@ from evoprune.core.mask_codec import decode_masks, encode_masks
 from evoprune.core.runtime import resolve_device
 from evoprune.core.search.api import SearchOutcome, search_pruning_masks
 from evoprune.core.search.distributed import DistributedConfig
-from evoprune.core.search.members import MemberRule, choose_front_members, with_measured_latency
+from evoprune.core.search.members import (
+    MemberRule,
+    choose_front_members,
+    final_network_groups,
+    with_measured_latency,
+)
 from evoprune.core.search.roulette_branch import RouletteBranchConfig
 from evoprune.core.search.run import SearchConfig
 from evoprune.core.units import build_layout
@@ -268,20 +273,30 @@ def time_front_candidates(
     return with_measured_latency(pareto_set, params.cost_axis(), _member_rule(params), measure_ratio)
 
 
-def _member_rule(params: MaskSearchParams) -> MemberRule:
+def _member_rule(params: MaskSearchParams, final_groups: tuple[str, ...] = ()) -> MemberRule:
     return MemberRule(
-        params.member_budgets, params.candidates_per_budget, params.search.uncapped_below, params.min_speedup_share
+        params.member_budgets,
+        params.candidates_per_budget,
+        params.search.uncapped_below,
+        params.min_speedup_share,
+        final_groups,
     )
 
 
-def choose_members(pareto_set: pd.DataFrame, params: MaskSearchParams) -> pd.DataFrame:
+def choose_members(
+    pareto_set: pd.DataFrame, params: MaskSearchParams, multi_exit_model: nn.Module | None = None
+) -> pd.DataFrame:
     """Members on ``params.cost_axis()`` (FLOPs, or the predicted latency ratio): per ``member_budgets`` the best
-    ``candidates_per_budget`` (column ``budget``), or ``chosen_members`` spread along the front
-    (``evoprune.core.search.members.choose_front_members``)."""
+    ``candidates_per_budget`` (column ``budget``), one per allocation of ``multi_exit_model``'s final-exit network,
+    or ``chosen_members`` spread along the front (``evoprune.core.search.members.choose_front_members``)."""
     axis = params.cost_axis()
     if axis not in pareto_set.columns:
         raise ValueError(f"mask_search.budget_axis {axis}: the Pareto set has no such column (no latency tables?)")
-    return choose_front_members(pareto_set, axis, _member_rule(params), params.chosen_members)
+    final_groups = ()
+    if multi_exit_model is not None:
+        layout = build_layout(multi_exit_model.eval(), input_shape(multi_exit_model))
+        final_groups = final_network_groups(multi_exit_model, layout)
+    return choose_front_members(pareto_set, axis, _member_rule(params, final_groups), params.chosen_members)
 
 
 def export_members(multi_exit_model: nn.Module, chosen_members: pd.DataFrame) -> dict[str, object]:

@@ -46,7 +46,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "timed_pareto_set",
                 name="time_front_candidates",
             ),
-            Node(choose_members, ["timed_pareto_set", "params:mask_search"], "chosen_members", name="choose_members"),
+            Node(
+                choose_members,
+                ["timed_pareto_set", "params:mask_search", "multi_exit_model"],
+                "chosen_members",
+                name="choose_members",
+            ),
             Node(export_members, ["multi_exit_model", "chosen_members"], "pareto_members", name="export_members"),
             Node(
                 plot_pareto_front,
