@@ -61,10 +61,10 @@ def with_measured_latency(
 def choose_front_members(pareto_set: pd.DataFrame, axis: str, rule: MemberRule, spread: int) -> pd.DataFrame:
     """With ``rule.budgets``: for each budget, tightest first, the ``candidates_per_budget`` front members
     within it on ``axis`` with the best final-exit accuracy (twins of a better one skipped: the same allocation of
-    the final exit's network, ``rule.final_groups``, else the same FLOPs and final-exit accuracy), not taken by a tighter budget and obeying the per-layer cap (keeping at least
-    ``uncapped_below`` of the FLOPs: the baselines at their FLOPs obey it too) and, with ``min_speedup_share``,
-    measured (``with_measured_latency``) or else predicted to turn at least that share of their FLOPs reduction
-    into speed-up. A budget no member fits is
+    the final exit's network, ``rule.final_groups``, else the same FLOPs and final-exit accuracy), not taken by a
+    tighter budget and obeying the per-layer cap (keeping at least ``uncapped_below`` of the FLOPs: the baselines
+    at their FLOPs obey it too) and, with ``min_speedup_share``, measured (``with_measured_latency``) or else
+    predicted to turn at least that share of their FLOPs reduction into speed-up. A budget no member fits is
     skipped with a warning, and a ValueError says why when none fits any; column ``budget`` says which.
     Otherwise ``spread`` members spread evenly along ``axis`` (nearest to evenly spaced targets; ``budget`` empty)."""
     if not rule.budgets:
@@ -104,10 +104,10 @@ def _obeys_cap(pareto_set: pd.DataFrame, rule: MemberRule) -> pd.Series:
 
 def _distinct_best(members: pd.DataFrame, final: str, count: int, final_groups: Sequence[str] = ()) -> list[int]:
     """The index of the ``count`` members of best ``final`` accuracy, a twin of one already taken skipped: the
-    same allocation of the final exit's network (units kept per group of ``final_groups``: fine-tuned, masks apart
-    only in which units of a layer they keep, or in an early exit's head, land within the contest's noise of each
-    other; measured on ResNet-20, two such candidates validated 93.68% and 93.34%), or, where the allocation is not
-    known, the same FLOPs and final-exit accuracy."""
+    same allocation of the final exit's network (units kept per group of ``final_groups``: masks apart only in
+    which units of a layer they keep, or in an early exit's head; fine-tuned, such ResNet-20 candidates differed by
+    no more than the contest's noise), or, where the allocation is not known, the same FLOPs and final-exit
+    accuracy (as a rule masks apart only in an early exit's head)."""
     allocation = [f"kept.{name}" for name in final_groups if f"kept.{name}" in members.columns]
     same = allocation or ["flops_ratio", final]
     taken: list[int] = []
