@@ -8,6 +8,7 @@ import torch
 from evoprune.core.baselines import refit_within_budget
 from evoprune.core.finetune import ReusableFinetunes, finetune_member, finetune_settings
 from evoprune.core.importance import GroupL1
+from evoprune.core.models import build_model
 from evoprune.core.models.adapter import input_shape
 from evoprune.core.report_table import ReportParams
 from evoprune.core.search.members import final_network_groups
@@ -65,6 +66,9 @@ def test_candidates_keeping_one_allocation_of_the_final_exits_network_are_twins(
     layout = build_layout(model, input_shape(model))
     groups = final_network_groups(model, layout)
     assert groups == ("backbone.stages.0.0", "backbone.stages.1.0", "backbone.head.1")  # not exit_heads.0.2
+    lstm = build_model({"name": "lstm_seq", "hidden_size": 8})
+    lstm_layout = build_layout(lstm, input_shape(lstm))
+    assert final_network_groups(lstm, lstm_layout) == tuple(g.name for g in lstm_layout.groups)  # one exit: all
     front = _front([0.30, 0.36, 0.37, 0.38], [0.60, 0.64, 0.69, 0.70]).assign(
         **{
             "kept.backbone.stages.0.0": [4, 6, 4, 4],

@@ -92,8 +92,10 @@ def choose_front_members(pareto_set: pd.DataFrame, axis: str, rule: MemberRule, 
 
 def final_network_groups(model: nn.Module, layout: ChromosomeLayout) -> tuple[str, ...]:
     """The groups of ``layout`` whose units the final exit's logits depend on: all but the early exits' heads."""
-    heads = {id(m) for m in model.exit_heads.modules()} if hasattr(model, "exit_heads") else set()
-    return tuple(g.name for g in layout.groups if id(model.get_submodule(g.name)) not in heads)
+    if not hasattr(model, "exit_heads"):
+        return tuple(g.name for g in layout.groups)  # one exit (groups need not be modules: an LSTM's "lstm.l0")
+    heads = next(name for name, m in model.named_modules() if m is model.exit_heads) + "."
+    return tuple(g.name for g in layout.groups if not g.name.startswith(heads))
 
 
 def _obeys_cap(pareto_set: pd.DataFrame, rule: MemberRule) -> pd.Series:
