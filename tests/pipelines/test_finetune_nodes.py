@@ -80,6 +80,8 @@ def test_candidates_keeping_one_allocation_of_the_final_exits_network_are_twins(
     params = MaskSearchParams(member_budgets=[0.4], candidates_per_budget=2)
     assert choose_members(front, params, model)["member"].tolist() == [1, 3]  # 2, then 0: twins of 3
     assert choose_members(front, params)["member"].tolist() == [2, 3]  # allocation unknown: FLOPs and accuracy
+    partial = front.drop(columns="kept.backbone.head.1")  # never judged on part of the allocation
+    assert choose_members(partial, params, model)["member"].tolist() == [2, 3]
     three = MaskSearchParams(member_budgets=[0.4], candidates_per_budget=3)
     assert choose_members(front, three, model)["member"].tolist() == [1, 3]  # no third allocation within 0.4
     widened = front.assign(**{"kept.backbone.head.1": [8, 8, 16, 8]})  # 2 now keeps more of the last hidden layer

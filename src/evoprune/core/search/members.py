@@ -108,10 +108,11 @@ def _distinct_best(members: pd.DataFrame, final: str, count: int, final_groups: 
     """The index of the ``count`` members of best ``final`` accuracy, a twin of one already taken skipped: the
     same allocation of the final exit's network (units kept per group of ``final_groups``: masks apart only in
     which units of a layer they keep, or in an early exit's head; fine-tuned, such ResNet-20 candidates differed by
-    no more than the contest's noise), or, where the allocation is not known, the same FLOPs and final-exit
-    accuracy (as a rule masks apart only in an early exit's head)."""
-    allocation = [f"kept.{name}" for name in final_groups if f"kept.{name}" in members.columns]
-    same = allocation or ["flops_ratio", final]
+    no more than the contest's noise), or, where the allocation is not known (no ``final_groups``, or not all their
+    ``kept.<group>`` columns: never a part of it), the same FLOPs and final-exit accuracy (as a rule masks apart
+    only in an early exit's head)."""
+    allocation = [f"kept.{name}" for name in final_groups]
+    same = allocation if allocation and set(allocation) <= set(members.columns) else ["flops_ratio", final]
     taken: list[int] = []
     for index, row in members.sort_values(final, ascending=False, kind="stable").iterrows():
         if len(taken) == count:
