@@ -12,7 +12,7 @@ import pandas as pd
 from evoprune.core.exits import input_shape
 from evoprune.core.latency import key_digest
 from evoprune.core.mask_codec import decode_masks
-from evoprune.core.units import build_layout
+from evoprune.core.units import build_layout, kept_column
 from evoprune.datasets import LatencyModelDataset, PrunedMembersDataset, TorchModelDataset
 from tests.conftest import run_tiny_session
 
@@ -68,7 +68,7 @@ def assert_latency_search_runs_after_prune(project: Path, client: mlflow.MlflowC
     for _, row in rows.iterrows():  # the prediction depends on the kept counts alone: rebuild a mask with them
         counts = np.zeros((1, layout.num_bits), dtype=bool)
         for g in layout.groups:
-            counts[0, g.offset : g.offset + int(row[f"kept.{g.name}"])] = True
+            counts[0, g.offset : g.offset + int(row[kept_column(g.name)])] = True
         assert latency.ratio(layout, counts)[0] <= row["latency_budget"] + 1e-9
     tagged = client.search_runs([experiment], "tags.stage = 'baselines'", order_by=["start_time DESC"])[: len(rows)]
     assert sorted(r.data.tags["latency_budget"] for r in tagged) == sorted(f"{b:.3f}" for b in rows["latency_budget"])

@@ -13,7 +13,7 @@ from evoprune.core.mask_codec import decode_masks
 from evoprune.core.masking import population_masks, prune_physically
 from evoprune.core.models import build_model
 from evoprune.core.train import as_exit_list
-from evoprune.core.units import build_layout
+from evoprune.core.units import build_layout, kept_column
 from evoprune.datasets import PrunedMembersDataset
 from evoprune.pipelines.latency_profile.nodes import LatencyProfileParams
 from evoprune.pipelines.mask_search.nodes import (
@@ -75,6 +75,8 @@ def test_tables_agree_with_the_search(searched):
         bits, outcome.result.front_X[np.argsort(outcome.layout.cost(outcome.result.front_X)["flops"], kind="stable")]
     )
     assert (pareto["units_kept"] == bits.sum(1)).all()
+    kept = pareto[[kept_column(g.name) for g in outcome.layout.groups]].to_numpy()  # one column per group, in order
+    np.testing.assert_array_equal(kept, [outcome.layout.units_kept(b) for b in bits])
 
 
 def test_the_roulette_path_table_is_the_branch_path_dense_first(searched):

@@ -86,8 +86,7 @@ def member_row(
     row["params_ratio"] = metrics["params"] / dense["params"]
     row["units_kept"] = int(mask.sum())
     row["units_ratio"] = float(mask.mean())
-    for g in layout.groups:
-        row[f"kept.{g.name}"] = int(mask[g.offset : g.offset + g.size].sum())
+    row.update({column: int(counts[0]) for column, counts in layout.kept_columns(mask[None]).items()})
     final = final_exit_key(metrics, ".test_accuracy")
     row["test_accuracy"] = metrics[final]
     row["accuracy_drop_pt"] = 100.0 * (dense[final] - metrics[final])

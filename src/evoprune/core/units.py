@@ -25,6 +25,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from evoprune.core.models.adapter import input_shape, logit_layers
 
 
+def kept_column(group_name: str) -> str:
+    """The table column of how many units a network keeps in group ``group_name``: the search's Pareto set, the
+    report's rows and the member rule (twin candidates) share it."""
+    return f"kept.{group_name}"
+
+
 @dataclass(frozen=True)
 class UnitGroup:
     """One block of the chromosome: the output units of a root layer."""
@@ -86,6 +92,11 @@ class ChromosomeLayout:
         """How many units ``mask`` (num_bits,) keeps in each group, in group order: its allocation."""
         mask = np.asarray(mask, dtype=bool)
         return [int(mask[g.offset : g.offset + g.size].sum()) for g in self.groups]
+
+    def kept_columns(self, masks: np.ndarray) -> dict[str, np.ndarray]:
+        """Units kept per group by every mask of ``masks`` (K, num_bits), as ``{kept_column(group): (K,) counts}``."""
+        masks = np.asarray(masks, dtype=bool)
+        return {kept_column(g.name): masks[:, g.offset : g.offset + g.size].sum(1) for g in self.groups}
 
     def mask_with_counts(self, counts: list[int], importance: np.ndarray) -> np.ndarray:
         """The mask that keeps the ``counts[g]`` most important units of every group g (ties: lower index)."""

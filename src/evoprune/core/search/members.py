@@ -13,7 +13,7 @@ from torch import nn
 
 from evoprune.core.exits import final_exit_key
 from evoprune.core.mask_codec import decode_masks
-from evoprune.core.units import ChromosomeLayout
+from evoprune.core.units import ChromosomeLayout, kept_column
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _distinct_best(members: pd.DataFrame, final: str, count: int, final_groups: 
     no more than the contest's noise), or, where the allocation is not known (no ``final_groups``, or not all their
     ``kept.<group>`` columns: never a part of it), the same FLOPs and final-exit accuracy (as a rule masks apart
     only in an early exit's head)."""
-    allocation = [f"kept.{name}" for name in final_groups]
+    allocation = [kept_column(name) for name in final_groups]
     same = allocation if allocation and set(allocation) <= set(members.columns) else ["flops_ratio", final]
     taken: list[int] = []
     for index, row in members.sort_values(final, ascending=False, kind="stable").iterrows():

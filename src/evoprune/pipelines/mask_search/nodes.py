@@ -199,8 +199,8 @@ def _rows(outcome: SearchOutcome, X: np.ndarray, accuracy: np.ndarray) -> pd.Dat
     latency_ratio = outcome.predicted_latency_ratio(X)
     if latency_ratio is not None:
         table["latency_ratio"] = latency_ratio  # predicted by the latency model, relative to the dense network
-    for g in outcome.layout.groups:
-        table[f"kept.{g.name}"] = X[:, g.offset : g.offset + g.size].sum(1)
+    for column, counts in outcome.layout.kept_columns(X).items():
+        table[column] = counts
     table["units_kept"] = X.sum(1)
     table["mask"] = encode_masks(X)
     return table
