@@ -25,12 +25,15 @@ No layer cap (``max_pruning_ratio``) applies to the sweep and ``--allocations``:
 can do. The recipe is the run's ``finetune`` (``training`` and the exits' ``loss_weights``, as `kedro run` reads them
 from conf/base and conf/local), or that of ``--env``'s run (e.g. ``--env resnet --data data/resnet``: conf/resnet's 5
 epochs on 30k images). Prints one row per network and epochs with its FLOPs and test accuracy (final exit) and the
-gap to the dense network, in points.
+gap to the dense network, in points. With ``--l1``, a second table pairs every network with L1 (same variant and
+epochs) on the test images: the margin, the share of images on which exactly one of the two is right, the margin's
+standard error over images, and McNemar's exact p: how large a margin one fine-tune seed resolves on this test set.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -43,7 +46,7 @@ from evoprune.core.finetune import pruned_variant
 from evoprune.core.finetune_config import FinetuneParams
 from evoprune.core.importance import GroupL1
 from evoprune.core.mask_codec import decode_masks
-from evoprune.core.train import accuracy_per_exit, train
+from evoprune.core.train import accuracy_per_exit, predict_exit_logits, train
 from evoprune.core.units import ChromosomeLayout, build_layout
 from evoprune.datasets import TorchModelDataset
 from evoprune.pipelines.mask_search.nodes import MaskSearchParams
@@ -62,6 +65,17 @@ def allocations(member: np.ndarray, scores: np.ndarray, layout: ChromosomeLayout
         if fitting:
             out.append([first, max(fitting), *base[2:]])
     return out
+
+
+def paired_with(reference: np.ndarray, hits: np.ndarray) -> str:
+    """Table cells comparing per-image hits (N,) bool with the reference's on the same images: margin (pt), share of
+    images on which exactly one is right (%), the margin's standard error over images (pt), McNemar's exact p."""
+    diff = hits.astype(float) - reference
+    only_this, only_reference = int((diff > 0).sum()), int((diff < 0).sum())
+    n = only_this + only_reference
+    tail = sum(math.comb(n, k) for k in range(min(only_this, only_reference) + 1)) / 2**n if n else 0.5
+    se = 100 * diff.std(ddof=1) / math.sqrt(len(diff))
+    return f"{100 * diff.mean():+.2f} | {100 * n / len(diff):.2f} | {se:.2f} | {min(1.0, 2 * tail):.3f}"
 
 
 def main() -> None:
@@ -130,6 +144,7 @@ def main() -> None:
     print(
         "| network | FLOPs % | weights | epochs | test acc. % | gap to dense (pt) | seconds |\n|---|---|---|---|---|---|---|"
     )
+    hits = {}  # (network, variant, epochs) -> per test image: the final exit right
     for name, mask in networks.items():
         flops = 100 * layout.flops_ratio(mask[None])[0]
         for variant in args.variants:
@@ -140,12 +155,21 @@ def main() -> None:
                 train(
                     model, train_split, None, cfg, cpu, args.seed, f"{name} {variant} ({epochs} epochs)", loss_weights
                 )
-                acc = 100 * accuracy_per_exit(model, test_split, cpu)[-1]
+                logits = predict_exit_logits(model, test_split["images"], cpu)[-1]
+                hits[name, variant, epochs] = (logits.argmax(-1) == test_split["labels"]).numpy()
+                acc = 100 * hits[name, variant, epochs].mean()
                 seconds = time.perf_counter() - start
                 print(
                     f"| {name} | {flops:.1f} | {variant} | {epochs} | {acc:.2f} | {acc - dense:+.2f} | {seconds:.0f} |",
                     flush=True,
                 )
+    if args.l1:
+        print(
+            "\n| network | weights | epochs | vs L1 (pt) | one right (%) | s.e. (pt) | McNemar p |\n|---|---|---|---|---|---|---|"
+        )
+        for (name, variant, epochs), right in hits.items():
+            if name != "l1 (global)":
+                print(f"| {name} | {variant} | {epochs} | {paired_with(hits['l1 (global)', variant, epochs], right)} |")
 
 
 if __name__ == "__main__":

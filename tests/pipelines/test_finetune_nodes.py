@@ -146,6 +146,36 @@ def test_select_members_keeps_the_best_after_finetuning_on_validation_data(candi
     }
 
 
+def test_selection_seeds_judge_each_candidate_on_its_mean_over_seeds(candidates):
+    pareto_members, chosen, initial, layout = candidates
+    train, validation = image_split(120, 0), image_split(80, 1)
+    params = FinetuneParams(training={"epochs": 2, "batch_size": 20, "learning_rate": 0.02}, selection_seeds=2)
+    selected, table, metrics, finetunes = select_members(
+        pareto_members, chosen, initial, train, validation, params, seed=3, device="cpu"
+    )
+    after = {}  # member -> its validation accuracy at seeds 3 and 4, fine-tuned again here
+    for i, member in enumerate([7, 8]):
+        after[member] = [
+            finetune_member(
+                pareto_members["model"], initial, layout, pareto_members["masks"][i], "keep", train, validation,
+                params.training, CPU, s,
+            )[1]["val_accuracy"][-1]
+            for s in (3, 4)
+        ]  # fmt: skip
+    assert any(a != b for a, b in after.values())  # the seeds differ, so the mean is not one seed's figure
+    rows = table.set_index("member")
+    assert rows.loc[[7, 8], "val_accuracy_after_finetune"].to_dict() == pytest.approx(
+        {m: np.mean(a) for m, a in after.items()}
+    )
+    assert rows.loc[[7, 8], "val_accuracy_after_finetune_std"].to_dict() == pytest.approx(
+        {m: np.std(a, ddof=1) for m, a in after.items()}
+    )
+    best = max(after, key=lambda m: (np.mean(after[m]), -rows.loc[m, "flops_ratio"]))
+    assert selected["member_ids"] == sorted([best, 9]) and metrics["candidates_finetuned"]["value"] == 2
+    assert finetunes["member_ids"] == [best]  # handed on: the run's seed's fine-tune, which finetune would repeat
+    assert finetunes["histories"][0]["val_accuracy"][-1] == pytest.approx(after[best][0])
+
+
 def test_refit_round_meets_every_winner_with_its_linear_units_chosen_by_l1(candidates):
     pareto_members, chosen, initial, layout = candidates
     train, validation = image_split(120, 0), image_split(80, 1)

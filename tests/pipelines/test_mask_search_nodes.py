@@ -184,6 +184,20 @@ def test_a_speed_constrained_search_tabulates_a_front_of_fast_members_and_flags_
     assert history.loc[history["feasible"], "mask"].isin(history.loc[fast, "mask"]).all()
 
 
+def test_a_flops_ceiling_makes_every_candidate_above_it_infeasible(searched):
+    model, outcome = searched
+    ceiling = float(np.quantile(outcome.layout.flops_ratio(outcome.result.evaluated_X), 0.5))
+    params = PARAMS.model_copy(update={"search": PARAMS.search.model_copy(update={"max_flops_ratio": ceiling})})
+    found = search_masks(
+        model, _split(64, 0), _split(150, 1), OPERATING_POINT, outcome.latency, LATENCY, params, 0, "cpu"
+    )
+    pareto, history, *_ = tabulate_search(found)
+    assert len(pareto) and (pareto["flops_ratio"] <= ceiling + 1e-12).all()
+    above = history["flops_ratio"] > ceiling + 1e-12
+    assert above.any() and not history.loc[above, "feasible"].any()  # the dense mask, at least, is above it
+    assert history.loc[~above, "feasible"].any()
+
+
 def test_a_latency_model_of_other_settings_is_refused_before_searching(searched):
     model, outcome = searched
     other = LATENCY.model_copy(update={"batch_size": 8})

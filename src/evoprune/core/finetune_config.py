@@ -51,6 +51,9 @@ class FinetuneParams(BaseModel):
     # none | linear_l1: select_members also fine-tunes each budget's winner with its Linear layers' units chosen
     # again by group L1 within its cost (conv units kept) and keeps the better on validation (core/selection.py)
     selection_refit: Literal["none", "linear_l1"] = "none"
+    # fine-tune seeds per candidate of select_members (the run's seed, then the next ones); the mean validation accuracy
+    # over them decides. 1: one fine-tune each; each more seed costs one more fine-tune per candidate
+    selection_seeds: PositiveInt = 1
     measurement: MeasurementParams = Field(default_factory=MeasurementParams)
     # fine-tunes side by side in worker processes, one torch thread each (core/finetune_pool.py)
     parallel: ParallelParams = Field(default_factory=ParallelParams)

@@ -113,19 +113,27 @@ def select_by_finetuning(
     settings = finetune_settings(params.selection_variant, seed, params.training, loss_weights, device, threads)
     inputs = FinetuneInputs(trained, initial, layout, *splits, params.training, loss_weights, device)
     tried: dict[int, tuple[nn.Module, dict]] = {}
+    seeds = [seed + k for k in range(params.selection_seeds)]  # the report's first fine-tune seeds
+    if len(seeds) > 1:
+        table["val_accuracy_after_finetune_std"] = np.nan
 
     def contest(positions: Sequence[int]) -> set[int]:
         """Fine-tune the untried of ``positions`` (together, ``params.parallel``); the winner of every group, as
         positions (of ``table`` and ``masks`` as they are when called: the refit round extends both)."""
         untried = [i for i in positions if i not in tried]
         jobs = [
-            FinetuneJob(masks[i], params.selection_variant, seed, f"select_members[{params.selection_variant}] "
-                        f"member {ids[i]} (budget {table.at[i, 'budget']:.2f})")
-            for i in untried
+            FinetuneJob(masks[i], params.selection_variant, s, f"select_members[{params.selection_variant}] "
+                        f"member {ids[i]} (budget {table.at[i, 'budget']:.2f}, seed {s})")
+            for i in untried for s in seeds
         ]  # fmt: skip
-        for i, fitted in zip(untried, finetune_jobs(inputs, jobs, params.parallel), strict=True):
-            tried[i] = fitted
-            table.at[i, "val_accuracy_after_finetune"] = fitted[1]["val_accuracy"][-1]
+        fitted = finetune_jobs(inputs, jobs, params.parallel)
+        for n, i in enumerate(untried):
+            runs = fitted[n * len(seeds) : (n + 1) * len(seeds)]
+            tried[i] = runs[0]  # the first seed's: the run's seed, what finetune would repeat
+            accuracy = [history["val_accuracy"][-1] for _, history in runs]
+            table.at[i, "val_accuracy_after_finetune"] = float(np.mean(accuracy))
+            if len(seeds) > 1:
+                table.at[i, "val_accuracy_after_finetune_std"] = float(np.std(accuracy, ddof=1))
         score = table["val_accuracy_after_finetune"].fillna(table["val_accuracy_before_finetune"])
         order = table.assign(score=-score).sort_values(["score", "flops_ratio"], kind="stable")
         return set(order.groupby("group", sort=False).head(1).index)
@@ -203,12 +211,18 @@ def refit_rows(
 def _log_contest(tried: pd.DataFrame) -> None:
     for _, row in tried.iterrows():
         refit = f", member {row['refit_of']} with its Linear units by L1" if row["refit_of"] >= 0 else ""
+        spread = (
+            f" (mean; std {row['val_accuracy_after_finetune_std']:.4f})"
+            if "val_accuracy_after_finetune_std" in row
+            else ""
+        )
         logger.info(
-            "select_members: member %d (budget %.2f, %.1f%% FLOPs%s): validation accuracy %.4f after fine-tuning%s",
+            "select_members: member %d (budget %.2f, %.1f%% FLOPs%s): validation accuracy %.4f%s after fine-tuning%s",
             row["member"],
             row["budget"],
             100 * row["flops_ratio"],
             refit,
             row["val_accuracy_after_finetune"],
+            spread,
             " <- selected" if row["selected"] else "",
         )

@@ -309,8 +309,9 @@ def search_pruning_masks(
         uses_latency = latency is not None and needs_latency
         predicted = (lambda X: latency.ratio(layout, X)) if uses_latency else None
         problem = MaskSearchProblem(
-            layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted, cfg.min_speedup_share
-        )
+            layout, score, cfg.objectives, reference, cfg.max_accuracy_drop, predicted, cfg.min_speedup_share,
+            cfg.max_flops_ratio,
+        )  # fmt: skip
         fingerprint = None
         if checkpoint_dir is not None:
             fingerprint = search_fingerprint(

@@ -40,7 +40,9 @@ class MaskSearchProblem(Problem):
     each FLOPs cost and accuracy, the network whose FLOPs cut is most a speed-up). The constraint uses the accuracy of the first error
     objective chosen (``error`` if none is). With ``min_speedup_share`` a second constraint keeps candidates whose
     predicted speed-up is at least that share of their FLOPs reduction (``flops_ratio / latency_ratio >= it``), so
-    the front holds only networks whose FLOPs cut is also a speed-up on the target.
+    the front holds only networks whose FLOPs cut is also a speed-up on the target. With ``max_flops_ratio`` another
+    keeps candidates within that share of the dense FLOPs, so the whole population competes below a budget (the
+    front then holds several allocations near it, instead of a few beside a front across every cost).
 
     Args:
         layout: the chromosome layout.
@@ -53,6 +55,7 @@ class MaskSearchProblem(Problem):
         latency: masks (K, num_bits) -> (K,) predicted latency ratio; needed by ``LATENCY_OBJECTIVES`` and by
             ``min_speedup_share``.
         min_speedup_share: the speed constraint's limit (None: no such constraint).
+        max_flops_ratio: the FLOPs constraint's limit, a share of the dense FLOPs (None: no such constraint).
     """
 
     def __init__(
@@ -64,14 +67,16 @@ class MaskSearchProblem(Problem):
         max_accuracy_drop: float,
         latency: Callable[[np.ndarray], np.ndarray] | None = None,
         min_speedup_share: float | None = None,
+        max_flops_ratio: float | None = None,
     ) -> None:
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown or not objectives:
             raise ValueError(f"unknown objectives {unknown or objectives}; choose from {list(OBJECTIVES)}")
-        constraints = 1 if min_speedup_share is None else 2
+        constraints = 1 + (min_speedup_share is not None) + (max_flops_ratio is not None)
         super().__init__(n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=constraints, xl=0, xu=1, vtype=bool)
         self.layout, self.score, self.objectives = layout, score, list(objectives)
         self.max_accuracy_drop, self.min_speedup_share = max_accuracy_drop, min_speedup_share
+        self.max_flops_ratio = max_flops_ratio
         timed = [o for o in objectives if o in LATENCY_OBJECTIVES]
         if timed and latency is None:
             raise ValueError(f"the {timed} objectives need a latency model of the target (evoprune.core.latency)")
@@ -120,6 +125,8 @@ class MaskSearchProblem(Problem):
         G = [drop - self.max_accuracy_drop]
         if self.min_speedup_share is not None:  # predicted speed-up / FLOPs reduction >= the share
             G.append(self.min_speedup_share - values["flops_ratio"] / values["latency_ratio"])
+        if self.max_flops_ratio is not None:
+            G.append(values["flops_ratio"] - self.max_flops_ratio)
         out["G"] = np.column_stack(G)
         out["accuracy"] = accuracy
         out["flops"] = cost["flops"]

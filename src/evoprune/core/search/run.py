@@ -74,6 +74,10 @@ class SearchConfig(BaseModel):
     # population then competes where a FLOPs cut is also a speed-up on the target, instead of filtering a front
     # afterwards (mask_search.min_speedup_share)
     min_speedup_share: Annotated[float, Field(gt=0.0, le=1.5)] | None = None
+    # a third constraint: candidates keep at most this share of the dense FLOPs (null: none). The whole population
+    # then competes below the members' budget, and the front holds several distinct allocations near it for the
+    # fine-tuned contest (mask_search.candidates_per_budget) instead of one or two beside a front across every cost
+    max_flops_ratio: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     # no layer loses more than this share of its units (torch-pruning's max_pruning_ratio); the
     # baselines obey the same limit
     max_pruning_ratio: float = Field(1.0, gt=0.0, le=1.0)
