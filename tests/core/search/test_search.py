@@ -311,6 +311,11 @@ def test_allocation_seeds_join_the_first_population_and_bad_settings_are_refused
         SearchConfig(pop_size=12, seed_with_l1=7, seed_allocations=3, allocation_budgets=[0.5, 0.3])
     with pytest.raises(ValueError, match="allocation_budgets"):
         SearchConfig(seed_allocations=1, allocation_budgets=[1.5])
+    with pytest.raises(ValueError, match=r"allocation_budgets \[0.5\] lie above search.max_flops_ratio 0.4"):
+        SearchConfig(seed_allocations=1, allocation_budgets=[0.5, 0.3], max_flops_ratio=0.4)
+    assert SearchConfig(seed_allocations=1, allocation_budgets=[0.4], max_flops_ratio=0.4).max_flops_ratio == 0.4
+    with pytest.raises(ValueError, match=r"max_flops_ratio 1e-06 lies below what any mask of this network keeps"):
+        search_pruning_masks(model, val, None, SearchConfig(max_flops_ratio=1e-6, generations=1, pop_size=4), 0, CPU)
 
 
 def test_an_allocation_pool_seeds_the_allocations_predicted_fastest_for_their_flops(setup):

@@ -279,6 +279,13 @@ def search_pruning_masks(
             raise ValueError(f"search.min_speedup_share needs latency tables: {latency.unavailable}")
         latency = None
     layout = build_layout(model, input_shape(model))
+    if cfg.max_flops_ratio is not None:  # one unit a layer is the least any mask keeps
+        floor = layout.flops_ratio(layout.mask_with_counts([1] * len(layout.groups), np.zeros(layout.num_bits))[None])
+        if cfg.max_flops_ratio < floor[0]:
+            raise ValueError(
+                f"search.max_flops_ratio {cfg.max_flops_ratio} lies below what any mask of this network keeps "
+                f"({floor[0]:.4f} of the FLOPs with one unit a layer): no candidate could be feasible. Raise it."
+            )
     seed_masks = None if seed_masks is None else _checked_seed_masks(seed_masks, layout.num_bits)
     evaluator = mask_evaluator(model, layout, device, calibration_images, cfg.evaluator, cfg.precision)
     uses_policy = any(o in POLICY_OBJECTIVES for o in cfg.objectives)

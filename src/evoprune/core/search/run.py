@@ -129,6 +129,12 @@ class SearchConfig(BaseModel):
                 f"dense one, seed_with_l1 {self.seed_with_l1}, seed_allocations {self.seed_allocations} x "
                 f"{len(self.allocation_budgets)} allocation_budgets): raise pop_size or seed fewer."
             )
+        above = [b for b in self.allocation_budgets if self.max_flops_ratio is not None and b > self.max_flops_ratio]
+        if self.seed_allocations and above:
+            raise ValueError(
+                f"search.allocation_budgets {above} lie above search.max_flops_ratio {self.max_flops_ratio}: their "
+                "seeds would all be infeasible. Draw them at or below the ceiling, or raise max_flops_ratio."
+            )
         return self
 
     @property
