@@ -25,7 +25,7 @@ from evoprune.core.finetune_config import FinetuneParams, MeasurementParams
 from evoprune.core.finetune_pool import FinetuneInputs, FinetuneJob, finetune_jobs
 from evoprune.core.latency import LatencyModel
 from evoprune.core.search.roulette_branch import path_levels_within
-from evoprune.core.units import ChromosomeLayout, build_layout
+from evoprune.core.units import ChromosomeLayout, build_layout, kept_column
 
 Split = dict[str, torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def member_row(
     row["params_ratio"] = metrics["params"] / dense["params"]
     row["units_kept"] = int(mask.sum())
     row["units_ratio"] = float(mask.mean())
-    row.update({column: int(counts[0]) for column, counts in layout.kept_columns(mask[None]).items()})
+    row.update({kept_column(g.name): k for g, k in zip(layout.groups, layout.units_kept(mask), strict=True)})
     final = final_exit_key(metrics, ".test_accuracy")
     row["test_accuracy"] = metrics[final]
     row["accuracy_drop_pt"] = 100.0 * (dense[final] - metrics[final])

@@ -280,7 +280,7 @@ def search_pruning_masks(
         latency = None
     layout = build_layout(model, input_shape(model))
     if cfg.max_flops_ratio is not None:  # one unit a layer is the least any mask keeps
-        floor = layout.flops_ratio(layout.mask_with_counts([1] * len(layout.groups), np.zeros(layout.num_bits))[None])
+        floor = layout.flops_ratio(layout.repair(np.zeros((1, layout.num_bits), dtype=bool)))
         if cfg.max_flops_ratio < floor[0]:
             raise ValueError(
                 f"search.max_flops_ratio {cfg.max_flops_ratio} lies below what any mask of this network keeps "
