@@ -267,6 +267,8 @@ def test_min_speedup_share_keeps_only_members_whose_flops_cut_is_a_speedup():
         choose_members(front, tight)
     with pytest.raises(ValueError, match="min_speedup_share needs the latency model's predicted latency_ratio"):
         choose_members(front.drop(columns="latency_ratio"), params)
+    with pytest.raises(ValueError, match=r"the search kept no feasible candidate.*Loosen search.max_accuracy_drop"):
+        choose_members(front.iloc[:0], params)  # not "the front spans nan-nan"
 
 
 def test_a_measured_speed_rule_judges_the_timed_latency_not_the_prediction():

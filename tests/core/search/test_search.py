@@ -16,7 +16,7 @@ from evoprune.core.search.operators import (
     drop_probability,
     rank_within_layers,
 )
-from evoprune.core.search.problem import MaskSearchProblem
+from evoprune.core.search.problem import MaskSearchProblem, why_infeasible
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, path_levels_within, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, run_search
 from evoprune.core.sparse.compare import seeded_search_comparison
@@ -336,3 +336,26 @@ def test_an_allocation_pool_seeds_the_allocations_predicted_fastest_for_their_fl
     assert share[best].min() >= share[rest].max()  # no slower allocation of the pool was kept instead
     with pytest.raises(ValueError, match=r"allocation_pool \(4\) .* needs the latency model's tables"):
         search_pruning_masks(model, _split(60, 1), None, cfg, 0, CPU)
+
+
+def test_why_infeasible_counts_each_constraint_broken_alone_and_the_nearest_miss():
+    G = np.array([[0.1, -1.0], [0.2, 0.3], [-0.1, 0.05], [0.4, -0.2]])
+    said = why_infeasible(["search.max_accuracy_drop 0.5", "search.max_flops_ratio 0.3"], G)
+    assert said.startswith("none of the 4 candidates met every constraint")
+    assert "search.max_accuracy_drop 0.5: broken by 3, by 2 alone, the nearest by 0.1" in said
+    assert "search.max_flops_ratio 0.3: broken by 2, by 1 alone, the nearest by 0.05" in said
+
+
+def test_a_search_with_no_feasible_candidate_says_which_constraints_its_candidates_broke(setup, caplog):
+    model, *_ = setup
+    cfg = SearchConfig(pop_size=8, generations=2, max_accuracy_drop=1e-6, max_flops_ratio=0.2)
+    with caplog.at_level("WARNING", logger="evoprune.core.search.api"):
+        outcome = search_pruning_masks(model, _split(60, 1), None, cfg, 0, CPU)
+    assert not len(outcome.result.front_X)  # a LeNet-5 at 20% of its FLOPs as accurate as the dense one: none
+    warning = next(r.getMessage() for r in caplog.records if "kept no feasible candidate" in r.getMessage())
+    G = outcome.result.evaluated_G
+    assert f"none of the {len(G)} candidates" in warning and len(G) == outcome.evaluations
+    broke_drop, broke_ceiling = (G > 0).sum(0)
+    assert f"search.max_accuracy_drop 1e-06 (before fine-tuning, on error): broken by {broke_drop}," in warning
+    assert f"search.max_flops_ratio 0.2: broken by {broke_ceiling}," in warning
+    assert broke_ceiling >= 1  # the dense mask, at least, is above the ceiling

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,11 +26,13 @@ from evoprune.core.masking import mask_evaluator
 from evoprune.core.search.checkpoint import CHECKPOINT_FILES, OnBadCheckpoint
 from evoprune.core.search.distributed import DaskScorer, DistributedConfig, evaluator_recipe
 from evoprune.core.search.operators import rank_within_layers
-from evoprune.core.search.problem import LATENCY_OBJECTIVES, POLICY_OBJECTIVES, MaskSearchProblem
+from evoprune.core.search.problem import LATENCY_OBJECTIVES, POLICY_OBJECTIVES, MaskSearchProblem, why_infeasible
 from evoprune.core.search.recovery import recovered_accuracy
 from evoprune.core.search.roulette_branch import RouletteBranchConfig, roulette_branch_search
 from evoprune.core.search.run import SearchConfig, SearchResult, run_search
 from evoprune.core.units import ChromosomeLayout, build_layout
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -370,6 +373,11 @@ def search_pruning_masks(
                 else _recovered(model, layout, recovery_split, validation_split, cfg, device, seed),
             )
         seconds = time.perf_counter() - start
+    if not len(result.front_X):
+        logger.warning(
+            "mask_search: the search kept no feasible candidate (%s). Loosen the setting most candidates broke alone, "
+            "or search longer (search.generations).", why_infeasible(problem.constraint_settings(), result.evaluated_G),
+        )  # fmt: skip
     rng = np.random.default_rng(seed + 1)
     keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))
     random_X = layout.repair(rng.random((random_masks, layout.num_bits)) < keep, round_to=cfg.round_to, rng=rng)

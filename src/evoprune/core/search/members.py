@@ -156,6 +156,13 @@ def _judged(members: pd.DataFrame) -> str:
 
 def _no_member_fits(pareto_set: pd.DataFrame, rule: MemberRule, axis: str) -> str:
     """Why no front member is a candidate of any budget, and what to change."""
+    if pareto_set.empty:
+        return (
+            "mask_search: the search kept no feasible candidate, so no member can be chosen: every candidate broke "
+            "one of the search's constraints (search_masks' warning says which and how many broke each alone; "
+            "mask_search_history.csv's `feasible` column shows them). Loosen search.max_accuracy_drop, "
+            "search.min_speedup_share or search.max_flops_ratio, or search longer (search.generations)."
+        )
     spread = f"the front spans {pareto_set[axis].min():.3f}-{pareto_set[axis].max():.3f} of {axis}"
     speed = rule.min_speedup_share is not None
     if speed and {MEASURED, "latency_ratio"} & set(pareto_set.columns):

@@ -94,6 +94,15 @@ class MaskSearchProblem(Problem):
         dense = np.ones((1, layout.num_bits), dtype=bool)
         self.reference_error = float(self._values(dense, ref, layout.cost(dense))[self.constraint_on][0])
 
+    def constraint_settings(self) -> list[str]:
+        """The setting behind each column of ``G``, in order, with its value: what a user loosens."""
+        settings = [f"search.max_accuracy_drop {self.max_accuracy_drop} (before fine-tuning, on {self.constraint_on})"]
+        if self.min_speedup_share is not None:
+            settings.append(f"search.min_speedup_share {self.min_speedup_share} (predicted)")
+        if self.max_flops_ratio is not None:
+            settings.append(f"search.max_flops_ratio {self.max_flops_ratio}")
+        return settings
+
     def _values(
         self, X: np.ndarray, scores: dict[str, np.ndarray], cost: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
@@ -135,3 +144,17 @@ class MaskSearchProblem(Problem):
 
 def _as_scores(scores: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return scores if isinstance(scores, dict) else {"accuracy": np.asarray(scores)}
+
+
+def why_infeasible(settings: list[str], G: np.ndarray) -> str:
+    """Why no candidate with constraint values ``G`` (K, C; > 0 broken) is feasible, one clause per constraint of
+    ``settings`` (``MaskSearchProblem.constraint_settings``): how many candidates broke it, how many broke it alone
+    (loosening that setting alone would have let them in) and by how little the nearest one missed it."""
+    broken = np.asarray(G) > 0
+    clauses = []
+    for j, setting in enumerate(settings):
+        over = G[broken[:, j], j]
+        alone = int((broken[:, j] & (broken.sum(1) == 1)).sum())
+        missed = f", the nearest by {over.min():.4g}" if len(over) else ""
+        clauses.append(f"{setting}: broken by {int(broken[:, j].sum())}, by {alone} alone{missed}")
+    return f"none of the {len(G)} candidates met every constraint; " + "; ".join(clauses)
