@@ -150,7 +150,8 @@ def why_infeasible(settings: list[str], G: np.ndarray) -> str:
     """Why no candidate with constraint values ``G`` (K, C; > 0 broken) is feasible, one clause per constraint of
     ``settings`` (``MaskSearchProblem.constraint_settings``): how many candidates broke it, how many broke it alone
     (loosening that setting alone would have let them in) and by how little the nearest one missed it."""
-    broken = np.asarray(G) > 0
+    G = np.asarray(G, dtype=float)
+    broken = G > 0
     clauses = []
     for j, setting in enumerate(settings):
         over = G[broken[:, j], j]
