@@ -376,7 +376,7 @@ def search_pruning_masks(
     if not len(result.front_X):
         logger.warning(
             "mask_search: the search kept no feasible candidate (%s). Loosen the setting most candidates broke alone, "
-            "or search longer (search.generations).", why_infeasible(problem.constraint_settings(), result.evaluated_G),
+            "or search longer (search.generations).", why_infeasible(problem.constraint_settings, result.evaluated_G),
         )  # fmt: skip
     rng = np.random.default_rng(seed + 1)
     keep = rng.uniform(0.15, 1.0, size=(random_masks, 1))

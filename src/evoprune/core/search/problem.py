@@ -72,8 +72,17 @@ class MaskSearchProblem(Problem):
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown or not objectives:
             raise ValueError(f"unknown objectives {unknown or objectives}; choose from {list(OBJECTIVES)}")
-        constraints = 1 + (min_speedup_share is not None) + (max_flops_ratio is not None)
-        super().__init__(n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=constraints, xl=0, xu=1, vtype=bool)
+        constraint_on = next((o for o in objectives if o in ("error", "mean_error", "policy_error")), "error")
+        # the setting behind each column of G, in order, with its value: what a user loosens (``why_infeasible``)
+        settings = [f"search.max_accuracy_drop {max_accuracy_drop} (before fine-tuning, on {constraint_on})"]
+        if min_speedup_share is not None:
+            settings.append(f"search.min_speedup_share {min_speedup_share} (predicted)")
+        if max_flops_ratio is not None:
+            settings.append(f"search.max_flops_ratio {max_flops_ratio}")
+        super().__init__(
+            n_var=layout.num_bits, n_obj=len(objectives), n_ieq_constr=len(settings), xl=0, xu=1, vtype=bool
+        )
+        self.constraint_settings, self.constraint_on = settings, constraint_on
         self.layout, self.score, self.objectives = layout, score, list(objectives)
         self.max_accuracy_drop, self.min_speedup_share = max_accuracy_drop, min_speedup_share
         self.max_flops_ratio = max_flops_ratio
@@ -83,7 +92,6 @@ class MaskSearchProblem(Problem):
         if min_speedup_share is not None and latency is None:
             raise ValueError("min_speedup_share needs a latency model of the target (evoprune.core.latency)")
         self.latency = latency
-        self.constraint_on = next((o for o in objectives if o in ("error", "mean_error", "policy_error")), "error")
         ref = _as_scores(reference)
         policy_objectives = [o for o in objectives if o in POLICY_OBJECTIVES]
         if policy_objectives and "policy_accuracy" not in ref:
@@ -93,15 +101,6 @@ class MaskSearchProblem(Problem):
         self.reference_accuracy = ref["accuracy"].reshape(-1)
         dense = np.ones((1, layout.num_bits), dtype=bool)
         self.reference_error = float(self._values(dense, ref, layout.cost(dense))[self.constraint_on][0])
-
-    def constraint_settings(self) -> list[str]:
-        """The setting behind each column of ``G``, in order, with its value: what a user loosens."""
-        settings = [f"search.max_accuracy_drop {self.max_accuracy_drop} (before fine-tuning, on {self.constraint_on})"]
-        if self.min_speedup_share is not None:
-            settings.append(f"search.min_speedup_share {self.min_speedup_share} (predicted)")
-        if self.max_flops_ratio is not None:
-            settings.append(f"search.max_flops_ratio {self.max_flops_ratio}")
-        return settings
 
     def _values(
         self, X: np.ndarray, scores: dict[str, np.ndarray], cost: dict[str, np.ndarray]
@@ -148,7 +147,7 @@ def _as_scores(scores: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarr
 
 def why_infeasible(settings: list[str], G: np.ndarray) -> str:
     """Why no candidate with constraint values ``G`` (K, C; > 0 broken) is feasible, one clause per constraint of
-    ``settings`` (``MaskSearchProblem.constraint_settings``): how many candidates broke it, how many broke it alone
+    ``settings`` (``MaskSearchProblem.constraint_settings``, one per column of G): how many candidates broke it, how many broke it alone
     (loosening that setting alone would have let them in) and by how little the nearest one missed it."""
     G = np.asarray(G, dtype=float)
     broken = G > 0
