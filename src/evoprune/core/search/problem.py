@@ -132,7 +132,7 @@ class MaskSearchProblem(Problem):
         out["F"] = np.column_stack([values[o] for o in self.objectives])
         G = [drop - self.max_accuracy_drop]
         if self.min_speedup_share is not None:  # predicted speed-up / FLOPs reduction >= the share
-            G.append(self.min_speedup_share - values["flops_ratio"] / values["latency_ratio"])
+            G.append(self.min_speedup_share - 1.0 / values["latency_per_flops"])
         if self.max_flops_ratio is not None:
             G.append(values["flops_ratio"] - self.max_flops_ratio)
         out["G"] = np.column_stack(G)
